@@ -1,0 +1,75 @@
+"""Checkpoints: model weights as the original writes them, plus train_state.json, atomically.
+
+Layout of <model_save_dir>/<name>/:
+  pickled_data + tensor folders   flow.save(module.state_dict()) -- loadable by the original
+                                  script's --model_load_dir (and the original's by ours). With
+                                  OneEmbedding this holds the snapshot name; the embedding rows
+                                  live under --persistent_path, which must stay the same.
+  train_state.json                step, learning rate, reader positions, args (ours only).
+The folder is written as .tmp-<name> and renamed when complete, so a killed run never leaves a
+checkpoint that looks whole; --resume takes the newest complete one.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+
+import oneflow as flow
+
+STATE_FILE = "train_state.json"
+
+
+def save_checkpoint(module, save_dir, name, train_state):
+    """Collective: every rank calls it; rank 0 writes."""
+    rank = flow.env.get_rank()
+    final = os.path.join(save_dir, name)
+    tmp = os.path.join(save_dir, f".tmp-{name}")
+    if rank == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    flow.comm.barrier()
+    flow.save(module.state_dict(), tmp, global_dst_rank=0)
+    if rank == 0:
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump(train_state, f, indent=1)
+        if os.path.exists(final):  # e.g. a rerun reaching the same step: replace it whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    flow.comm.barrier()
+    return final
+
+
+def read_train_state(path):
+    state_file = os.path.join(path, STATE_FILE)
+    if not os.path.exists(state_file):
+        return None
+    with open(state_file) as f:
+        return json.load(f)
+
+
+def latest_checkpoint(save_dir):
+    """Newest complete checkpoint (highest step) of ours in save_dir, or None."""
+    best, best_step = None, -1
+    for path in glob.glob(os.path.join(save_dir, "*", STATE_FILE)):
+        step = read_train_state(os.path.dirname(path))["step"]
+        if step > best_step:
+            best, best_step = os.path.dirname(path), step
+    return best
+
+
+def load_weights(module, path):
+    """Load weights saved by us or by the original script (strict=False, as the original)."""
+    state_dict = flow.load(path, global_src_rank=0)
+    module.load_state_dict(state_dict, strict=False)
+
+
+def checkpoint_name(step, auc=None):
+    if auc is None:
+        return f"step_{step}"
+    return f"step_{step}_val_auc_{auc:0.5f}"
+
+
+def step_of(name):
+    m = re.match(r"step_(\d+)", name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,200 @@
+"""The DLRM model: dense features -> bottom MLP, embeddings, dot interaction, top MLP -> logit.
+
+Two embedding/interaction back ends, picked by device:
+- cuda: OneEmbedding (flow.one_embedding.MultiTableEmbedding, model-parallel, with a
+  device_mem / cached_host_mem / cached_ssd store) and the fused dot-interaction op;
+- cpu: OneEmbedding aborts without CUDA and the fused op has no CPU kernel, so a plain
+  embedding table (replicated, data-parallel) and an interaction built from bmm + gather that
+  yields exactly the fused op's output layout.
+"""
+import math
+
+import numpy as np
+import oneflow as flow
+import oneflow.nn as nn
+
+from dlrm.data import NUM_DENSE, NUM_SPARSE
+
+STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
+
+
+def pad_to_multiple(n, multiple=8):
+    return (n + multiple - 1) // multiple * multiple
+
+
+class DenseFeatures(nn.Module):
+    """log(max(x, 0) + 1) of the dense inputs, zero-padded 13 -> 16 for aligned GEMMs.
+
+    The clamp keeps negative raw values (Criteo's I2 holds -1, -2; stored as raw + 1) finite.
+    """
+
+    def __init__(self, pad=True):
+        super().__init__()
+        self.out_features = pad_to_multiple(NUM_DENSE) if pad else NUM_DENSE
+
+    def forward(self, x):
+        x = flow.log(flow.clamp(x, min=0.0) + 1.0)
+        if self.out_features != NUM_DENSE:
+            x = flow.nn.functional.pad(x, (0, self.out_features - NUM_DENSE), value=0.0)
+        return x
+
+
+def make_mlp(in_features, units, fused, skip_final_activation):
+    """ReLU MLP; Glorot-normal weights, N(0, sqrt(1/out)) biases, as the original."""
+    if fused:
+        mlp = nn.FusedMLP(in_features, units[:-1], units[-1], skip_final_activation=skip_final_activation)
+    else:
+        layers, prev = [], in_features
+        for i, n in enumerate(units):
+            layers.append(nn.Linear(prev, n))
+            if i < len(units) - 1 or not skip_final_activation:
+                layers.append(nn.ReLU(inplace=True))
+            prev = n
+        mlp = nn.Sequential(*layers)
+    for name, param in mlp.named_parameters():
+        if "weight" in name:
+            nn.init.normal_(param, 0.0, math.sqrt(2.0 / sum(param.shape)))
+        else:
+            nn.init.normal_(param, 0.0, math.sqrt(1.0 / param.shape[0]))
+    return mlp
+
+
+def embedding_init_bounds(table_size_array):
+    """Uniform init bound sqrt(1/rows) per table (the facebook DLRM init)."""
+    return [math.sqrt(1.0 / n) for n in table_size_array]
+
+
+def make_store_options(store_type, persistent_path, capacity, cache_memory_budget_mb):
+    """OneEmbedding store options for one of STORE_TYPES (pure Python: testable without CUDA).
+
+    capacity is the total number of embedding rows across ranks (OneEmbedding divides it by
+    world size); cache_memory_budget_mb is per GPU.
+    """
+    if store_type not in STORE_TYPES:
+        raise ValueError(f"--store_type {store_type!r} is not one of {', '.join(STORE_TYPES)}")
+    if not persistent_path:
+        raise ValueError(f"--persistent_path is required with OneEmbedding (store_type {store_type})")
+    one_embedding = flow.one_embedding
+    if store_type == "device_mem":
+        return one_embedding.make_device_mem_store_options(persistent_path=persistent_path, capacity=capacity)
+    if cache_memory_budget_mb <= 0:
+        raise ValueError(f"--cache_memory_budget_mb must be > 0 with store_type {store_type}")
+    if store_type == "cached_host_mem":
+        return one_embedding.make_cached_host_mem_store_options(
+            cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity)
+    return one_embedding.make_cached_ssd_store_options(
+        cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity)
+
+
+def make_table_options(table_size_array):
+    return [
+        flow.one_embedding.make_table_options(flow.one_embedding.make_uniform_initializer(low=-s, high=s))
+        for s in embedding_init_bounds(table_size_array)
+    ]
+
+
+class OneEmbedding(nn.Module):
+    """flow.one_embedding.MultiTableEmbedding: column j of the ids is looked up in table j."""
+
+    def __init__(self, table_size_array, embedding_vec_size, key_type, store_type, persistent_path,
+                 cache_memory_budget_mb, seed=0):
+        super().__init__()
+        self.key_type = getattr(flow, key_type)
+        self.embedding = flow.one_embedding.MultiTableEmbedding(
+            name="sparse_embedding",
+            embedding_dim=embedding_vec_size,
+            dtype=flow.float,
+            key_type=self.key_type,
+            tables=make_table_options(table_size_array),
+            store_options=make_store_options(store_type, persistent_path, sum(table_size_array),
+                                             cache_memory_budget_mb),
+            seed=seed,
+        )
+
+    def forward(self, ids):
+        return self.embedding.forward(ids)
+
+
+class LocalEmbedding(nn.Module):
+    """One weight matrix holding all 26 tables, for CPU runs (small tables).
+
+    Ids are global (the preprocessing offsets each column); table j maps an id to row
+    (id mod size_j) + offset_j, so any id, negative hash ids included, lands inside table j.
+    """
+
+    def __init__(self, table_size_array, embedding_vec_size):
+        super().__init__()
+        sizes = np.asarray(table_size_array, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        weight = np.concatenate([
+            np.random.uniform(-b, b, size=(n, embedding_vec_size))
+            for n, b in zip(sizes, embedding_init_bounds(table_size_array))
+        ]).astype(np.float32)
+        self.weight = nn.Parameter(flow.tensor(weight))
+        self.register_buffer("sizes", flow.tensor(sizes).reshape(1, -1))
+        self.register_buffer("offsets", flow.tensor(offsets).reshape(1, -1))
+
+    def forward(self, ids):
+        ids = ids.to(flow.int64)
+        rows = (ids % self.sizes + self.sizes) % self.sizes + self.offsets  # `%` truncates like C
+        return flow.nn.functional.embedding(rows, self.weight)
+
+
+def interaction_indices(num_features, interaction_itself):
+    """Flat indices into a (F, F) matrix of the lower triangle, row by row (the fused op's order)."""
+    offset = 1 if interaction_itself else 0
+    return [i * num_features + j for i in range(num_features) for j in range(i + offset)]
+
+
+class Interaction(nn.Module):
+    """Pairwise dot products of [dense vector, 26 embeddings], concatenated after the dense vector.
+
+    Output: [x (D), lower triangle of T.T^T (row-major), zero padding to a multiple of 8].
+    """
+
+    def __init__(self, embedding_vec_size, interaction_itself, padding, use_fused_op):
+        super().__init__()
+        self.num_features = NUM_SPARSE + 1
+        self.interaction_itself = interaction_itself
+        self.use_fused_op = use_fused_op
+        n = embedding_vec_size + len(interaction_indices(self.num_features, interaction_itself))
+        self.output_size = pad_to_multiple(n) if padding else n
+        self.output_padding = self.output_size - n
+        self.register_buffer(
+            "tril", flow.tensor(interaction_indices(self.num_features, interaction_itself), dtype=flow.int64))
+
+    def forward(self, x, emb):
+        B, D = x.shape[0], x.shape[1]
+        if self.use_fused_op:
+            return flow._C.fused_dot_feature_interaction(
+                [x.reshape(B, 1, D), emb], output_concat=x,
+                self_interaction=self.interaction_itself, output_padding=self.output_padding)
+        T = flow.cat([x.reshape(B, 1, D), emb], dim=1)
+        Z = flow.bmm(T, T.transpose(1, 2)).reshape(B, -1)
+        out = flow.cat([x, flow.index_select(Z, 1, self.tril)], dim=1)
+        if self.output_padding:
+            out = flow.nn.functional.pad(out, (0, self.output_padding), value=0.0)
+        return out
+
+
+class DLRM(nn.Module):
+    def __init__(self, args, device):
+        super().__init__()
+        self.dense = DenseFeatures(pad=not args.disable_dense_input_padding)
+        fused = not args.disable_fusedmlp
+        self.bottom_mlp = make_mlp(self.dense.out_features, args.bottom_mlp, fused, skip_final_activation=False)
+        if device == "cuda":
+            self.embedding = OneEmbedding(args.table_size_array, args.embedding_vec_size,
+                                          args.one_embedding_key_type, args.store_type, args.persistent_path,
+                                          args.cache_memory_budget_mb, seed=args.seed)
+        else:
+            self.embedding = LocalEmbedding(args.table_size_array, args.embedding_vec_size)
+        self.interaction = Interaction(args.embedding_vec_size, args.interaction_itself,
+                                       padding=not args.disable_interaction_padding,
+                                       use_fused_op=(device == "cuda"))
+        self.top_mlp = make_mlp(self.interaction.output_size, args.top_mlp + [1], fused, skip_final_activation=True)
+
+    def forward(self, dense, sparse):
+        x = self.bottom_mlp(self.dense(dense))
+        emb = self.embedding(sparse)
+        return self.top_mlp(self.interaction(x, emb))

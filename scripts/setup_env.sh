@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Create (or reuse) the Python 3.10 virtual environment this package runs in, and print its
+# python on stdout (all other output goes to stderr):   PY=$(bash scripts/setup_env.sh)
+#
+#   PYTHON=/path/to/python3.10   use this interpreter to create the venv
+#   DLRM_VENV=/path/to/venv      where the venv lives (default: ~/.cache/oneflow-dlrm/venv-py310,
+#                                outside the checkout so fresh clones and CI reuse it)
+# Re-running with unchanged requirements takes about a second.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${DLRM_VENV:-$HOME/.cache/oneflow-dlrm/venv-py310}"
+say() { echo "[setup_env] $*" >&2; }
+
+stamp_of() { cat "$here/requirements.txt" "$here/scripts/oneflow_preload.py" | sha256sum | cut -c1-16; }
+want="$(stamp_of)"
+if [[ -x "$venv/bin/python" && -f "$venv/.dlrm-stamp" && "$(cat "$venv/.dlrm-stamp")" == "$want" ]]; then
+  echo "$venv/bin/python"; exit 0
+fi
+
+find_python310() {
+  local c
+  for c in "${PYTHON:-}" "$(command -v python3.10 || true)" \
+           "$(command -v pyenv >/dev/null && ls -d "$(pyenv root)"/versions/3.10.*/bin/python3.10 2>/dev/null | tail -n1 || true)" \
+           "$(ls -d "$HOME"/.pyenv/versions/3.10.*/bin/python3.10 2>/dev/null | tail -n1 || true)"; do
+    if [[ -n "$c" && -x "$c" ]] && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+      echo "$c"; return 0
+    fi
+  done
+  return 1
+}
+py310="$(find_python310)" || {
+  echo "error: Python 3.10 not found (oneflow 0.9.0 has wheels for CPython 3.7-3.10 only): install python3.10 (e.g. 'pyenv install 3.10') or set PYTHON=/path/to/python3.10" >&2
+  exit 1
+}
+command -v java >/dev/null || say "warning: no 'java' on PATH; Spark preprocessing needs Java 17 (apt-get install openjdk-17-jre-headless)"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  say "creating $venv with $py310"
+  mkdir -p "$(dirname "$venv")"
+  "$py310" -m venv "$venv"
+fi
+say "installing requirements (first time: ~1.5 GB, a few minutes)"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check wheel >&2  # pyspark builds from sdist
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+cp "$here/scripts/oneflow_preload.py" "$site/_oneflow_cu11_preload.py"
+echo "import _oneflow_cu11_preload; _oneflow_cu11_preload.install()" > "$site/oneflow_cu11_preload.pth"
+"$venv/bin/python" -c "import oneflow, pyspark, pyarrow, numpy; assert numpy.__version__ < '2'" >&2 \
+  || { echo "error: the environment at $venv does not import oneflow/pyspark/pyarrow; delete it and re-run" >&2; exit 1; }
+echo "$want" > "$venv/.dlrm-stamp"
+say "ready: $venv"
+echo "$venv/bin/python"
