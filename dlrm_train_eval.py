@@ -265,6 +265,11 @@ class Metrics:
 
 
 # ----------------------------------------------------------------------------- evaluation
+def roc_auc(labels, preds):
+    """ROC AUC with ties averaged (OneFlow's CPU op; equals sklearn.metrics.roc_auc_score)."""
+    return float(flow.roc_auc_score(labels.reshape(-1), preds.reshape(-1)).numpy()[0])
+
+
 def evaluate(eval_graph, module, files, num_batches, args, placement):
     """AUC over all ranks' predictions: every rank evaluates its shard, rank 0 scores the union."""
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
@@ -279,9 +284,7 @@ def evaluate(eval_graph, module, files, num_batches, args, placement):
     finally:
         reader.close()
     module.train()
-    auc = 0.0
-    if rank == 0:
-        auc = float(flow.roc_auc_score(flow.cat(labels).reshape(-1), flow.cat(preds).reshape(-1)).numpy()[0])
+    auc = roc_auc(flow.cat(labels), flow.cat(preds)) if rank == 0 else 0.0
     flow.comm.barrier()
     return broadcast_float(auc, placement), sum(len(x) for x in labels)
 
@@ -378,7 +381,7 @@ def main(argv=None):
             loss = train_graph(to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))
             losses.append((step, loss))
             if step % args.loss_print_interval == 0 or step == args.train_batches:
-                values = [(s, float(l.to_local().numpy())) for s, l in losses]
+                values = [(s, float(gather_to_all(l).numpy())) for s, l in losses]
                 losses = []
                 bad = [s for s, v in values if not math.isfinite(v)]
                 if bad and not (args.amp and args.loss_scale_policy == "dynamic"):

@@ -1,0 +1,166 @@
+"""Model pieces on CPU with real OneFlow: interaction layout, embedding, dense transform,
+OneEmbedding store options, the LR schedule and AUC."""
+import types
+
+import numpy as np
+import oneflow as flow
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import dlrm_train_eval as train
+from dlrm.model import DLRM, DenseFeatures, Interaction, LocalEmbedding, interaction_indices, make_store_options
+
+RNG = np.random.default_rng(0)
+
+
+def numpy_interaction(x, emb, itself, padding):
+    """Plain reference: all pairwise dots of [x, emb_1..emb_26], i > j (i >= j with itself)."""
+    T = np.concatenate([x[:, None, :], emb], axis=1)
+    Z = T @ T.transpose(0, 2, 1)
+    F = T.shape[1]
+    pairs = [Z[:, i, j] for i in range(F) for j in range(i + 1 if itself else i)]
+    out = np.concatenate([x, np.stack(pairs, axis=1)], axis=1)
+    if padding:
+        out = np.pad(out, ((0, 0), (0, (-out.shape[1]) % 8)))
+    return out
+
+
+@pytest.mark.parametrize("itself,padding,width", [(False, True, 480), (True, True, 512), (False, False, 479),
+                                                  (True, False, 506)])
+def test_cpu_interaction_matches_numpy_and_fused_layout(itself, padding, width):
+    x = RNG.normal(size=(5, 128)).astype(np.float32)
+    emb = RNG.normal(size=(5, 26, 128)).astype(np.float32)
+    layer = Interaction(128, itself, padding, use_fused_op=False)
+    out = layer(flow.tensor(x), flow.tensor(emb)).numpy()
+    assert out.shape == (5, width) and layer.output_size == width
+    np.testing.assert_allclose(out, numpy_interaction(x, emb, itself, padding), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("itself", [False, True])
+def test_interaction_order_is_the_fused_kernels(itself):
+    # The CUDA kernel's gather index: out[row*(row-1+2*offset)/2 + col] = in[row*F + col], col < row+offset.
+    F, offset = 27, int(itself)
+    kernel = {}
+    for row in range(F):
+        for col in range(row + offset):
+            kernel[row * (offset + row - 1 + offset) // 2 + col] = row * F + col
+    assert interaction_indices(F, itself) == [kernel[i] for i in range(len(kernel))]
+
+
+def test_local_embedding_maps_any_id_into_its_table():
+    sizes = [3, 5] + [2] * 24
+    layer = LocalEmbedding(sizes, 4)
+    bounds = np.sqrt(1.0 / np.asarray(sizes))
+    w = layer.weight.numpy()
+    assert w.shape == (sum(sizes), 4)
+    assert np.abs(w[:3]).max() <= bounds[0] and np.abs(w[3:8]).max() <= bounds[1]
+    ids = np.zeros((4, 26), dtype=np.int64)
+    ids[:, 0] = [7, -7, 2**62, -(2**62) - 1]  # hash-mode ids are any int64
+    ids[:, 1] = [40_000_001, 40_000_002, 5, -1]
+    out = layer(flow.tensor(ids)).numpy()
+    for b in range(4):
+        np.testing.assert_array_equal(out[b, 0], w[ids[b, 0] % 3])
+        np.testing.assert_array_equal(out[b, 1], w[3 + ids[b, 1] % 5])
+
+
+def test_dense_transform_is_finite_for_negative_raw_values():
+    # Stored dense = raw + 1; Criteo's I2 has raw -1 and -2 -> stored 0 and -1.
+    x = np.array([[-1.0, 0.0, 1.0, 2.0, 1e9] + [1.0] * 8], dtype=np.float32)
+    out = DenseFeatures(pad=True)(flow.tensor(x)).numpy()
+    assert out.shape == (1, 16) and np.isfinite(out).all()
+    np.testing.assert_allclose(out[0, :5], np.log([1.0, 1.0, 2.0, 3.0, 1e9 + 1]), rtol=1e-6)
+    assert (out[0, 13:] == 0).all()
+    assert DenseFeatures(pad=False)(flow.tensor(x)).shape == (1, 13)
+
+
+def small_args(**kw):
+    args = train.get_parser().parse_args(["--data_dir", "unused", "--bottom_mlp", "32,16", "--embedding_vec_size",
+                                          "16", "--top_mlp", "32,16", "--table_size_array", ",".join(["10"] * 26)])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dlrm_forward_shapes_and_init(fused):
+    args = small_args(disable_fusedmlp=not fused)
+    model = DLRM(args, "cpu")
+    dense = flow.tensor(RNG.integers(-1, 50, size=(8, 13)).astype(np.float32))
+    sparse = flow.tensor(RNG.integers(0, 10**9, size=(8, 26)))
+    logits = model(dense, sparse)
+    assert logits.shape == (8, 1) and np.isfinite(logits.numpy()).all()
+    assert model.interaction.output_size == 16 + 351 + 1  # padded 367 -> 368
+    weights = [p for n, p in model.bottom_mlp.named_parameters() if "weight" in n]
+    assert len(weights) == 2
+
+
+def test_store_options_for_each_store_type():
+    capacity = 187_767_399
+    dev = make_store_options("device_mem", "/ssd/p", capacity, 8192)
+    assert dev["kv_store"]["caches"] == [{"policy": "full", "capacity": capacity, "value_memory_kind": "device"}]
+    assert dev["kv_store"]["persistent_table"]["path"] == "/ssd/p"
+    assert dev["kv_store"]["persistent_table"]["capacity_hint"] == capacity
+    host = make_store_options("cached_host_mem", "/ssd/p", capacity, 4096)
+    assert host["kv_store"]["caches"] == [
+        {"policy": "lru", "cache_memory_budget_mb": 4096, "value_memory_kind": "device"},
+        {"policy": "full", "capacity": capacity, "value_memory_kind": "host"}]
+    ssd = make_store_options("cached_ssd", ["/a", "/b"], capacity, 2048)
+    assert ssd["kv_store"]["caches"] == [{"policy": "lru", "cache_memory_budget_mb": 2048, "value_memory_kind": "device"}]
+    assert ssd["kv_store"]["persistent_table"] == {"path": ["/a", "/b"], "physical_block_size": 4096,
+                                                   "capacity_hint": capacity}
+    for opts in (dev, host, ssd):
+        assert opts["size_factor"] == 1  # plain SGD keeps no optimizer state per row
+
+
+def test_store_options_pass_oneembeddings_own_validation():
+    # flow.one_embedding._init is what MultiTableEmbedding runs before touching CUDA.
+    from dlrm.model import make_table_options
+    sizes = [1000] * 26
+    for store in ("device_mem", "cached_host_mem", "cached_ssd"):
+        opts = make_store_options(store, "/tmp/p", sum(sizes), 1024)
+        dim, tables, kv = flow.one_embedding._init("sparse_embedding", 128, flow.float, flow.int64,
+                                                   make_table_options(sizes), opts, None)
+        assert dim == 128 and kv["storage_dim"] == 128 and kv["key_type_size"] == 8
+        assert len(tables["tables"]) == 26
+        init = tables["tables"][0]["columns"][0]["initializer"]
+        assert init == {"type": "uniform", "low": -np.sqrt(1 / 1000), "high": np.sqrt(1 / 1000)}
+
+
+@pytest.mark.parametrize("store,path,budget,message", [
+    ("ssd", "/p", 1, "is not one of"), ("cached_ssd", None, 1, "--persistent_path is required"),
+    ("cached_host_mem", "/p", 0, "--cache_memory_budget_mb must be > 0")])
+def test_store_options_errors(store, path, budget, message):
+    with pytest.raises(ValueError, match=message):
+        make_store_options(store, path, 100, budget)
+
+
+def test_lr_schedule_matches_oneflow_schedulers():
+    args = types.SimpleNamespace(learning_rate=24.0, warmup_batches=10, decay_start=30, decay_batches=15)
+    assert train.lr_at(1, args) == 0.0
+    assert train.lr_at(6, args) == pytest.approx(12.0)
+    assert train.lr_at(11, args) == 24.0 and train.lr_at(30, args) == 24.0
+    assert train.lr_at(31, args) == 24.0 and train.lr_at(32, args) == pytest.approx(24 * (1 - 1 / 15) ** 2)
+    assert train.lr_at(45, args) == pytest.approx(24 * (1 / 15) ** 2)
+    assert train.lr_at(46, args) == 0.0 and train.lr_at(100, args) == 0.0
+    # The graph compiles OneFlow's schedulers; they must give the same value at every step.
+    param = flow.nn.Parameter(flow.zeros(1))
+    opt = flow.optim.SGD([param], lr=args.learning_rate)
+    sched = train.make_lr_scheduler(opt, args)
+    for step in range(1, 60):
+        assert opt.param_groups[0]["lr"] == pytest.approx(train.lr_at(step, args), abs=1e-9), step
+        opt.step()
+        sched.step()
+
+
+def test_original_default_schedule_values():
+    args = train.get_parser().parse_args(["--data_dir", "x"])
+    assert train.lr_at(2751, args) == 24.0
+    assert train.lr_at(75000, args) == pytest.approx(24 * (1 - 25684 / 27772) ** 2)
+
+
+def test_auc_equals_sklearn_with_ties():
+    labels = RNG.integers(0, 2, size=50_000).astype(np.float32)
+    preds = np.round(RNG.random(50_000) * 0.3 + labels * 0.2, 2).astype(np.float32)  # many ties
+    ours = train.roc_auc(flow.tensor(labels), flow.tensor(preds))
+    assert ours == pytest.approx(roc_auc_score(labels, preds), abs=1e-6)
+    assert 0.9 < ours < 0.99  # informative scores, far from the 0.5 of a broken metric
