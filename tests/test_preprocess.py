@@ -1,0 +1,549 @@
+"""Tests of tools/criteo1t_parquet.py: real Spark (local[2]) runs as subprocesses, real parquet.
+
+Spark costs ~10-20 s a start here, so each tool run is a module-scoped fixture and several
+checks share it. The expected values are recomputed independently from the raw text with plain
+Python and compared with what the tool wrote.
+"""
+
+import gzip
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("pyspark")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
+KAGGLE_HEAD = os.path.join(REPO, "..", "shared", "criteo", "kaggle_train_head10k.tsv")
+SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2",
+         "--shuffle_partitions", "4"]
+DENSE = ["I%d" % i for i in range(1, 14)]
+SPARSE = ["C%d" % i for i in range(1, 27)]
+COLUMNS = ["label"] + DENSE + SPARSE
+MOD = 1000  # small modulus so the pmod actually folds the 32-bit hex values
+
+
+def _have_java():
+    return shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
+
+
+pytestmark = pytest.mark.skipif(not _have_java(), reason="Spark needs Java (no java on PATH)")
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+
+
+def tool(args, timeout=600, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, TOOL] + args, capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+def error_lines(stderr):
+    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+
+
+def gen_lines(rng, n):
+    """n valid raw Criteo lines: missing values, I2 negatives, short/upper-case hex, big values."""
+    pool = [[rng.getrandbits(32) for _ in range(3 + (i % 5) * 4)] for i in range(26)]
+    out = []
+    for _ in range(n):
+        f = [str(rng.randint(0, 1))]
+        for j in range(13):
+            r = rng.random()
+            if r < 0.2:
+                f.append("")
+            elif j == 1 and r < 0.35:
+                f.append(str(rng.choice([-1, -2, -3])))
+            elif r > 0.98:
+                f.append(str(rng.randint(10**9, 10**12)))
+            else:
+                f.append(str(rng.randint(0, 500)))
+        for i in range(26):
+            r = rng.random()
+            if r < 0.1:
+                f.append("")
+            elif r < 0.13:
+                f.append("%x" % rng.randint(0, 4095))  # 1-3 hex digits
+            elif r < 0.16:
+                f.append("%08X" % rng.choice(pool[i]))  # upper case
+            else:
+                f.append("%08x" % rng.choice(pool[i]))
+        out.append("\t".join(f))
+    return out
+
+
+def expected_row(line, mod):
+    """(label, dense[13], ids[26]) from a raw line, with plain Python."""
+    f = line.split("\t")
+    label = float(f[0])
+    dense = [np.float32(float(v) + 1) if v != "" else np.float32(1.0) for v in f[1:14]]
+    ids = []
+    for i, v in enumerate(f[14:40]):
+        ids.append(int(v, 16) % mod + i * (mod + 1) if v != "" else i * (mod + 1) + mod)
+    return label, dense, ids
+
+
+def read_split(out_dir, split):
+    """The split's parquet files in name order (part 0 first) as one pyarrow table."""
+    import pyarrow as pa
+
+    d = os.path.join(out_dir, split)
+    files = sorted(f for f in os.listdir(d) if f.endswith(".parquet"))
+    return pa.concat_tables([pq.read_table(os.path.join(d, f)) for f in files]), files
+
+
+def row_tuples(table, ids_only=False):
+    cols = SPARSE if ids_only else COLUMNS
+    arrays = [table.column(c).to_pylist() for c in cols]
+    return list(zip(*arrays))
+
+
+def expected_tuples(lines, mod, ids_only=False):
+    out = []
+    for ln in lines:
+        label, dense, ids = expected_row(ln, mod)
+        out.append(tuple(ids) if ids_only else tuple([label] + [float(d) for d in dense] + ids))
+    return out
+
+
+def check_common(out_dir, info, key_type="int64"):
+    """dtypes, column order, no NaN/inf, rows in dataset_info == parquet rows."""
+    import pyarrow as pa
+
+    want = pa.int64() if key_type == "int64" else pa.int32()
+    for split in ("train", "test", "val"):
+        t, _ = read_split(out_dir, split)
+        assert t.column_names == COLUMNS
+        assert t.schema.field("label").type == pa.float32()
+        for c in DENSE:
+            assert t.schema.field(c).type == pa.float32()
+        for c in SPARSE:
+            assert t.schema.field(c).type == want
+        for c in ["label"] + DENSE:
+            a = t.column(c).to_numpy()
+            assert np.isfinite(a).all(), (split, c)
+            assert t.column(c).null_count == 0
+        for c in SPARSE:
+            assert t.column(c).null_count == 0
+        assert t.num_rows == info["rows"][split]
+    assert info["format_version"] == 1
+    assert info["key_type"] == key_type
+    assert list(info["columns"]) == COLUMNS
+    assert info["tool"] == "tools/criteo1t_parquet.py"
+
+
+def distinct_per_column(out_dir):
+    sets = [set() for _ in SPARSE]
+    for split in ("train", "test", "val"):
+        t, _ = read_split(out_dir, split)
+        for i, c in enumerate(SPARSE):
+            sets[i].update(t.column(c).to_pylist())
+    return sets
+
+
+# ------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------
+
+# Malformed rows injected into the criteo1t input: (day, 1-based line, reason, text)
+BAD = [
+    (0, 5, "dense", None),
+    (0, 20, "field_count", None),
+    (1, 7, "label", None),
+    (2, 10, "categorical", None),  # in test (first 250 lines of day_2)
+    (2, 600, "categorical", None),  # in val
+]
+DAY_LINES = {0: 600, 1: 500, 2: 700}
+NUM_TEST = 250
+
+
+def _corrupt(line, reason, rng):
+    f = line.split("\t")
+    if reason == "dense":
+        f[3] = "1.5"
+    elif reason == "field_count":
+        f = f[:39]
+    elif reason == "label":
+        f[0] = "2"
+    elif reason == "categorical":
+        f[20] = rng.choice(["xyz12345", "123456789"])  # not hex / 9 digits
+    return "\t".join(f)
+
+
+@pytest.fixture(scope="module")
+def days_input(tmp_path_factory):
+    """day_0, day_1.gz, day_2 with valid lines and the BAD rows; returns (dir, {day: lines})."""
+    d = tmp_path_factory.mktemp("days")
+    rng = random.Random(7)
+    good = {}
+    for day, n in DAY_LINES.items():
+        lines = gen_lines(rng, n)
+        raw = list(lines)
+        for bday, lno, reason, _ in BAD:
+            if bday == day:
+                raw[lno - 1] = _corrupt(raw[lno - 1], reason, rng)
+        good[day] = [ln for k, ln in enumerate(lines)
+                     if not any(bd == day and bl == k + 1 for bd, bl, _, _ in BAD)]
+        text = ("\n".join(raw) + "\n").encode()
+        if day == 1:
+            with gzip.open(str(d / "day_1.gz"), "wb") as f:
+                f.write(text)
+        else:
+            (d / ("day_%d" % day)).write_bytes(text)
+    return str(d), good
+
+
+def _killed_run(args, parent):
+    """Start the tool, kill -9 its process group once it writes; returns the temp dir name."""
+    p = subprocess.Popen([sys.executable, TOOL] + args, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    name = ".out.incomplete-%d" % p.pid
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if os.path.isdir(os.path.join(parent, name, "train")):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the tool finished before it could be killed"
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return name
+
+
+@pytest.fixture(scope="module")
+def run_mod(days_input, tmp_path_factory):
+    """criteo1t, mod ids, skip policy, --export_dataset_info; a first run into the same
+    output_dir is killed (kill -9 of the process group) while it writes."""
+    in_dir, _ = days_input
+    parent = str(tmp_path_factory.mktemp("mod"))
+    out = os.path.join(parent, "out")
+    args = ["--input_dir", in_dir, "--output_dir", out, "--mod_idx", str(MOD),
+            "--num_test_examples", str(NUM_TEST), "--train_files", "3", "--eval_files", "2",
+            "--seed", "5", "--export_dataset_info"] + SPARK
+    stale = _killed_run(args, parent)
+    after_kill = sorted(os.listdir(parent))
+    r = tool(args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(os.path.join(out, "dataset_info.json")) as f:
+        info = json.load(f)
+    return {"out": out, "args": args, "proc": r, "info": info, "stale": stale,
+            "after_kill": after_kill, "after_rerun": sorted(os.listdir(parent))}
+
+
+# ------------------------------------------------------------------------------------------
+# fast checks: no Spark started
+# ------------------------------------------------------------------------------------------
+
+
+def _fast_error(args, tmp_path):
+    t = time.time()
+    r = tool(args + ["--output_dir", str(tmp_path / "o")] + SPARK, timeout=60)
+    took = time.time() - t
+    assert r.returncode == 2, r.stdout + r.stderr
+    errs = error_lines(r.stderr)
+    assert len(errs) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "Spark" not in r.stdout and took < 20, (took, r.stdout)
+    assert not os.path.exists(str(tmp_path / "o"))
+    return errs[0]
+
+
+def test_missing_input_dir(tmp_path):
+    msg = _fast_error(["--input_dir", str(tmp_path / "nope")], tmp_path)
+    assert "does not exist" in msg
+
+
+def test_gap_in_days(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in (0, 1, 3):
+        (d / ("day_%d" % k)).write_text("0" + "\t" * 39 + "\n")
+    msg = _fast_error(["--input_dir", str(d)], tmp_path)
+    assert "day_2" in msg and "contiguous" in msg
+
+
+def test_single_day_empty_file_and_no_files(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "day_0").write_text("0" + "\t" * 39 + "\n")
+    assert "at least two days" in _fast_error(["--input_dir", str(d)], tmp_path)
+    (d / "day_1").write_text("")
+    assert "empty" in _fast_error(["--input_dir", str(d)], tmp_path)
+    e = tmp_path / "other"
+    e.mkdir()
+    (e / "notes.txt").write_text("x")
+    assert "no Criteo files" in _fast_error(["--input_dir", str(e)], tmp_path)
+
+
+def test_int32_needs_mod_ids(tmp_path, days_input):
+    msg = _fast_error(["--input_dir", days_input[0], "--mod_idx", "0", "--key_type", "int32"],
+                      tmp_path)
+    assert "int32" in msg
+    msg = _fast_error(["--input_dir", days_input[0], "--mod_idx", "100000000",
+                       "--key_type", "int32"], tmp_path)
+    assert "does not fit int32" in msg
+
+
+def test_refuses_non_empty_output_dir(tmp_path, days_input):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    t = time.time()
+    r = tool(["--input_dir", days_input[0], "--output_dir", str(out)] + SPARK, timeout=60)
+    assert r.returncode == 2
+    errs = error_lines(r.stderr)
+    assert len(errs) == 1 and "--overwrite" in errs[0] and time.time() - t < 20
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_help_states_split_rules():
+    r = subprocess.run([sys.executable, TOOL, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "floor(6n/7)" in text and "(n - floor(6n/7)) // 2" in text
+    for flag in ("--input_format", "--train_files", "--eval_files", "--key_type",
+                 "--bad_rows", "--overwrite", "--shuffle_partitions", "--spark_master"):
+        assert flag in text
+
+
+def test_parser_contract():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import criteo1t_parquet as cp
+    finally:
+        sys.path.pop(0)
+    a = cp.parse_args(["--input_dir", "i", "--output_dir", "o"])
+    assert (a.spark_tmp_dir, a.spark_driver_memory_gb, a.mod_idx, a.num_test_examples) == (
+        None, 360, 40000000, 89137319)
+    assert (a.export_dataset_info, a.spark_master, a.input_format, a.train_files,
+            a.eval_files, a.seed, a.key_type, a.bad_rows, a.overwrite,
+            a.shuffle_partitions) == (False, "local[*]", "auto", 1024, 256, 1234, "int64",
+                                      "skip", False, None)
+    assert cp.driver_memory_gb(10**6, "local[2]") < 10**6  # capped at 80% of RAM
+    assert cp.driver_memory_gb(10**6, "yarn") == 10**6
+
+
+# ------------------------------------------------------------------------------------------
+# criteo1t, mod ids, malformed rows skipped
+# ------------------------------------------------------------------------------------------
+
+
+def test_mod_counts_and_malformed(run_mod):
+    info = run_mod["info"]
+    bad_by_split = {"train": 3, "test": 1, "val": 1}
+    lines = {"train": 600 + 500, "test": NUM_TEST, "val": 700 - NUM_TEST}
+    assert info["lines_read"] == lines
+    for s in lines:
+        assert info["rows"][s] == lines[s] - bad_by_split[s]
+    m = info["malformed"]
+    assert m["total"] == 5
+    assert m["by_reason"] == {"field_count": 1, "label": 1, "dense": 1, "categorical": 2}
+    assert m["by_file"]["day_0"]["total"] == 2 and m["by_file"]["day_0"]["dense"] == 1
+    assert m["by_file"]["day_1.gz"] == {"label": 1, "total": 1}
+    assert m["by_file"]["day_2"] == {"categorical": 2, "total": 2}
+    assert info["input_format"] == "criteo1t"
+    assert info["input_files"] == ["day_0", "day_1.gz", "day_2"]
+    assert info["bad_rows_policy"] == "skip" and info["id_mode"] == "mod"
+    assert info["mod_idx"] == MOD and info["seed"] == 5
+    assert "raw + 1" in info["dense_transform"]
+    out = run_mod["proc"].stdout
+    assert "[preprocess] counting lines" in out and "[preprocess] wrote train: 1097 rows" in out
+    assert "malformed" in out.splitlines()[-1]
+
+
+def test_mod_values(run_mod, days_input):
+    _, good = days_input
+    out = run_mod["out"]
+    check_common(out, run_mod["info"])
+    test_lines = good[2][:NUM_TEST - 1]  # one malformed row among the first NUM_TEST lines
+    val_lines = good[2][NUM_TEST - 1:]
+    train_lines = good[0] + good[1]
+    train, files = read_split(out, "train")
+    assert len(files) == 3
+    assert Counter(row_tuples(train)) == Counter(expected_tuples(train_lines, MOD))
+    assert row_tuples(train) != expected_tuples(train_lines, MOD)  # shuffled
+    test, files = read_split(out, "test")
+    assert 1 <= len(files) <= 2
+    assert row_tuples(test) == expected_tuples(test_lines, MOD)  # exact order
+    val, _ = read_split(out, "val")
+    assert row_tuples(val) == expected_tuples(val_lines, MOD)
+    # table sizes = exact distinct counts, missing id included; ids stay in their column range
+    sets = distinct_per_column(out)
+    assert run_mod["info"]["table_size_array"] == [len(s) for s in sets]
+    for i, s in enumerate(sets):
+        assert min(s) >= i * (MOD + 1) and max(s) <= i * (MOD + 1) + MOD
+    assert any(i * (MOD + 1) + MOD in s for i, s in enumerate(sets))
+
+
+def test_export_dataset_info_readme(run_mod):
+    info = run_mod["info"]
+    with open(os.path.join(run_mod["out"], "README.md")) as f:
+        text = f.read()
+    want = ("## number of examples:\ntrain: %d\ntest: %d\nval: %d\n## table size array\n"
+            "table_size_array = [%s]\n" % (info["rows"]["train"], info["rows"]["test"],
+                                           info["rows"]["val"],
+                                           ", ".join(map(str, info["table_size_array"]))))
+    assert text == want
+
+
+def test_bad_rows_fail(days_input, tmp_path):
+    out = tmp_path / "out"
+    r = tool(["--input_dir", days_input[0], "--output_dir", str(out), "--mod_idx", str(MOD),
+              "--num_test_examples", str(NUM_TEST), "--bad_rows", "fail"] + SPARK)
+    assert r.returncode != 0
+    errs = error_lines(r.stderr)
+    assert len(errs) == 1, r.stderr
+    assert "day_0 line 5: dense" in errs[0] and "5 malformed" in errs[0]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not [p for p in os.listdir(str(tmp_path)) if "incomplete" in p]
+
+
+# ------------------------------------------------------------------------------------------
+# hash ids, under spark-submit, --overwrite
+# ------------------------------------------------------------------------------------------
+
+
+def _spark_submit():
+    import pyspark
+
+    path = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    return path if os.path.exists(path) else shutil.which("spark-submit")
+
+
+@pytest.fixture(scope="module")
+def run_hash(days_input, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hash") / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    submit = _spark_submit()
+    if submit is None:
+        pytest.skip("spark-submit not found")
+    cmd = [submit, "--master", "local[2]", "--driver-memory", "2g",
+           "--conf", "spark.sql.shuffle.partitions=4", TOOL,
+           "--input_dir", days_input[0], "--output_dir", str(out), "--mod_idx", "0",
+           "--num_test_examples", str(NUM_TEST), "--train_files", "3", "--eval_files", "2",
+           "--seed", "5", "--spark_master", "local[1]", "--overwrite"]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(str(out / "dataset_info.json")) as f:
+        info = json.load(f)
+    return {"out": str(out), "proc": r, "info": info}
+
+
+def test_hash_ids_under_spark_submit_with_overwrite(run_hash, days_input):
+    out, info = run_hash["out"], run_hash["info"]
+    assert "spark-submit: using its spark.master local[2]" in run_hash["proc"].stdout
+    assert not os.path.exists(os.path.join(out, "old.txt"))  # replaced
+    assert not [p for p in os.listdir(os.path.dirname(out)) if p.startswith(".out.")]
+    check_common(out, info)
+    assert info["id_mode"] == "hash" and info["rows"] == {"train": 1097, "test": 249,
+                                                          "val": 449}
+    sets = distinct_per_column(out)
+    assert info["table_size_array"] == [len(s) for s in sets]
+    union = set()
+    for s in sets:
+        assert not (union & s), "hash ids collide across columns"
+        union |= s
+    # same (column, hex) -> same id; the mapping is a function of the raw value
+    _, good = days_input
+    test, _ = read_split(out, "test")
+    got = row_tuples(test, ids_only=True)
+    mapping = {}
+    for ln, ids in zip(good[2][:NUM_TEST - 1], got):
+        for i, v in enumerate(ln.split("\t")[14:40]):
+            assert mapping.setdefault((i, v), ids[i]) == ids[i]
+    # distinct raw values of a column map to distinct ids (no collisions on this data)
+    for i in range(26):
+        vals = {v for (c, v) in mapping if c == i}
+        assert len({mapping[(i, v)] for v in vals}) == len(vals)
+
+
+# ------------------------------------------------------------------------------------------
+# real Kaggle rows
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_kaggle(tmp_path_factory):
+    if not os.path.exists(KAGGLE_HEAD):
+        pytest.skip("real Criteo rows not found at %s (shared/criteo is not checked out next "
+                    "to the repo)" % os.path.normpath(KAGGLE_HEAD))
+    d = tmp_path_factory.mktemp("kaggle")
+    os.symlink(os.path.abspath(KAGGLE_HEAD), str(d / "train.txt"))
+    out = str(d / "out")
+    # small file splits: train.txt is read as ~10 partitions, so line positions must be
+    # stitched across partitions
+    env = {"PYSPARK_SUBMIT_ARGS": "--conf spark.sql.files.maxPartitionBytes=262144 "
+                                  "pyspark-shell"}
+    r = tool(["--input_dir", str(d), "--output_dir", out, "--train_files", "4",
+              "--eval_files", "3", "--key_type", "int32"] + SPARK, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(os.path.join(out, "dataset_info.json")) as f:
+        info = json.load(f)
+    return {"out": out, "proc": r, "info": info}
+
+
+def test_kaggle_real_rows(run_kaggle):
+    out, info = run_kaggle["out"], run_kaggle["info"]
+    assert "kaggle" in run_kaggle["proc"].stdout and "in 10 partitions" in run_kaggle["proc"].stdout
+    assert info["input_format"] == "kaggle" and info["malformed"]["total"] == 0
+    assert info["rows"] == {"train": 8571, "test": 714, "val": 715}
+    assert info["lines_read"] == info["rows"]
+    check_common(out, info, key_type="int32")
+    with open(KAGGLE_HEAD) as f:
+        lines = f.read().splitlines()
+    mod = 40000000
+    train, files = read_split(out, "train")
+    assert len(files) == 4
+    assert Counter(row_tuples(train)) == Counter(expected_tuples(lines[:8571], mod))
+    test, _ = read_split(out, "test")
+    assert row_tuples(test) == expected_tuples(lines[8571:8571 + 714], mod)
+    val, _ = read_split(out, "val")
+    assert row_tuples(val) == expected_tuples(lines[8571 + 714:], mod)
+    # I2 has negative raw values: stored as raw + 1 (0, -1), finite, and log(max(x,0)+1) too
+    i2 = np.concatenate([t.column("I2").to_numpy() for t in (train, test, val)])
+    raw_i2 = [int(ln.split("\t")[2]) for ln in lines if ln.split("\t")[2] != ""]
+    assert min(raw_i2) < 0 and i2.min() == min(raw_i2) + 1
+    assert np.isfinite(np.log(np.maximum(i2, 0) + 1)).all()
+    assert info["table_size_array"] == [len(s) for s in distinct_per_column(out)]
+
+
+# ------------------------------------------------------------------------------------------
+# killed run, rerun, determinism
+# ------------------------------------------------------------------------------------------
+
+
+def test_kill_during_write_then_rerun(run_mod):
+    # the killed run left only its temp dir, no output_dir
+    assert run_mod["after_kill"] == [run_mod["stale"]]
+    out = run_mod["proc"].stdout
+    assert "removing stale temporary directory" in out and run_mod["stale"] in out
+    assert run_mod["after_rerun"] == ["out"]
+
+
+def test_train_shuffle_deterministic(run_mod, run_hash):
+    """Same input, seed and file count -> the same row order (the shuffle depends only on the
+    seed and the input order, not on the id mode): labels and dense values match row for row."""
+    for split in ("train", "test", "val"):
+        a, fa = read_split(run_mod["out"], split)
+        b, fb = read_split(run_hash["out"], split)
+        assert len(fa) == len(fb)
+        for c in ["label"] + DENSE:
+            assert a.column(c).equals(b.column(c)), (split, c)
