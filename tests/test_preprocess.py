@@ -24,6 +24,7 @@ pytest.importorskip("pyspark")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
+SYNTH = os.path.join(REPO, "tools", "make_synthetic_criteo.py")
 KAGGLE_HEAD = os.path.join(REPO, "..", "shared", "criteo", "kaggle_train_head10k.tsv")
 SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2",
          "--shuffle_partitions", "4"]
@@ -56,34 +57,23 @@ def error_lines(stderr):
     return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
 
 
-def gen_lines(rng, n):
-    """n valid raw Criteo lines: missing values, I2 negatives, short/upper-case hex, big values."""
-    pool = [[rng.getrandbits(32) for _ in range(3 + (i % 5) * 4)] for i in range(26)]
-    out = []
-    for _ in range(n):
-        f = [str(rng.randint(0, 1))]
-        for j in range(13):
-            r = rng.random()
-            if r < 0.2:
-                f.append("")
-            elif j == 1 and r < 0.35:
-                f.append(str(rng.choice([-1, -2, -3])))
-            elif r > 0.98:
-                f.append(str(rng.randint(10**9, 10**12)))
-            else:
-                f.append(str(rng.randint(0, 500)))
-        for i in range(26):
-            r = rng.random()
-            if r < 0.1:
-                f.append("")
-            elif r < 0.13:
-                f.append("%x" % rng.randint(0, 4095))  # 1-3 hex digits
-            elif r < 0.16:
-                f.append("%08X" % rng.choice(pool[i]))  # upper case
-            else:
-                f.append("%08x" % rng.choice(pool[i]))
-        out.append("\t".join(f))
-    return out
+def edge_cases(line, rng):
+    """Rewrite a few fields of a valid line into other valid forms the tool must handle:
+    1-3 digit and upper-case hex, big and negative integers."""
+    f = line.split("\t")
+    for i in range(14, 40):
+        r = rng.random()
+        if f[i] and r < 0.03:
+            f[i] = "%x" % rng.randint(0, 4095)
+        elif f[i] and r < 0.06:
+            f[i] = f[i].upper()
+    for j in range(1, 14):
+        r = rng.random()
+        if r < 0.01:
+            f[j] = str(rng.randint(10**9, 10**12))
+        elif j == 2 and r < 0.1:
+            f[j] = str(rng.choice([-1, -2, -3]))
+    return "\t".join(f)
 
 
 def expected_row(line, mod):
@@ -161,13 +151,13 @@ def distinct_per_column(out_dir):
 
 # Malformed rows injected into the criteo1t input: (day, 1-based line, reason, text)
 BAD = [
-    (0, 5, "dense", None),
-    (0, 20, "field_count", None),
-    (1, 7, "label", None),
-    (2, 10, "categorical", None),  # in test (first 250 lines of day_2)
-    (2, 600, "categorical", None),  # in val
+    (0, 5, "dense"),
+    (0, 20, "field_count"),
+    (1, 7, "label"),
+    (2, 10, "categorical"),  # in test (first 250 lines of day_2)
+    (2, 500, "categorical"),  # in val
 ]
-DAY_LINES = {0: 600, 1: 500, 2: 700}
+DAY_LINES = 600
 NUM_TEST = 250
 
 
@@ -186,20 +176,28 @@ def _corrupt(line, reason, rng):
 
 @pytest.fixture(scope="module")
 def days_input(tmp_path_factory):
-    """day_0, day_1.gz, day_2 with valid lines and the BAD rows; returns (dir, {day: lines})."""
+    """day_0, day_1.gz, day_2 from tools/make_synthetic_criteo.py, with a few edge-case values
+    and the BAD rows; returns (dir, {day: the valid lines})."""
     d = tmp_path_factory.mktemp("days")
+    r = subprocess.run([sys.executable, SYNTH, "--output_dir", str(d), "--days", "3",
+                        "--rows_per_day", str(DAY_LINES), "--seed", "11"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
     rng = random.Random(7)
     good = {}
-    for day, n in DAY_LINES.items():
-        lines = gen_lines(rng, n)
+    for day in range(3):
+        with open(str(d / ("day_%d" % day))) as f:
+            lines = [edge_cases(ln, rng) for ln in f.read().splitlines()]
+        assert len(lines) == DAY_LINES
         raw = list(lines)
-        for bday, lno, reason, _ in BAD:
+        for bday, lno, reason in BAD:
             if bday == day:
                 raw[lno - 1] = _corrupt(raw[lno - 1], reason, rng)
         good[day] = [ln for k, ln in enumerate(lines)
-                     if not any(bd == day and bl == k + 1 for bd, bl, _, _ in BAD)]
+                     if not any(bd == day and bl == k + 1 for bd, bl, _ in BAD)]
         text = ("\n".join(raw) + "\n").encode()
         if day == 1:
+            os.remove(str(d / "day_1"))
             with gzip.open(str(d / "day_1.gz"), "wb") as f:
                 f.write(text)
         else:
@@ -346,7 +344,7 @@ def test_parser_contract():
 def test_mod_counts_and_malformed(run_mod):
     info = run_mod["info"]
     bad_by_split = {"train": 3, "test": 1, "val": 1}
-    lines = {"train": 600 + 500, "test": NUM_TEST, "val": 700 - NUM_TEST}
+    lines = {"train": 2 * DAY_LINES, "test": NUM_TEST, "val": DAY_LINES - NUM_TEST}
     assert info["lines_read"] == lines
     for s in lines:
         assert info["rows"][s] == lines[s] - bad_by_split[s]
@@ -362,7 +360,7 @@ def test_mod_counts_and_malformed(run_mod):
     assert info["mod_idx"] == MOD and info["seed"] == 5
     assert "raw + 1" in info["dense_transform"]
     out = run_mod["proc"].stdout
-    assert "[preprocess] counting lines" in out and "[preprocess] wrote train: 1097 rows" in out
+    assert "[preprocess] counting lines" in out and "[preprocess] wrote train: 1197 rows" in out
     assert "malformed" in out.splitlines()[-1]
 
 
@@ -453,8 +451,8 @@ def test_hash_ids_under_spark_submit_with_overwrite(run_hash, days_input):
     assert not os.path.exists(os.path.join(out, "old.txt"))  # replaced
     assert not [p for p in os.listdir(os.path.dirname(out)) if p.startswith(".out.")]
     check_common(out, info)
-    assert info["id_mode"] == "hash" and info["rows"] == {"train": 1097, "test": 249,
-                                                          "val": 449}
+    assert info["id_mode"] == "hash" and info["rows"] == {"train": 1197, "test": 249,
+                                                          "val": 349}
     sets = distinct_per_column(out)
     assert info["table_size_array"] == [len(s) for s in sets]
     union = set()
