@@ -23,8 +23,8 @@ import oneflow as flow
 import psutil
 
 from dlrm.checkpoint import checkpoint_name, latest_checkpoint, load_weights, read_train_state, save_checkpoint
-from dlrm.data import NUM_SPARSE, BatchReader, DataError, check_schema, list_row_groups, load_dataset_info, \
-    rows_per_rank, split_files
+from dlrm.data import NUM_SPARSE, BatchReader, DataError, check_schema, full_batches_per_rank, \
+    load_dataset_info, split_files
 from dlrm.model import DLRM, STORE_TYPES, make_store_options
 
 # The original's Criteo 1TB table sizes, used when the dataset has no dataset_info.json.
@@ -136,9 +136,6 @@ def resolve_table_sizes(args):
                        f"{NUM_SPARSE} categorical columns (C1..C26)")
     if min(args.table_size_array) <= 0:
         raise ArgError("--table_size_array entries must be > 0")
-    if info is not None and info.get("key_type", args.one_embedding_key_type) != args.one_embedding_key_type:
-        raise ArgError(f"{args.data_dir}/dataset_info.json says key_type {info['key_type']} but "
-                       f"--one_embedding_key_type is {args.one_embedding_key_type}")
 
 
 def parse_args(argv=None):
@@ -287,10 +284,6 @@ def evaluate(eval_graph, module, files, num_batches, args, placement):
     auc = roc_auc(flow.cat(labels), flow.cat(preds)) if rank == 0 else 0.0
     flow.comm.barrier()
     return broadcast_float(auc, placement), sum(len(x) for x in labels)
-
-
-def full_batches_per_rank(files, batch_size, world_size):
-    return min(rows_per_rank(list_row_groups(files), world_size)) // (batch_size // world_size)
 
 
 # ----------------------------------------------------------------------------- main

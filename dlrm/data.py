@@ -79,31 +79,47 @@ def list_row_groups(files):
     return groups
 
 
-def epoch_row_groups(groups, rank, world_size, shuffle, seed, epoch):
-    """This rank's row groups for one epoch, in reading order."""
-    order = np.arange(len(groups))
-    if shuffle:
-        order = np.random.default_rng([seed, epoch]).permutation(len(groups))
-    return [groups[i] for i in order[rank::world_size]]
+def train_segments(groups, rank, world_size, seed, epoch):
+    """This rank's share of one training epoch: every world_size-th row group of a per-epoch shuffle.
+
+    Segments are (file, row_group, start_row, stop_row)."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(groups))
+    return [(path, rg, 0, n) for path, rg, n in (groups[i] for i in order[rank::world_size])]
 
 
-def rows_per_rank(groups, world_size):
-    """Rows each rank reads in one (unshuffled) pass; used to size eval and check shards."""
-    return [sum(n for _, _, n in groups[r::world_size]) for r in range(world_size)]
+def eval_segments(groups, rank, world_size):
+    """This rank's equal, contiguous slice of the split in file order (so every rank gets the same
+    number of eval batches and the union is the head of the split)."""
+    per_rank = sum(n for _, _, n in groups) // world_size
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    segments, first = [], 0
+    for path, rg, n in groups:
+        start, stop = max(lo - first, 0), min(hi - first, n)
+        if start < stop:
+            segments.append((path, rg, start, stop))
+        first += n
+    return segments
+
+
+def full_batches_per_rank(files, batch_size, world_size):
+    """Full per-rank batches in one pass over the split (eval reads at most this many)."""
+    total = sum(n for _, _, n in list_row_groups(files))
+    return total // world_size // (batch_size // world_size)
 
 
 class BatchReader:
     """Full per-rank batches (label[B,1] f32, dense[B,13] f32, sparse[B,26] ids) from a shard.
 
     train=True: endless, row groups reshuffled per epoch; start_batch skips already-consumed
-    batches without reading them. train=False: one pass in file order, at most max_batches.
+    batches without reading them. train=False: one pass over this rank's contiguous slice of the
+    split, at most max_batches.
     A background thread decodes ahead (pyarrow releases the GIL) so the step never waits on I/O.
     """
 
     def __init__(self, files, batch_size, rank, world_size, train, seed=1234,
                  start_batch=0, max_batches=None, prefetch=4):
         self.groups = list_row_groups(files)
-        if len(self.groups) < world_size:
+        if train and len(self.groups) < world_size:
             raise DataError(
                 f"{os.path.dirname(files[0])}: {len(self.groups)} parquet row groups cannot be shared by "
                 f"{world_size} ranks; write more files (--train_files/--eval_files of the preprocessing tool)"
@@ -116,32 +132,36 @@ class BatchReader:
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
 
+    def segments(self, epoch):
+        if self.train:
+            return train_segments(self.groups, self.rank, self.world_size, self.seed, epoch)
+        return eval_segments(self.groups, self.rank, self.world_size) if epoch == 0 else []
+
     def position(self, batches_consumed):
-        """(epoch, row group index within the epoch, row within it) where the next batch starts."""
+        """(epoch, segment index within the epoch, row within it) where the next batch starts."""
         skip = batches_consumed * self.batch_size
         epoch = 0
         while True:
-            groups = epoch_row_groups(self.groups, self.rank, self.world_size, self.train, self.seed, epoch)
-            for i, (_, _, n) in enumerate(groups):
-                if skip < n:
+            segments = self.segments(epoch)
+            for i, (_, _, start, stop) in enumerate(segments):
+                if skip < stop - start:
                     return epoch, i, skip
-                skip -= n
-            if not self.train:
-                return epoch + 1, 0, 0
+                skip -= stop - start
+            if not segments:
+                return epoch, 0, 0
             epoch += 1
 
     def _chunks(self):
-        """Column arrays of consecutive row-group slices, starting at start_batch."""
+        """Tables of consecutive segments, starting where batch start_batch starts."""
         epoch, first, offset = self.position(self.start_batch)
         while True:
-            groups = epoch_row_groups(self.groups, self.rank, self.world_size, self.train, self.seed, epoch)
-            for path, rg, _ in groups[first:]:
-                table = pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS)
-                if offset:
-                    table, offset = table.slice(offset), 0
-                yield table
-            if not self.train:
+            segments = self.segments(epoch)
+            if not segments:
                 return
+            for path, rg, start, stop in segments[first:]:
+                table = pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS)
+                yield table.slice(start + offset, stop - start - offset)
+                offset = 0
             epoch, first = epoch + 1, 0
 
     def _batches(self):
