@@ -24,7 +24,7 @@ import psutil
 
 from dlrm.checkpoint import checkpoint_name, latest_checkpoint, load_weights, read_train_state, save_checkpoint
 from dlrm.data import NUM_SPARSE, BatchReader, DataError, check_schema, full_batches_per_rank, \
-    load_dataset_info, split_files
+    load_table_sizes, split_files
 from dlrm.model import DLRM, STORE_TYPES, make_store_options
 
 # The original's Criteo 1TB table sizes, used when the dataset has no dataset_info.json.
@@ -122,20 +122,24 @@ def check_args(args, world_size, device):
         raise ArgError(f"--data_dir {args.data_dir}: no such directory")
 
 
-def resolve_table_sizes(args):
-    """--table_size_array, else dataset_info.json, else the original's default; checked for length."""
-    info = load_dataset_info(args.data_dir)
+def resolve_table_sizes(args, device):
+    """--table_size_array, else the dataset's recorded sizes, else the original's default; checked."""
     if args.table_size_array is None:
-        if info is not None:
-            args.table_size_array = info["table_size_array"]
-        else:
-            print(f"note: {args.data_dir} has no dataset_info.json; using the original's Criteo 1TB table sizes")
+        args.table_size_array = load_table_sizes(args.data_dir)
+        if args.table_size_array is None:
+            print(f"note: {args.data_dir} records no table sizes (dataset_info.json or README.md); "
+                  f"using the original's Criteo 1TB table sizes", file=sys.stderr)
             args.table_size_array = CRITEO1T_TABLE_SIZES
     if len(args.table_size_array) != NUM_SPARSE:
         raise ArgError(f"--table_size_array has {len(args.table_size_array)} entries; the data has "
                        f"{NUM_SPARSE} categorical columns (C1..C26)")
     if min(args.table_size_array) <= 0:
         raise ArgError("--table_size_array entries must be > 0")
+    if device == "cpu":  # the CPU embedding is one dense table, replicated on every rank
+        need = sum(args.table_size_array) * args.embedding_vec_size * 4 * 3  # weights, grads, update
+        if need > 0.5 * psutil.virtual_memory().total:
+            raise ArgError(f"the CPU embedding for {sum(args.table_size_array):,} rows x {args.embedding_vec_size} "
+                           f"needs ~{need / 2**30:.1f} GiB per process; use CUDA (OneEmbedding) or smaller tables")
 
 
 def parse_args(argv=None):
@@ -296,7 +300,7 @@ def main(argv=None):
     try:
         device = pick_device(args.device)
         check_args(args, world, device)
-        resolve_table_sizes(args)
+        resolve_table_sizes(args, device)
         train_files = split_files(args.data_dir, "train")
         eval_files = split_files(args.data_dir, args.eval_split)
         check_schema(train_files + eval_files, args.one_embedding_key_type)

@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import queue
+import re
 import threading
 
 import numpy as np
@@ -42,13 +43,20 @@ def split_files(data_dir, split):
     return files
 
 
-def load_dataset_info(data_dir):
-    """dataset_info.json written by our preprocessing tool, or None for other datasets."""
-    path = os.path.join(data_dir, "dataset_info.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def load_table_sizes(data_dir):
+    """Table sizes recorded with the dataset: our dataset_info.json, else the
+    `table_size_array = [...]` line of the README.md the original tool writes; None if neither."""
+    info_path = os.path.join(data_dir, "dataset_info.json")
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            return json.load(f)["table_size_array"]
+    readme = os.path.join(data_dir, "README.md")
+    if os.path.exists(readme):
+        with open(readme) as f:
+            m = re.search(r"table_size_array\s*=\s*\[([\d,\s]+)\]", f.read())
+        if m:
+            return [int(x) for x in m.group(1).split(",") if x.strip()]
+    return None
 
 
 def check_schema(files, key_type):

@@ -216,3 +216,33 @@ def test_batch_not_divisible_by_ranks_fails_in_a_real_launch(synthetic_parquet):
                            "--train_batch_size", "255"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "--train_batch_size 255 is not a positive multiple of the number of ranks (2)" in proc.stderr
+
+
+def test_nan_loss_stops_the_run_naming_the_step(synthetic_parquet):
+    proc = subprocess.run([sys.executable, "dlrm_train_eval.py", "--data_dir", str(synthetic_parquet / "parquet"),
+                           *SMALL_MODEL, *SCHEDULE, "--learning_rate", "1e30", "--warmup_batches", "0",
+                           "--train_batches", "40", "--loss_print_interval", "20", "--eval_interval", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error: loss is")]
+    assert len(lines) == 1 and " at step " in lines[0]
+    step = int(lines[0].split(" at step ")[1].split(";")[0])
+    assert 2 <= step <= 20  # the first step's loss is finite; the blow-up is caught in the first interval
+
+
+def test_reads_a_dataset_laid_out_by_the_original_tool(synthetic_parquet, tmp_path):
+    """The original tool writes no dataset_info.json, only README.md with the table sizes."""
+    src = synthetic_parquet / "parquet"
+    sizes = json.load(open(src / "dataset_info.json"))["table_size_array"]
+    for split in ("train", "test"):
+        os.symlink(src / split, tmp_path / split)
+    (tmp_path / "README.md").write_text("## number of examples:\ntrain: 60000\ntest: 15000\nval: 15000\n"
+                                        f"## table size array\ntable_size_array = [{', '.join(map(str, sizes))}]\n")
+    log = launch(["--data_dir", str(tmp_path), *SMALL_MODEL, *SCHEDULE, "--train_batches", "20",
+                  "--eval_interval", "0", "--eval_batches", "2", "--loss_print_interval", "10"])
+    assert f"table_size_array .............. {sizes}" in log and "Step 20, AUC" in log
+    os.remove(tmp_path / "README.md")  # no recorded sizes: the original's 1TB default, too big for a CPU table
+    proc = subprocess.run([sys.executable, "dlrm_train_eval.py", "--data_dir", str(tmp_path), *SCHEDULE],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "using the original's Criteo 1TB table sizes" in proc.stderr
+    assert "error: the CPU embedding for 187,767,399 rows x 128 needs" in proc.stderr
