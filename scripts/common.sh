@@ -1,0 +1,147 @@
+# Shared helpers for the launch scripts in scripts/ -- source it, do not run it:
+#     source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+#
+# Conventions: errors are one line "error: ..." on stderr and exit 2 (usage: missing argument,
+# missing path, wrong GPU count) or 1; progress goes to stderr; DRY_RUN=1 makes run_cmd print the
+# final command (shell-quoted) instead of running it.
+#
+# Environment read here:
+#   PY                     python to run with (default: the venv from scripts/setup_env.sh)
+#   DRY_RUN=1              print the command instead of running it
+#   CUDA_VISIBLE_DEVICES   limits the GPUs counted by probe_gpus
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT_NAME="$(basename "${BASH_SOURCE[1]:-$0}")"
+
+die() {  # die MESSAGE [EXIT_CODE]
+  echo "error: $SCRIPT_NAME: $1" >&2
+  exit "${2:-1}"
+}
+
+note() { echo "[$SCRIPT_NAME] $*" >&2; }
+
+# Print the usage comment at the top of the calling script (the lines after the shebang that
+# start with '#', up to the first line that does not) and exit 0.
+usage() {
+  local script="${BASH_SOURCE[1]}"
+  sed -n '2,/^[^#]/{/^#/!q;s/^# \{0,1\}//;p}' "$script"
+  exit 0
+}
+
+# wants_help "$@": true when the first argument is -h or --help.
+wants_help() { [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; }
+
+# need_args COUNT "$@": fail with the usage line when fewer than COUNT positional arguments.
+need_args() {
+  local want="$1"; shift
+  if (( $# < want )); then
+    die "expected $want path argument(s), got $# (run with -h for usage)" 2
+  fi
+}
+
+need_dir() {  # need_dir WHAT PATH : PATH must be an existing directory
+  [[ -n "$2" ]] || die "$1 is empty (run with -h for usage)" 2
+  [[ -e "$2" ]] || die "$1 $2 does not exist" 2
+  [[ -d "$2" ]] || die "$1 $2 is not a directory" 2
+}
+
+need_env() {  # need_env NAME... : each variable must be set and non-empty
+  local v
+  for v in "$@"; do
+    [[ -n "${!v:-}" ]] || die "environment variable $v is required (run with -h for usage)" 2
+  done
+}
+
+need_int() {  # need_int NAME VALUE [MIN]
+  [[ "$2" =~ ^[0-9]+$ ]] || die "$1 must be a non-negative integer, not '$2'" 2
+  (( $2 >= ${3:-0} )) || die "$1 must be >= ${3:-0}, not $2" 2
+}
+
+# make_dir WHAT PATH: create PATH (and parents) or fail in one line.
+make_dir() {
+  [[ -n "$2" ]] || die "$1 is empty (run with -h for usage)" 2
+  mkdir -p -- "$2" 2>/dev/null || die "$1 $2 cannot be created (parent missing or not writable)" 2
+  [[ -w "$2" ]] || die "$1 $2 is not writable" 2
+}
+
+abspath() { (cd "$(dirname -- "$1")" 2>/dev/null && echo "$(pwd)/$(basename -- "$1")") || echo "$1"; }
+
+# has_flag FLAG ARGS...: true when FLAG (e.g. --overwrite) is among ARGS (also --flag=value).
+has_flag() {
+  local flag="$1" a; shift
+  for a in "$@"; do [[ "$a" == "$flag" || "$a" == "$flag="* ]] && return 0; done
+  return 1
+}
+
+# ------------------------------------------------------------------------------------ GPUs
+# probe_gpus: set NVIDIA_GPUS to the number of GPUs `nvidia-smi -L` lists (0 without a working
+# nvidia-smi), GPU_COUNT to how many of them are usable here (limited by CUDA_VISIBLE_DEVICES
+# when set) and GPU_PROBE_NOTE to how that was found.
+probe_gpus() {
+  local out
+  NVIDIA_GPUS=0
+  if ! command -v nvidia-smi >/dev/null 2>&1; then
+    GPU_PROBE_NOTE="nvidia-smi not found: no NVIDIA driver on this machine"
+  elif ! out="$(nvidia-smi -L 2>&1)"; then
+    GPU_PROBE_NOTE="nvidia-smi -L failed: $(head -n1 <<<"$out")"
+  else
+    NVIDIA_GPUS="$(grep -c '^GPU ' <<<"$out" || true)"  # MIG devices are indented sub-lines
+    GPU_PROBE_NOTE="nvidia-smi -L lists $NVIDIA_GPUS"
+  fi
+  GPU_COUNT=$NVIDIA_GPUS
+  if [[ -n "${CUDA_VISIBLE_DEVICES+x}" ]]; then
+    local visible=0
+    [[ -n "$CUDA_VISIBLE_DEVICES" ]] && visible="$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true)"
+    (( visible < GPU_COUNT )) && GPU_COUNT=$visible
+    GPU_PROBE_NOTE="$GPU_PROBE_NOTE, CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES'"
+  fi
+  return 0
+}
+
+# require_gpus N: fail unless at least N GPUs are usable; note when more are (only N are used).
+require_gpus() {
+  probe_gpus
+  if (( GPU_COUNT < $1 )); then
+    die "asked for $1 GPU(s) but found $GPU_COUNT ($GPU_PROBE_NOTE)" 2
+  fi
+  if (( GPU_COUNT > $1 )); then
+    note "note: $GPU_COUNT GPUs visible, using the first $1 (set CUDA_VISIBLE_DEVICES to choose)"
+  fi
+  return 0
+}
+
+# ------------------------------------------------------------------------------------ python
+# dlrm_python: the interpreter to use: $PY when set, else the venv of scripts/setup_env.sh
+# (created on first use).
+dlrm_python() {
+  if [[ -n "${PY:-}" ]]; then
+    [[ -x "$PY" ]] || command -v "$PY" >/dev/null 2>&1 || die "PY=$PY is not an executable python" 2
+    echo "$PY"; return
+  fi
+  bash "$REPO/scripts/setup_env.sh" || die "could not set up the Python environment (scripts/setup_env.sh failed)"
+}
+
+require_java() {
+  command -v java >/dev/null 2>&1 || [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] \
+    || die "Spark needs Java 17+: no 'java' on PATH and no JAVA_HOME (e.g. apt-get install openjdk-17-jre-headless)" 2
+}
+
+# free_port: an unused local TCP port (for single-node launches, so concurrent jobs do not clash).
+free_port() {
+  "${1:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
+    2>/dev/null || echo 29500
+}
+
+# physical_memory_gb: this machine's RAM in whole GB (GiB).
+physical_memory_gb() { awk '/^MemTotal:/ {printf "%d\n", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo 8; }
+
+# run_cmd CMD...: print the command, then exec it (or only print it with DRY_RUN=1).
+run_cmd() {
+  local q; q="$(printf '%q ' "$@")"
+  if [[ "${DRY_RUN:-0}" == "1" ]]; then
+    echo "${q% }"
+    exit 0
+  fi
+  note "running: ${q% }"
+  exec "$@"
+}

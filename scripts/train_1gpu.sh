@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Train and evaluate DLRM on one GPU.
+#
+# usage: scripts/train_1gpu.sh DATA_DIR PERSISTENT_PATH [extra dlrm_train_eval.py args...]
+#
+#   DATA_DIR          parquet dataset from tools/criteo1t_parquet.py (train/, test/, val/,
+#                     dataset_info.json for the table sizes)
+#   PERSISTENT_PATH   OneEmbedding's persistent store (created if missing; a fast local disk)
+#   extra args        passed on to dlrm_train_eval.py and override the ones here, e.g.
+#                     --train_batches 1000 --model_save_dir /ckpt/run1 --amp
+#
+# Environment:
+#   MODEL_SAVE_DIR    add --model_save_dir (checkpoints and metrics.jsonl go there)
+#   CUDA_VISIBLE_DEVICES  which GPU to use (default: the first one)
+#   MASTER_PORT       rendezvous port (default: a free one)
+#   PY                python to use (default: the venv of scripts/setup_env.sh)
+#   DRY_RUN=1         print the command instead of running it
+#
+# Fails in one line when DATA_DIR is missing or no GPU is visible (nvidia-smi -L).
+# Example: scripts/train_1gpu.sh /data/criteo_parquet /ssd/dlrm_persistent --train_batches 2000
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+wants_help "$@" && usage
+need_args 2 "$@"
+data_dir="$1" persistent="$2"; shift 2
+need_dir DATA_DIR "$data_dir"
+require_gpus 1
+make_dir PERSISTENT_PATH "$persistent"
+py="$(dlrm_python)"
+extra=()
+[[ -n "${MODEL_SAVE_DIR:-}" ]] && extra+=(--model_save_dir "$MODEL_SAVE_DIR")
+run_cmd "$py" -m oneflow.distributed.launch --nproc_per_node 1 --nnodes 1 --node_rank 0 \
+  --master_addr 127.0.0.1 --master_port "${MASTER_PORT:-$(free_port "$py")}" \
+  "$REPO/dlrm_train_eval.py" --data_dir "$data_dir" --persistent_path "$persistent" "${extra[@]}" "$@"
