@@ -64,7 +64,7 @@ make_dir() {
   [[ -w "$2" ]] || die "$1 $2 is not writable" 2
 }
 
-abspath() { (cd "$(dirname -- "$1")" 2>/dev/null && echo "$(pwd)/$(basename -- "$1")") || echo "$1"; }
+abspath() { realpath -m -- "$1" 2>/dev/null || echo "$1"; }  # also for paths that do not exist yet
 
 # has_flag FLAG ARGS...: true when FLAG (e.g. --overwrite) is among ARGS (also --flag=value).
 has_flag() {

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Quickstart: the whole pipeline on a small synthetic Criteo dataset, in a few minutes on a laptop
+# (2 CPU cores) -- or on your GPUs when nvidia-smi lists any:
+#   1. set up the Python environment (scripts/setup_env.sh)
+#   2. generate synthetic raw Criteo days with a planted click model (tools/make_synthetic_criteo.py)
+#   3. preprocess them into parquet with a local Spark (tools/criteo1t_parquet.py)
+#   4. train and evaluate DLRM (python -m oneflow.distributed.launch ... dlrm_train_eval.py)
+#   5. plot the metrics (tools/plot_metrics.py)
+#
+# usage: scripts/quickstart.sh [extra dlrm_train_eval.py args...]
+#        WORK_DIR=/tmp/qs TRAIN_BATCHES=2000 scripts/quickstart.sh
+#        RAW_DIR=/data/criteo_kaggle scripts/quickstart.sh     # your own raw data (train.txt or day_N)
+#
+# Environment (defaults in brackets):
+#   WORK_DIR          everything goes here [./runs/quickstart]: raw/ (synthetic days), parquet/
+#                     (the dataset), train/<time>/ (one directory per training run: checkpoints,
+#                     metrics.jsonl, metrics.png, summary.json, train.log), train/latest -> newest
+#   RAW_DIR           use these raw files instead of generating synthetic ones
+#   DAYS, ROWS_PER_DAY, SEED   synthetic data shape [3, 100000, 0]: days 0..DAYS-2 train, the
+#                     last day is split into test and val
+#   NUM_TEST_EXAMPLES rows of the last day that go to test [half of it]
+#   TRAIN_FILES, EVAL_FILES    parquet files per split [16, 4]
+#   DRIVER_MEMORY_GB  Spark driver memory [4]
+#   OVERWRITE=1       regenerate raw/ and rebuild parquet/ even if they exist. Without it an existing
+#                     dataset is reused when it was built from the same raw files and settings
+#                     (recorded in WORK_DIR/parquet.stamp), and anything else in the way stops the
+#                     script with a message -- nothing is replaced silently.
+#   NPROC             training processes [number of GPUs nvidia-smi -L lists, else 2 on CPU]
+#   TRAIN_BATCHES [1000], EVAL_INTERVAL [250], EVAL_BATCHES [20], LOSS_PRINT_INTERVAL [50],
+#   TRAIN_BATCH_SIZE [256], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
+#   LEARNING_RATE [1.0], WARMUP_BATCHES [50], DECAY_START [60% of TRAIN_BATCHES],
+#   DECAY_BATCHES [the rest]
+#   PY                python to use [the venv of scripts/setup_env.sh]
+# The model is small (embedding 16, bottom MLP 64,32,16, top MLP 64,32); extra arguments go to
+# dlrm_train_eval.py last, so they override anything here.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+wants_help "$@" && usage
+
+T0=$SECONDS
+STAGE=0
+banner() {
+  STAGE=$((STAGE + 1))
+  local t=$((SECONDS - T0))
+  printf '\n==== [%d/5] %s  (t=%dm%02ds) ====\n' "$STAGE" "$1" $((t / 60)) $((t % 60))
+}
+elapsed() { local t=$((SECONDS - T0)); printf '%dm%02ds' $((t / 60)) $((t % 60)); }
+
+WORK_DIR="$(abspath "${WORK_DIR:-./runs/quickstart}")"
+DAYS="${DAYS:-3}" ROWS_PER_DAY="${ROWS_PER_DAY:-100000}" SEED="${SEED:-0}"
+TRAIN_FILES="${TRAIN_FILES:-16}" EVAL_FILES="${EVAL_FILES:-4}" DRIVER_MEMORY_GB="${DRIVER_MEMORY_GB:-4}"
+TRAIN_BATCHES="${TRAIN_BATCHES:-1000}" EVAL_INTERVAL="${EVAL_INTERVAL:-250}" EVAL_BATCHES="${EVAL_BATCHES:-20}"
+LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}" LEARNING_RATE="${LEARNING_RATE:-1.0}"
+WARMUP_BATCHES="${WARMUP_BATCHES:-50}"
+for v in DAYS ROWS_PER_DAY SEED TRAIN_FILES EVAL_FILES DRIVER_MEMORY_GB TRAIN_BATCHES EVAL_INTERVAL \
+         EVAL_BATCHES LOSS_PRINT_INTERVAL WARMUP_BATCHES; do
+  need_int "$v" "${!v}"
+done
+need_int TRAIN_BATCHES "$TRAIN_BATCHES" 1
+DECAY_START="${DECAY_START:-$((TRAIN_BATCHES * 6 / 10))}"
+DECAY_BATCHES="${DECAY_BATCHES:-$((TRAIN_BATCHES - DECAY_START))}"
+need_int DECAY_START "$DECAY_START"
+need_int DECAY_BATCHES "$DECAY_BATCHES" 1
+OVERWRITE="${OVERWRITE:-0}"
+if [[ -n "${RAW_DIR:-}" ]]; then
+  need_dir RAW_DIR "$RAW_DIR"
+  RAW_DIR="$(abspath "$RAW_DIR")"
+fi
+mkdir -p "$WORK_DIR" || die "cannot create WORK_DIR $WORK_DIR" 2
+echo "quickstart: work directory $WORK_DIR"
+
+# ------------------------------------------------------------------------------------------
+banner "Python environment (scripts/setup_env.sh)"
+PY="$(dlrm_python)"
+"$PY" -c 'import sys, oneflow, pyspark; print(f"python {sys.version.split()[0]}, oneflow {oneflow.__version__}, pyspark {pyspark.__version__}")' 2>/dev/null \
+  || die "the Python environment $PY does not import oneflow and pyspark"
+require_java
+echo "java: $(java -version 2>&1 | head -n1)"
+
+# ------------------------------------------------------------------------------------------
+if [[ -n "${RAW_DIR:-}" ]]; then
+  banner "raw data: using RAW_DIR=$RAW_DIR (generation skipped)"
+  raw="$RAW_DIR"
+  ls -la "$raw" | sed -n '2,12p'
+else
+  raw="$WORK_DIR/raw"
+  banner "raw data: $DAYS synthetic days x $ROWS_PER_DAY rows -> $raw"
+  same_raw=0
+  if [[ -f "$raw/planted_model.json" ]] && "$PY" - "$raw/planted_model.json" "$DAYS" "$ROWS_PER_DAY" "$SEED" <<'PYEOF'
+import json, os, sys
+path, days, rows, seed = sys.argv[1], *map(int, sys.argv[2:])
+m = json.load(open(path))
+ok = (m.get("days"), m.get("rows_per_day"), m.get("seed"), m.get("kaggle")) == (days, rows, seed, False)
+ok = ok and all(os.path.isfile(os.path.join(os.path.dirname(path), f)) for f in m.get("files", []))
+sys.exit(0 if ok else 1)
+PYEOF
+  then
+    same_raw=1
+  fi
+  if [[ "$same_raw" == 1 && "$OVERWRITE" != 1 ]]; then
+    echo "reusing the synthetic data in $raw (same DAYS/ROWS_PER_DAY/SEED; OVERWRITE=1 regenerates it)"
+  else
+    gen=(--output_dir "$raw" --days "$DAYS" --rows_per_day "$ROWS_PER_DAY" --seed "$SEED")
+    if [[ -d "$raw" && -n "$(ls -A "$raw")" ]]; then
+      [[ "$OVERWRITE" == 1 ]] || die "$raw holds other raw data (not DAYS=$DAYS ROWS_PER_DAY=$ROWS_PER_DAY SEED=$SEED); set OVERWRITE=1 to regenerate it, or use another WORK_DIR" 2
+      gen+=(--overwrite)
+    fi
+    "$PY" "$REPO/tools/make_synthetic_criteo.py" "${gen[@]}"
+  fi
+fi
+
+# ------------------------------------------------------------------------------------------
+parquet="$WORK_DIR/parquet"
+banner "preprocess with local Spark -> $parquet"
+last_day="$(ls "$raw" | grep -E '^day_[0-9]+(\.gz)?$' | sort -t_ -k2 -n | tail -n1 || true)"
+if [[ -z "${NUM_TEST_EXAMPLES:-}" ]]; then
+  if [[ -z "$last_day" ]]; then
+    NUM_TEST_EXAMPLES=0  # kaggle layout (train.txt): the tool's own 6/7 : 1/14 : 1/14 split
+  elif [[ -z "${RAW_DIR:-}" ]]; then
+    NUM_TEST_EXAMPLES=$((ROWS_PER_DAY / 2))
+  else
+    echo "counting the lines of $last_day to put half of them in test (set NUM_TEST_EXAMPLES to skip)"
+    if [[ "$last_day" == *.gz ]]; then n=$(gzip -dc "$raw/$last_day" | wc -l); else n=$(wc -l <"$raw/$last_day"); fi
+    NUM_TEST_EXAMPLES=$((n / 2))
+  fi
+fi
+need_int NUM_TEST_EXAMPLES "$NUM_TEST_EXAMPLES"
+# The dataset's identity: the raw files (path, size, mtime) and every setting that changes the output.
+stamp="$( { echo "raw=$raw num_test=$NUM_TEST_EXAMPLES train_files=$TRAIN_FILES eval_files=$EVAL_FILES"
+            (cd "$raw" && ls | { grep -E '^(day_[0-9]+(\.gz)?|train\.txt(\.gz)?)$' || true; } | sort | xargs -r stat -L -c '%n %s %Y'); } \
+          | sha256sum | cut -c1-16)"
+pre=(--input_dir "$raw" --output_dir "$parquet" --spark_master "local[$(nproc 2>/dev/null || echo 2)]"
+     --spark_driver_memory_gb "$DRIVER_MEMORY_GB" --train_files "$TRAIN_FILES" --eval_files "$EVAL_FILES"
+     --num_test_examples "$NUM_TEST_EXAMPLES" --export_dataset_info)
+if [[ -f "$parquet/dataset_info.json" && -f "$WORK_DIR/parquet.stamp" && "$(cat "$WORK_DIR/parquet.stamp")" == "$stamp" \
+      && "$OVERWRITE" != 1 ]]; then
+  echo "reusing the dataset in $parquet (built from the same raw files and settings; OVERWRITE=1 rebuilds it)"
+else
+  if [[ -d "$parquet" && -n "$(ls -A "$parquet")" ]]; then
+    [[ "$OVERWRITE" == 1 ]] || die "$parquet holds a dataset built from other raw data or settings (or an unfinished one); set OVERWRITE=1 to rebuild it, or use another WORK_DIR" 2
+    echo "OVERWRITE=1: rebuilding $parquet (the old one is replaced once the new one is complete)"
+    pre+=(--overwrite)
+  fi
+  rm -f "$WORK_DIR/parquet.stamp"
+  "$PY" "$REPO/tools/criteo1t_parquet.py" "${pre[@]}" 2>&1 | tee "$WORK_DIR/preprocess.log" \
+    | sed -u -E '/^(WARNING: Using incubator|Setting default log level|To adjust logging level|Using Spark.s default log4j)/d'
+  echo "$stamp" >"$WORK_DIR/parquet.stamp"
+fi
+"$PY" -c '
+import json, sys
+i = json.load(open(sys.argv[1]))
+print("dataset: train {train}, test {test}, val {val} rows;".format(**i["rows"]), "table sizes", i["table_size_array"])
+' "$parquet/dataset_info.json"
+
+# ------------------------------------------------------------------------------------------
+probe_gpus
+if [[ -n "${NPROC:-}" ]]; then
+  need_int NPROC "$NPROC" 1
+  nproc_train="$NPROC"
+elif (( GPU_COUNT > 0 )); then
+  nproc_train="$GPU_COUNT"
+else
+  nproc_train=2
+fi
+round_up() { echo $(( ($1 + $2 - 1) / $2 * $2 )); }
+TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-$(round_up 256 "$nproc_train")}"
+EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-$(round_up 1000 "$nproc_train")}"
+run_dir="$WORK_DIR/train/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$run_dir"
+ln -sfn "$(basename "$run_dir")" "$WORK_DIR/train/latest"
+where="CPU ($GPU_PROBE_NOTE)"
+train=(--data_dir "$parquet" --model_save_dir "$run_dir" --metrics_file "$run_dir/metrics.jsonl"
+       --bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32
+       --train_batch_size "$TRAIN_BATCH_SIZE" --eval_batch_size "$EVAL_BATCH_SIZE"
+       --learning_rate "$LEARNING_RATE" --warmup_batches "$WARMUP_BATCHES"
+       --decay_start "$DECAY_START" --decay_batches "$DECAY_BATCHES" --train_batches "$TRAIN_BATCHES"
+       --eval_interval "$EVAL_INTERVAL" --eval_batches "$EVAL_BATCHES" --loss_print_interval "$LOSS_PRINT_INTERVAL")
+if (( GPU_COUNT > 0 )); then
+  where="$GPU_COUNT GPU(s)"
+  train+=(--persistent_path "$run_dir/persistent")
+fi
+banner "train and evaluate: $nproc_train process(es) on $where, $TRAIN_BATCHES steps -> $run_dir"
+"$PY" -m oneflow.distributed.launch --nproc_per_node "$nproc_train" --master_addr 127.0.0.1 \
+    --master_port "${MASTER_PORT:-$(free_port "$PY")}" \
+    "$REPO/dlrm_train_eval.py" "${train[@]}" "$@" 2>&1 \
+  | tee "$run_dir/train.log" | sed -u -E '/^(libibverbs not available|W[0-9]{8} .*cuda_device_descriptor)/d'
+
+# ------------------------------------------------------------------------------------------
+banner "plot the metrics (tools/plot_metrics.py)"
+"$PY" "$REPO/tools/plot_metrics.py" "$run_dir/metrics.jsonl" --output "$run_dir/metrics.png" \
+  --title "quickstart: $(basename "$raw") -> DLRM, $nproc_train process(es) on ${where%% (*}"
+
+# ------------------------------------------------------------------------------------------
+ckpt="$(ls -d "$run_dir"/step_* 2>/dev/null | sort -t_ -k2 -n | tail -n1 || true)"
+printf '\n==== quickstart done in %s ====\n' "$(elapsed)"
+echo "dataset:      $parquet"
+echo "checkpoint:   ${ckpt:-none written}"
+echo "metrics:      $run_dir/metrics.jsonl (training log: $run_dir/train.log)"
+echo "plot:         $run_dir/metrics.png (summary: $run_dir/summary.json)"
+"$PY" - "$run_dir/summary.json" "$raw/planted_model.json" <<'PYEOF'
+import json, os, sys
+s = json.load(open(sys.argv[1]))
+if s["final_auc"] is not None:
+    print(f"final AUC:    {s['final_auc']:.4f} at step {s['final_auc_step']} "
+          f"(best {s['best_auc']:.4f} at step {s['best_auc_step']}), {s['total_time_s']:.0f} s of training")
+if os.path.exists(sys.argv[2]):
+    m = json.load(open(sys.argv[2]))
+    test_day = m["per_day"][-1]
+    print(f"planted AUC:  {test_day['planted_auc']:.4f} (the synthetic data's true click model on its test day "
+          f"day_{test_day['day']}: the best any model can score)")
+PYEOF
