@@ -21,6 +21,7 @@
 #   NUM_TEST_EXAMPLES rows of the last day that go to test [half of it]
 #   TRAIN_FILES, EVAL_FILES    parquet files per split [16, 4]
 #   DRIVER_MEMORY_GB  Spark driver memory [4]
+#   SHUFFLE_PARTITIONS  Spark shuffle partitions [4; Spark's 200 only add overhead at this size]
 #   OVERWRITE=1       regenerate raw/ and rebuild parquet/ even if they exist. Without it an existing
 #                     dataset is reused when it was built from the same raw files and settings
 #                     (recorded in WORK_DIR/parquet.stamp), and anything else in the way stops the
@@ -49,10 +50,11 @@ elapsed() { local t=$((SECONDS - T0)); printf '%dm%02ds' $((t / 60)) $((t % 60))
 WORK_DIR="$(abspath "${WORK_DIR:-./runs/quickstart}")"
 DAYS="${DAYS:-3}" ROWS_PER_DAY="${ROWS_PER_DAY:-100000}" SEED="${SEED:-0}"
 TRAIN_FILES="${TRAIN_FILES:-16}" EVAL_FILES="${EVAL_FILES:-4}" DRIVER_MEMORY_GB="${DRIVER_MEMORY_GB:-4}"
+SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}"
 TRAIN_BATCHES="${TRAIN_BATCHES:-1000}" EVAL_INTERVAL="${EVAL_INTERVAL:-250}" EVAL_BATCHES="${EVAL_BATCHES:-20}"
 LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}" LEARNING_RATE="${LEARNING_RATE:-1.0}"
 WARMUP_BATCHES="${WARMUP_BATCHES:-50}"
-for v in DAYS ROWS_PER_DAY SEED TRAIN_FILES EVAL_FILES DRIVER_MEMORY_GB TRAIN_BATCHES EVAL_INTERVAL \
+for v in DAYS ROWS_PER_DAY SEED TRAIN_FILES EVAL_FILES DRIVER_MEMORY_GB SHUFFLE_PARTITIONS TRAIN_BATCHES EVAL_INTERVAL \
          EVAL_BATCHES LOSS_PRINT_INTERVAL WARMUP_BATCHES; do
   need_int "$v" "${!v}"
 done
@@ -125,13 +127,13 @@ if [[ -z "${NUM_TEST_EXAMPLES:-}" ]]; then
   fi
 fi
 need_int NUM_TEST_EXAMPLES "$NUM_TEST_EXAMPLES"
-# The dataset's identity: the raw files (path, size, mtime) and every setting that changes the output.
-stamp="$( { echo "raw=$raw num_test=$NUM_TEST_EXAMPLES train_files=$TRAIN_FILES eval_files=$EVAL_FILES"
+# The dataset's identity: the raw files (name, size, mtime) and every setting that changes the output.
+stamp="$( { echo "num_test=$NUM_TEST_EXAMPLES train_files=$TRAIN_FILES eval_files=$EVAL_FILES"
             (cd "$raw" && ls | { grep -E '^(day_[0-9]+(\.gz)?|train\.txt(\.gz)?)$' || true; } | sort | xargs -r stat -L -c '%n %s %Y'); } \
           | sha256sum | cut -c1-16)"
 pre=(--input_dir "$raw" --output_dir "$parquet" --spark_master "local[$(nproc 2>/dev/null || echo 2)]"
      --spark_driver_memory_gb "$DRIVER_MEMORY_GB" --train_files "$TRAIN_FILES" --eval_files "$EVAL_FILES"
-     --num_test_examples "$NUM_TEST_EXAMPLES" --export_dataset_info)
+     --num_test_examples "$NUM_TEST_EXAMPLES" --shuffle_partitions "$SHUFFLE_PARTITIONS" --export_dataset_info)
 if [[ -f "$parquet/dataset_info.json" && -f "$WORK_DIR/parquet.stamp" && "$(cat "$WORK_DIR/parquet.stamp")" == "$stamp" \
       && "$OVERWRITE" != 1 ]]; then
   echo "reusing the dataset in $parquet (built from the same raw files and settings; OVERWRITE=1 rebuilds it)"
@@ -183,12 +185,18 @@ banner "train and evaluate: $nproc_train process(es) on $where, $TRAIN_BATCHES s
 "$PY" -m oneflow.distributed.launch --nproc_per_node "$nproc_train" --master_addr 127.0.0.1 \
     --master_port "${MASTER_PORT:-$(free_port "$PY")}" \
     "$REPO/dlrm_train_eval.py" "${train[@]}" "$@" 2>&1 \
-  | tee "$run_dir/train.log" | sed -u -E '/^(libibverbs not available|W[0-9]{8} .*cuda_device_descriptor)/d'
+  | tee "$run_dir/train.log" | sed -u -E '/^(libibverbs not available|[WE][0-9]{8} .*(cuda_device_descriptor|cuda_device_manager_factory))/d'
 
 # ------------------------------------------------------------------------------------------
 banner "plot the metrics (tools/plot_metrics.py)"
-"$PY" "$REPO/tools/plot_metrics.py" "$run_dir/metrics.jsonl" --output "$run_dir/metrics.png" \
-  --title "quickstart: $(basename "$raw") -> DLRM, $nproc_train process(es) on ${where%% (*}"
+plot=(--output "$run_dir/metrics.png")
+if [[ -f "$raw/planted_model.json" ]]; then
+  planted="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["per_day"][-1]["planted_auc"])' "$raw/planted_model.json")"
+  plot+=(--reference_auc "$planted" --reference_label "planted model (test day)")
+fi
+if [[ -n "${RAW_DIR:-}" ]]; then data="$RAW_DIR"; else data="synthetic Criteo, $DAYS days x $ROWS_PER_DAY rows"; fi
+"$PY" "$REPO/tools/plot_metrics.py" "$run_dir/metrics.jsonl" "${plot[@]}" \
+  --title "quickstart: $data; $nproc_train process(es) on ${where%% (*}"
 
 # ------------------------------------------------------------------------------------------
 ckpt="$(ls -d "$run_dir"/step_* 2>/dev/null | sort -t_ -k2 -n | tail -n1 || true)"

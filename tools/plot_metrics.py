@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plot and summarise the JSON-lines metrics file that dlrm_train_eval.py writes.
 
-    python tools/plot_metrics.py METRICS.jsonl [--output PNG]
+    python tools/plot_metrics.py METRICS.jsonl [--output PNG] [--title T] [--reference_auc AUC]
 
 Writes a PNG with three panels (training loss and mean loss over steps, learning rate over steps,
 eval AUC at each evaluation with the best one marked), default ``metrics.png`` next to the
@@ -158,8 +158,12 @@ def summary_text(s):
 
 
 # ----------------------------------------------------------------------------- plot
-def plot(records, png, summary=None, title=None):
-    """Write the three-panel PNG to `png`; returns the path."""
+def plot(records, png, summary=None, title=None, reference_auc=None, reference_label="reference"):
+    """Write the three-panel PNG to `png`; returns the path.
+
+    reference_auc: draw a dashed horizontal line at this AUC on the AUC panel (e.g. the planted
+    model's AUC of synthetic data), labelled reference_label.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,6 +204,10 @@ def plot(records, png, summary=None, title=None):
         ax_auc.annotate(f"{s['best_auc']:.5f}", (s["best_auc_step"], s["best_auc"]), textcoords="offset points",
                         xytext=(0, -18), ha="center", fontsize=9, color="tab:red")
         lo, hi = min(aucs), max(aucs)
+        if reference_auc is not None:
+            ax_auc.axhline(reference_auc, color="gray", ls="--", lw=1.2,
+                           label=f"{reference_label} {reference_auc:.4f}")
+            lo, hi = min(lo, reference_auc), max(hi, reference_auc)
         pad = max(0.005, 0.15 * (hi - lo))
         ax_auc.set_ylim(lo - 2 * pad, hi + pad)
         ax_auc.legend(loc="lower right", fontsize=9)
@@ -232,12 +240,16 @@ def main(argv=None):
     p.add_argument("--output", default=None,
                    help="PNG to write (default: metrics.png next to the metrics file); summary.json goes next to it")
     p.add_argument("--title", default=None, help="figure title (default: the metrics file's path)")
+    p.add_argument("--reference_auc", type=float, default=None,
+                   help="draw a dashed line at this AUC on the AUC panel (e.g. a synthetic dataset's planted AUC)")
+    p.add_argument("--reference_label", default="reference", help="legend label of --reference_auc")
     args = p.parse_args(argv)
     png = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics)), "metrics.png")
     try:
         records = load_metrics(args.metrics)
         s = summarize(records)
-        plot(records, png, s, title=args.title or args.metrics)
+        plot(records, png, s, title=args.title or args.metrics, reference_auc=args.reference_auc,
+             reference_label=args.reference_label)
         summary_path = os.path.join(os.path.dirname(os.path.abspath(png)), "summary.json")
         with open(summary_path + ".tmp", "w") as f:
             json.dump(dict(s, metrics_file=os.path.abspath(args.metrics), plot=os.path.abspath(png)), f, indent=2)
