@@ -120,6 +120,8 @@ def check_args(args, world_size, device):
         raise ArgError("--persistent_path is required on CUDA (OneEmbedding keeps the embedding tables there)")
     if not os.path.isdir(args.data_dir):
         raise ArgError(f"--data_dir {args.data_dir}: no such directory")
+    if args.model_load_dir and not os.path.isdir(args.model_load_dir):
+        raise ArgError(f"--model_load_dir {args.model_load_dir}: no such checkpoint directory")
 
 
 def resolve_table_sizes(args, device):
@@ -290,6 +292,25 @@ def evaluate(eval_graph, module, files, num_batches, args, placement):
     return broadcast_float(auc, placement), sum(len(x) for x in labels)
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def restore(module, train_graph, path, args, world_size, placement):
+    """Load weights; for our checkpoints also the step, so the LR schedule and the reader resume.
+
+    Returns the number of steps already taken (0 for weights-only checkpoints)."""
+    load_weights(module, path)
+    state = read_train_state(path)
+    if state is None or state["step"] == 0:
+        return 0
+    saved = state["args"]
+    if state["world_size"] != world_size or saved["train_batch_size"] != args.train_batch_size:
+        raise ValueError(f"{path} was written by {state['world_size']} processes with --train_batch_size "
+                         f"{saved['train_batch_size']}; resume with the same (now {world_size}, "
+                         f"{args.train_batch_size}), or pass a weights-only checkpoint")
+    step = flow.tensor([state["step"]], dtype=flow.int64).to_global(placement=placement, sbp=flow.sbp.broadcast)
+    train_graph.load_state_dict({"System-Train-TrainStep": step}, strict=False)  # the LR schedule's clock
+    return state["step"]
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
@@ -300,10 +321,10 @@ def main(argv=None):
     try:
         device = pick_device(args.device)
         check_args(args, world, device)
-        resolve_table_sizes(args, device)
         train_files = split_files(args.data_dir, "train")
         eval_files = split_files(args.data_dir, args.eval_split)
         check_schema(train_files + eval_files, args.one_embedding_key_type)
+        resolve_table_sizes(args, device)
         if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
             make_store_options(args.store_type, args.persistent_path, sum(args.table_size_array),
                                args.cache_memory_budget_mb)
@@ -344,18 +365,17 @@ def main(argv=None):
         load_dir = latest_checkpoint(args.model_save_dir) or load_dir
     start_step = 0
     if load_dir:
-        load_weights(module, load_dir)
-        state = read_train_state(load_dir)
-        if state is not None:
-            start_step = state["step"]
-            step_tensor = flow.tensor([start_step], dtype=flow.int64).to_global(placement=cpu,
-                                                                             sbp=flow.sbp.broadcast)
-            train_graph.load_state_dict({"System-Train-TrainStep": step_tensor}, strict=False)
-        metrics.log(f"Loaded {load_dir}" + (f", resuming after step {start_step}" if state else ""))
+        try:
+            start_step = restore(module, train_graph, load_dir, args, world, cpu)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        metrics.log(f"Loaded {load_dir}" + (f", resuming after step {start_step}" if start_step else ""))
 
     def checkpoint(step, auc=None):
         state = {"step": step, "lr": lr_at(step + 1, args), "auc": auc, "world_size": world,
-                 "reader": {"batches_consumed_per_rank": step, "position_rank0": reader.position(step)},
+                 "reader": {"batches_consumed_per_rank": step, "seed": args.seed,
+                            "epoch_segment_row_per_rank": [reader.position(step, r) for r in range(world)]},
                  "args": vars(args)}
         path = save_checkpoint(module, args.model_save_dir, checkpoint_name(step, auc), state)
         metrics.log(f"Saved checkpoint {path}")

@@ -12,7 +12,6 @@ checkpoint that looks whole; --resume takes the newest complete one.
 import glob
 import json
 import os
-import re
 import shutil
 
 import oneflow as flow
@@ -59,8 +58,19 @@ def latest_checkpoint(save_dir):
 
 
 def load_weights(module, path):
-    """Load weights saved by us or by the original script (strict=False, as the original)."""
+    """Load weights saved by us or by the original script.
+
+    Extra keys are ignored (as the original's strict=False), but a checkpoint that lacks any of
+    this model's tensors is an error rather than a silently half-initialised model.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--model_load_dir {path}: no such checkpoint directory")
     state_dict = flow.load(path, global_src_rank=0)
+    missing = [k for k in module.state_dict() if k not in state_dict]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} of this model's tensors "
+                         f"(e.g. {', '.join(missing[:3])}): different --bottom_mlp/--top_mlp/"
+                         f"--disable_fusedmlp or device?")
     module.load_state_dict(state_dict, strict=False)
 
 
@@ -68,8 +78,3 @@ def checkpoint_name(step, auc=None):
     if auc is None:
         return f"step_{step}"
     return f"step_{step}_val_auc_{auc:0.5f}"
-
-
-def step_of(name):
-    m = re.match(r"step_(\d+)", name)
-    return int(m.group(1)) if m else None

@@ -140,17 +140,18 @@ class BatchReader:
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
 
-    def segments(self, epoch):
+    def segments(self, epoch, rank=None):
+        rank = self.rank if rank is None else rank
         if self.train:
-            return train_segments(self.groups, self.rank, self.world_size, self.seed, epoch)
-        return eval_segments(self.groups, self.rank, self.world_size) if epoch == 0 else []
+            return train_segments(self.groups, rank, self.world_size, self.seed, epoch)
+        return eval_segments(self.groups, rank, self.world_size) if epoch == 0 else []
 
-    def position(self, batches_consumed):
-        """(epoch, segment index within the epoch, row within it) where the next batch starts."""
+    def position(self, batches_consumed, rank=None):
+        """(epoch, segment index within the epoch, row within it) where a rank's next batch starts."""
         skip = batches_consumed * self.batch_size
         epoch = 0
         while True:
-            segments = self.segments(epoch)
+            segments = self.segments(epoch, rank)
             for i, (_, _, start, stop) in enumerate(segments):
                 if skip < stop - start:
                     return epoch, i, skip

@@ -39,24 +39,41 @@ class DenseFeatures(nn.Module):
         return x
 
 
-def make_mlp(in_features, units, fused, skip_final_activation):
-    """ReLU MLP; Glorot-normal weights, N(0, sqrt(1/out)) biases, as the original."""
-    if fused:
-        mlp = nn.FusedMLP(in_features, units[:-1], units[-1], skip_final_activation=skip_final_activation)
-    else:
-        layers, prev = [], in_features
-        for i, n in enumerate(units):
-            layers.append(nn.Linear(prev, n))
-            if i < len(units) - 1 or not skip_final_activation:
-                layers.append(nn.ReLU(inplace=True))
-            prev = n
-        mlp = nn.Sequential(*layers)
-    for name, param in mlp.named_parameters():
-        if "weight" in name:
-            nn.init.normal_(param, 0.0, math.sqrt(2.0 / sum(param.shape)))
+class MLP(nn.Module):
+    """ReLU MLP; Glorot-normal weights, N(0, sqrt(1/out)) biases, as the original.
+
+    Parameter names follow the original's checkpoints (`linear_layers.weight_0` fused,
+    `linear_layers.<i>.features.0.weight` unfused), so checkpoints load both ways.
+    """
+
+    def __init__(self, in_features, units, fused, skip_final_activation):
+        super().__init__()
+        if fused:
+            self.linear_layers = nn.FusedMLP(in_features, units[:-1], units[-1],
+                                             skip_final_activation=skip_final_activation)
         else:
-            nn.init.normal_(param, 0.0, math.sqrt(1.0 / param.shape[0]))
-    return mlp
+            widths = [in_features] + list(units)
+            self.linear_layers = nn.Sequential(*[
+                _Dense(widths[i], widths[i + 1], relu=i < len(units) - 1 or not skip_final_activation)
+                for i in range(len(units))])
+        for name, param in self.linear_layers.named_parameters():
+            if "weight" in name:
+                nn.init.normal_(param, 0.0, math.sqrt(2.0 / sum(param.shape)))
+            else:
+                nn.init.normal_(param, 0.0, math.sqrt(1.0 / param.shape[0]))
+
+    def forward(self, x):
+        return self.linear_layers(x)
+
+
+class _Dense(nn.Module):
+    def __init__(self, in_features, out_features, relu):
+        super().__init__()
+        linear = nn.Linear(in_features, out_features)
+        self.features = nn.Sequential(linear, nn.ReLU(inplace=True)) if relu else linear
+
+    def forward(self, x):
+        return self.features(x)
 
 
 def embedding_init_bounds(table_size_array):
@@ -100,7 +117,7 @@ class OneEmbedding(nn.Module):
                  cache_memory_budget_mb, seed=0):
         super().__init__()
         self.key_type = getattr(flow, key_type)
-        self.embedding = flow.one_embedding.MultiTableEmbedding(
+        self.one_embedding = flow.one_embedding.MultiTableEmbedding(
             name="sparse_embedding",
             embedding_dim=embedding_vec_size,
             dtype=flow.float,
@@ -112,7 +129,7 @@ class OneEmbedding(nn.Module):
         )
 
     def forward(self, ids):
-        return self.embedding.forward(ids)
+        return self.one_embedding.forward(ids)
 
 
 class LocalEmbedding(nn.Module):
@@ -131,8 +148,8 @@ class LocalEmbedding(nn.Module):
             for n, b in zip(sizes, embedding_init_bounds(table_size_array))
         ]).astype(np.float32)
         self.weight = nn.Parameter(flow.tensor(weight))
-        self.register_buffer("sizes", flow.tensor(sizes).reshape(1, -1))
-        self.register_buffer("offsets", flow.tensor(offsets).reshape(1, -1))
+        self.register_buffer("sizes", flow.tensor(sizes).reshape(1, -1), persistent=False)
+        self.register_buffer("offsets", flow.tensor(offsets).reshape(1, -1), persistent=False)
 
     def forward(self, ids):
         ids = ids.to(flow.int64)
@@ -161,7 +178,8 @@ class Interaction(nn.Module):
         self.output_size = pad_to_multiple(n) if padding else n
         self.output_padding = self.output_size - n
         self.register_buffer(
-            "tril", flow.tensor(interaction_indices(self.num_features, interaction_itself), dtype=flow.int64))
+            "tril", flow.tensor(interaction_indices(self.num_features, interaction_itself), dtype=flow.int64),
+            persistent=False)
 
     def forward(self, x, emb):
         B, D = x.shape[0], x.shape[1]
@@ -182,7 +200,7 @@ class DLRM(nn.Module):
         super().__init__()
         self.dense = DenseFeatures(pad=not args.disable_dense_input_padding)
         fused = not args.disable_fusedmlp
-        self.bottom_mlp = make_mlp(self.dense.out_features, args.bottom_mlp, fused, skip_final_activation=False)
+        self.bottom_mlp = MLP(self.dense.out_features, args.bottom_mlp, fused, skip_final_activation=False)
         if device == "cuda":
             self.embedding = OneEmbedding(args.table_size_array, args.embedding_vec_size,
                                           args.one_embedding_key_type, args.store_type, args.persistent_path,
@@ -192,7 +210,7 @@ class DLRM(nn.Module):
         self.interaction = Interaction(args.embedding_vec_size, args.interaction_itself,
                                        padding=not args.disable_interaction_padding,
                                        use_fused_op=(device == "cuda"))
-        self.top_mlp = make_mlp(self.interaction.output_size, args.top_mlp + [1], fused, skip_final_activation=True)
+        self.top_mlp = MLP(self.interaction.output_size, args.top_mlp + [1], fused, skip_final_activation=True)
 
     def forward(self, dense, sparse):
         x = self.bottom_mlp(self.dense(dense))

@@ -94,6 +94,19 @@ def test_dlrm_forward_shapes_and_init(fused):
     assert len(weights) == 2
 
 
+def test_checkpoint_keys_follow_the_original_layout():
+    # The original's DLRMModule: bottom_mlp/top_mlp = MLP(linear_layers=FusedMLP | Sequential of
+    # Dense(features=Sequential(Linear, ReLU))); interaction has no state.
+    fused = DLRM(small_args(), "cpu").state_dict().keys()
+    assert [k for k in fused if k.startswith("bottom_mlp")] == [
+        "bottom_mlp.linear_layers.weight_0", "bottom_mlp.linear_layers.bias_0",
+        "bottom_mlp.linear_layers.weight_1", "bottom_mlp.linear_layers.bias_1"]
+    assert "top_mlp.linear_layers.weight_2" in fused and not [k for k in fused if k.startswith("interaction")]
+    plain = DLRM(small_args(disable_fusedmlp=True), "cpu").state_dict().keys()
+    assert "bottom_mlp.linear_layers.0.features.0.weight" in plain
+    assert "top_mlp.linear_layers.2.features.bias" in plain  # the last layer has no ReLU
+
+
 def test_store_options_for_each_store_type():
     capacity = 187_767_399
     dev = make_store_options("device_mem", "/ssd/p", capacity, 8192)

@@ -246,3 +246,14 @@ def test_reads_a_dataset_laid_out_by_the_original_tool(synthetic_parquet, tmp_pa
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "using the original's Criteo 1TB table sizes" in proc.stderr
     assert "error: the CPU embedding for 187,767,399 rows x 128 needs" in proc.stderr
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(one_rank_run, synthetic_parquet, capsys):
+    out, _ = one_rank_run
+    ckpt = [p for p in os.listdir(out) if p.startswith("step_700")][0]
+    argv = ["--data_dir", str(synthetic_parquet / "parquet"), *SMALL_MODEL, *SCHEDULE, "--top_mlp", "64,32,16",
+            "--model_load_dir", str(out / ckpt)]
+    code, err = run_main(argv, capsys)
+    assert code == 2 and f"checkpoint {out / ckpt} lacks 2 of this model's tensors" in err
+    code, err = run_main(argv[:-1] + ["/nonexistent/ckpt"], capsys)
+    assert code == 2 and "--model_load_dir /nonexistent/ckpt: no such checkpoint directory" in err
