@@ -1,0 +1,59 @@
+"""The README's argument tables are the CLI contract: every flag there exists in argparse with the
+same default, and every argparse flag is in the table."""
+import os
+import re
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import criteo1t_parquet  # noqa: E402
+import dlrm_train_eval  # noqa: E402
+
+# The original's defaults (its README table, corrected by its code), which ours must keep.
+ORIGINAL_TRAIN_DEFAULTS = {
+    "--data_dir": "required", "--persistent_path": "None", "--store_type": "cached_host_mem",
+    "--cache_memory_budget_mb": "8192", "--embedding_vec_size": "128", "--bottom_mlp": "512,256,128",
+    "--top_mlp": "1024,1024,512,256", "--disable_interaction_padding": "False", "--interaction_itself": "False",
+    "--disable_fusedmlp": "False", "--train_batch_size": "55296", "--train_batches": "75000",
+    "--learning_rate": "24", "--warmup_batches": "2750", "--decay_start": "49315", "--decay_batches": "27772",
+    "--loss_print_interval": "1000", "--eval_interval": "10000", "--eval_batches": "1612",
+    "--eval_batch_size": "55296", "--model_load_dir": "None", "--model_save_dir": "None",
+    "--save_model_after_each_eval": "False", "--save_initial_model": "False", "--amp": "False",
+    "--loss_scale_policy": "static", "--one_embedding_key_type": "int64", "--disable_dense_input_padding": "False",
+}
+ORIGINAL_TOOL_DEFAULTS = {
+    "--input_dir": "required", "--output_dir": "required", "--spark_tmp_dir": "None",
+    "--spark_driver_memory_gb": "360", "--mod_idx": "40000000", "--num_test_examples": "89137319",
+    "--export_dataset_info": "False",
+}
+
+
+def readme_table(heading):
+    text = open(os.path.join(REPO, "README.md")).read()
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(--[a-z0-9_]+)` \| `?([^|`]*?)`? \|", section, flags=re.M)
+    assert rows, f"no table under {heading!r}"
+    return dict(rows)
+
+
+def argparse_defaults(parser):
+    out = {}
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        out[action.option_strings[0]] = "required" if action.required else str(action.default)
+    return out
+
+
+@pytest.mark.parametrize("heading,parser,original", [
+    ("### `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
+    ("### `tools/criteo1t_parquet.py` arguments", criteo1t_parquet.build_parser(), ORIGINAL_TOOL_DEFAULTS),
+])
+def test_readme_table_matches_argparse(heading, parser, original):
+    table, real = readme_table(heading), argparse_defaults(parser)
+    assert table == real
+    for flag, default in original.items():
+        assert real[flag] == default, flag
