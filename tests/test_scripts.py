@@ -1,0 +1,288 @@
+"""The launch scripts in scripts/ and tools/plot_metrics.py, run as real subprocesses.
+
+Fast (a few seconds): nothing here trains or starts Spark. The scripts are run with PY set to
+this interpreter (so scripts/setup_env.sh is not needed) and, where a command line is checked,
+DRY_RUN=1 (print the command instead of running it) and a fake `nvidia-smi` on PATH.
+"""
+import glob
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import plot_metrics  # noqa: E402
+
+SCRIPTS = os.path.join(REPO, "scripts")
+GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_multinode.sh"]
+PREPROCESS_SCRIPTS = ["preprocess_local.sh", "preprocess_spark_submit.sh"]
+LAUNCH_SCRIPTS = GPU_SCRIPTS + PREPROCESS_SCRIPTS
+# Environment each script needs to get past its variable checks to the path checks.
+SCRIPT_ENV = {
+    "train_multinode.sh": {"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"},
+    "preprocess_spark_submit.sh": {"SPARK_MASTER": "spark://head:7077"},
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(script, *args, env=None, path_prefix=None, timeout=60):
+    e = {k: v for k, v in os.environ.items() if k not in ("NNODES", "NODE_RANK", "MASTER_ADDR", "SPARK_MASTER",
+                                                          "AMP", "MODEL_SAVE_DIR", "DRY_RUN", "CUDA_VISIBLE_DEVICES")}
+    e["PY"] = sys.executable
+    e.update(env or {})
+    if path_prefix:
+        e["PATH"] = f"{path_prefix}{os.pathsep}{e['PATH']}"
+    return subprocess.run(["bash", os.path.join(SCRIPTS, script), *map(str, args)], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def fake_gpus(tmp_path):
+    """A directory with an `nvidia-smi` that lists $FAKE_GPUS GPUs (put it first on PATH)."""
+    d = tmp_path / "fakebin"
+    d.mkdir()
+    smi = d / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = "-L" ] || exit 1\n'
+                   'i=0; while [ $i -lt "${FAKE_GPUS:-0}" ]; do\n'
+                   '  echo "GPU $i: NVIDIA A100-SXM4-80GB (UUID: GPU-0000000$i)"; i=$((i+1)); done\n')
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    return str(d)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    return data, tmp_path / "persistent"
+
+
+# ----------------------------------------------------------------------------- every script
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(SCRIPTS, "*.sh"))), ids=os.path.basename)
+def test_bash_syntax(path):
+    proc = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", LAUNCH_SCRIPTS + ["quickstart.sh"])
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help(script, flag):
+    proc = run(script, flag)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout and script in proc.stdout, proc.stdout
+    assert proc.stderr == ""
+    assert not proc.stdout.startswith("!"), "the shebang leaked into the usage text"
+
+
+@pytest.mark.parametrize("script", LAUNCH_SCRIPTS)
+def test_missing_data_path(script, tmp_path):
+    missing = tmp_path / "no_such_dir"
+    proc = run(script, missing, tmp_path / "second", env=SCRIPT_ENV.get(script))
+    line = assert_one_line_error(proc, str(missing), "does not exist")
+    assert script in line
+
+
+@pytest.mark.parametrize("script", LAUNCH_SCRIPTS)
+def test_missing_arguments(script):
+    proc = run(script, env=SCRIPT_ENV.get(script))
+    assert_one_line_error(proc, "expected 2 path argument(s), got 0")
+    proc = run(script, "/tmp", env=SCRIPT_ENV.get(script))
+    assert_one_line_error(proc, "got 1")
+
+
+# ----------------------------------------------------------------------------- GPU checks
+@pytest.mark.parametrize("script", GPU_SCRIPTS)
+def test_gpu_scripts_fail_without_gpus_here(script, dirs):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi; the fake-GPU tests below cover the check")
+    data, persistent = dirs
+    proc = run(script, data, persistent, env=SCRIPT_ENV.get(script))
+    assert_one_line_error(proc, "GPU(s) but found 0", "nvidia-smi not found")
+    assert not persistent.exists(), "nothing should be created before the checks pass"
+
+
+@pytest.mark.parametrize("script,want", [("train_1gpu.sh", 1), ("train_8gpu_criteo1t.sh", 8),
+                                         ("train_multinode.sh", 8)])
+def test_gpu_count_mismatch(script, want, dirs, fake_gpus):
+    data, persistent = dirs
+    have = want - 1
+    proc = run(script, data, persistent, env={**SCRIPT_ENV.get(script, {}), "FAKE_GPUS": str(have)},
+               path_prefix=fake_gpus)
+    assert_one_line_error(proc, f"asked for {want} GPU(s) but found {have}", f"nvidia-smi -L lists {have}")
+
+
+def test_cuda_visible_devices_limits_the_count(dirs, fake_gpus):
+    data, persistent = dirs
+    proc = run("train_8gpu_criteo1t.sh", data, persistent, env={"FAKE_GPUS": "8", "CUDA_VISIBLE_DEVICES": "0,1"},
+               path_prefix=fake_gpus)
+    assert_one_line_error(proc, "asked for 8 GPU(s) but found 2", "CUDA_VISIBLE_DEVICES='0,1'")
+
+
+def test_multinode_environment_checks(dirs, fake_gpus):
+    data, persistent = dirs
+    proc = run("train_multinode.sh", data, persistent, env={"NNODES": "2", "MASTER_ADDR": "h"})
+    assert_one_line_error(proc, "NODE_RANK is required")
+    proc = run("train_multinode.sh", data, persistent, env={"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h"})
+    assert_one_line_error(proc, "NODE_RANK 2 must be < NNODES 2")
+    proc = run("train_multinode.sh", data, persistent, env={"NNODES": "x", "NODE_RANK": "0", "MASTER_ADDR": "h"})
+    assert_one_line_error(proc, "NNODES must be")
+    proc = run("train_multinode.sh", data, persistent,
+               env={"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "h", "GPUS_PER_NODE": "4", "FAKE_GPUS": "4",
+                    "DRY_RUN": "1"}, path_prefix=fake_gpus)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"-m oneflow.distributed.launch --nproc_per_node 4 --nnodes 2 --node_rank 1 --master_addr h "
+            f"--master_port 29500 {REPO}/dlrm_train_eval.py --data_dir {data} --persistent_path {persistent}"
+            in proc.stdout), proc.stdout
+
+
+# ----------------------------------------------------------------------------- command lines (DRY_RUN)
+def test_8gpu_command_line(dirs, fake_gpus, tmp_path):
+    data, persistent = dirs
+    proc = run("train_8gpu_criteo1t.sh", data, persistent, "--train_batches", "100",
+               env={"FAKE_GPUS": "8", "DRY_RUN": "1", "AMP": "1", "MODEL_SAVE_DIR": str(tmp_path / "ckpt")},
+               path_prefix=fake_gpus)
+    assert proc.returncode == 0, proc.stderr
+    cmd = proc.stdout.replace("\\,", ",")
+    assert "-m oneflow.distributed.launch --nproc_per_node 8 --nnodes 1 --node_rank 0" in cmd
+    for flag in ["--train_batch_size 55296", "--learning_rate 24", "--warmup_batches 2750", "--decay_start 49315",
+                 "--decay_batches 27772", "--train_batches 75000", "--eval_batches 1612", "--eval_interval 10000",
+                 "--embedding_vec_size 128", "--bottom_mlp 512,256,128", "--top_mlp 1024,1024,512,256",
+                 f"--persistent_path {persistent}", "--amp", f"--model_save_dir {tmp_path / 'ckpt'}"]:
+        assert flag in cmd, flag
+    assert cmd.rstrip().endswith("--train_batches 100"), "extra arguments must come last (they override)"
+    assert persistent.is_dir()
+
+
+def test_1gpu_command_line(dirs, fake_gpus):
+    data, persistent = dirs
+    proc = run("train_1gpu.sh", data, persistent, "--amp", env={"FAKE_GPUS": "2", "DRY_RUN": "1"},
+               path_prefix=fake_gpus)
+    assert proc.returncode == 0, proc.stderr
+    assert "--nproc_per_node 1 " in proc.stdout and proc.stdout.rstrip().endswith("--amp")
+    assert "using the first 1" in proc.stderr  # 2 visible, 1 used: a note, not an error
+
+
+def test_preprocess_scripts(tmp_path):
+    if not shutil.which("java"):
+        pytest.skip("no java here")
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    out.mkdir()
+    (out / "old_file").write_text("x")
+    proc = run("preprocess_local.sh", raw, out)
+    assert_one_line_error(proc, f"OUTPUT_DIR {out} exists and is not empty", "--overwrite")
+    proc = run("preprocess_local.sh", raw, out, "--overwrite", "--train_files", "8",
+               env={"DRY_RUN": "1", "DRIVER_MEMORY_GB": "6", "SPARK_TMP_DIR": str(tmp_path / "spark_tmp")})
+    assert proc.returncode == 0, proc.stderr
+    assert (f"tools/criteo1t_parquet.py --input_dir {raw} --output_dir {out} --spark_master local\\[\\*\\] "
+            f"--spark_driver_memory_gb 6" in proc.stdout), proc.stdout
+    assert f"--spark_tmp_dir {tmp_path / 'spark_tmp'}" in proc.stdout
+    assert proc.stdout.rstrip().endswith("--overwrite --train_files 8")
+
+    proc = run("preprocess_spark_submit.sh", raw, tmp_path / "new")
+    assert_one_line_error(proc, "SPARK_MASTER is required")
+    proc = run("preprocess_spark_submit.sh", raw, tmp_path / "new", "--mod_idx", "0",
+               env={"SPARK_MASTER": "spark://head:7077", "DRY_RUN": "1", "EXECUTOR_MEMORY": "64g",
+                    "EXECUTOR_CORES": "8", "SPARK_SUBMIT": "/bin/echo"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("/bin/echo --master spark://head:7077 --deploy-mode client"), proc.stdout
+    assert "--executor-memory 64g --executor-cores 8" in proc.stdout
+    assert f"tools/criteo1t_parquet.py --input_dir {raw} --output_dir {tmp_path / 'new'}" in proc.stdout
+    proc = run("preprocess_spark_submit.sh", raw, tmp_path / "new",
+               env={"SPARK_MASTER": "yarn", "SPARK_SUBMIT": str(tmp_path / "nope")})
+    assert_one_line_error(proc, "spark-submit")
+
+
+# ----------------------------------------------------------------------------- plot_metrics.py
+def write_metrics(path, resumed=False):
+    recs = []
+    for step in range(50, 1001, 50):
+        recs.append({"kind": "train", "step": step, "loss": 0.6 - step / 10000, "mean_loss": 0.61 - step / 10000,
+                     "lr": 1.0 if step <= 600 else (1 - (step - 600) / 400) ** 2, "latency_ms": 50.0,
+                     "throughput": 1000.0 if step == 50 else 5000.0 + step, "elapsed_s": step / 20,
+                     "host_memory_mib": 500.0})
+        if step % 250 == 0 or step == 1000:
+            auc = {250: 0.70, 500: 0.74, 750: 0.76, 1000: 0.75}[step]
+            recs.append({"kind": "eval", "step": step, "auc": auc, "eval_time_s": 2.0, "eval_samples": 20000,
+                         "split": "test"})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    return recs
+
+
+def test_plot_metrics_cli(tmp_path):
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    write_metrics(metrics)
+    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(metrics)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / "run" / "metrics.png"  # default: next to the metrics file
+    data = png.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_auc"] == 0.76 and summary["best_auc_step"] == 750
+    assert summary["final_auc"] == 0.75 and summary["final_auc_step"] == 1000
+    assert summary["steps"] == 1000 and summary["evaluations"] == 4
+    # the first record (throughput 1000, graph compilation) is left out of the mean
+    assert summary["mean_throughput"] == pytest.approx(sum(5000 + s for s in range(100, 1001, 50)) / 19)
+    assert summary["total_time_s"] == pytest.approx(1000 / 20 + 2.0)  # + the final eval, logged after
+    assert "best AUC: 0.76000 at step 750" in proc.stdout
+    assert "final AUC: 0.75000 at step 1000" in proc.stdout
+
+    out = tmp_path / "elsewhere" / "plot.png"
+    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(metrics), "--output", str(out),
+                           "--reference_auc", "0.78"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    assert json.loads((tmp_path / "elsewhere" / "summary.json").read_text())["best_auc_step"] == 750
+
+
+@pytest.mark.parametrize("content,needle", [(None, "does not exist"), ("", "is empty"), ("\n\n", "is empty"),
+                                            ('{"kind": "other"}\n', "no train or eval records"),
+                                            ("garbage\n" + json.dumps({"kind": "train", "step": 1}) + "\n",
+                                             "not a JSON object")])
+def test_plot_metrics_bad_file(tmp_path, content, needle):
+    path = tmp_path / "metrics.jsonl"
+    if content is not None:
+        path.write_text(content)
+    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "metrics.png").exists()
+
+
+def test_summarize_resumed_run(tmp_path):
+    """A resumed run appends to the file: the curves keep the later record of a step, times add up."""
+    path = tmp_path / "metrics.jsonl"
+    recs = write_metrics(path)
+    # killed after the step-500 eval, resumed from a step-450 checkpoint: steps 500..1000 logged again
+    first = [r for r in recs if r["step"] <= 500]
+    second = [dict(r, auc=r["auc"] + 0.001) if r["kind"] == "eval" else dict(r, elapsed_s=r["elapsed_s"] - 20)
+              for r in recs if r["step"] >= 500]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in first + second)
+        f.write('{"kind": "train", "st')  # a run killed mid-write
+    records = plot_metrics.load_metrics(str(path))
+    s = plot_metrics.summarize(records)
+    assert s["segments"] == 2 and s["steps"] == 1000 and s["evaluations"] == 4
+    assert s["best_auc"] == pytest.approx(0.761) and s["best_auc_step"] == 750
+    assert s["total_time_s"] == pytest.approx(500 / 20 + 2.0 + (1000 / 20 - 20) + 2.0)  # each segment: + evals after its last train record
+    assert plot_metrics.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
