@@ -32,7 +32,8 @@
 #   LEARNING_RATE [1.0], WARMUP_BATCHES [50], DECAY_START [60% of TRAIN_BATCHES],
 #   DECAY_BATCHES [the rest]
 #   PY                python to use [the venv of scripts/setup_env.sh]
-# The model is small (embedding 16, bottom MLP 64,32,16, top MLP 64,32); extra arguments go to
+# The model is small (embedding 16, bottom MLP 64,32,16, top MLP 64,32); on GPUs OneEmbedding gets
+# --persistent_path RUN_DIR/persistent --store_type device_mem. Extra arguments go to
 # dlrm_train_eval.py last, so they override anything here.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -179,7 +180,8 @@ train=(--data_dir "$parquet" --model_save_dir "$run_dir" --metrics_file "$run_di
        --eval_interval "$EVAL_INTERVAL" --eval_batches "$EVAL_BATCHES" --loss_print_interval "$LOSS_PRINT_INTERVAL")
 if (( GPU_COUNT > 0 )); then
   where="$GPU_COUNT GPU(s)"
-  train+=(--persistent_path "$run_dir/persistent")
+  # OneEmbedding: the tables are tiny here, so keep them in GPU memory (no 8 GB host cache per GPU)
+  train+=(--persistent_path "$run_dir/persistent" --store_type device_mem)
 fi
 banner "train and evaluate: $nproc_train process(es) on $where, $TRAIN_BATCHES steps -> $run_dir"
 "$PY" -m oneflow.distributed.launch --nproc_per_node "$nproc_train" --master_addr 127.0.0.1 \
