@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 
@@ -112,8 +113,11 @@ def check_args(args, world_size, device):
         value = getattr(args, flag)
         if value <= 0 or value % world_size:
             raise ArgError(f"--{flag} {value} is not a positive multiple of the number of ranks ({world_size})")
-    if args.train_batches <= 0:
-        raise ArgError(f"--train_batches must be > 0, not {args.train_batches}")
+    for flag in ("train_batches", "decay_batches", "loss_print_interval"):
+        if getattr(args, flag) <= 0:
+            raise ArgError(f"--{flag} must be > 0, not {getattr(args, flag)}")
+    if args.warmup_batches < 0 or args.decay_start < 0:
+        raise ArgError("--warmup_batches and --decay_start must be >= 0")
     if args.resume and not args.model_save_dir:
         raise ArgError("--resume needs --model_save_dir (where the checkpoints are)")
     if device == "cuda" and not args.persistent_path:
@@ -240,7 +244,6 @@ def gpu_memory_mib(device):
     if device != "cuda":
         return None
     try:
-        import subprocess
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
                               f"--id={flow.env.get_local_rank()}"], capture_output=True, text=True, timeout=10)
         return float(out.stdout.strip().splitlines()[0])

@@ -176,6 +176,7 @@ def bad_datasets(synthetic_parquet, tmp_path_factory):
     (["--eval_split", "val", "--data_dir", "/nonexistent/dlrm"], "--data_dir /nonexistent/dlrm: no such directory"),
     (["--train_batch_size", "10000000"], "less than one batch"),
     (["--resume"], "--resume needs --model_save_dir"),
+    (["--decay_batches", "0"], "--decay_batches must be > 0, not 0"),
     (["--loss_scale_policy", "sometimes"], "--loss_scale_policy must be static or dynamic"),
 ])
 def test_bad_arguments_fail_before_training(synthetic_parquet, capsys, extra, message):
