@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""Benchmark DLRM training on CPU: input reader, OneFlow matmul speed, FLOPs, training samples/s.
+
+One run prints figures (it is not a test):
+
+1. a synthetic parquet dataset: tools/make_synthetic_criteo.py + tools/criteo1t_parquet.py
+   (3 days x 100k rows by default), cached under --work_dir and reused; or --data_dir;
+2. reader throughput alone over the train split at the training batch size: dlrm.data.BatchReader,
+   and petastorm's make_batch_reader (workers_count=1, shuffle_row_groups=True, num_epochs=None, as
+   the original OneFlow DLRM used it) converted to the same numpy arrays; samples/s of each;
+3. OneFlow's own CPU matmul speed at the GEMM shapes of the model's layers at the benchmark batch
+   (forward B x in @ in x out, and the two backward GEMMs of each layer, the interaction bmm) with
+   all threads and with 1 thread (what each rank gets under oneflow.distributed.launch), and one
+   2048^3 square GEMM for reference;
+4. the model's FLOPs per sample (2*m*n*k per GEMM row, forward + backward = 3 x forward);
+5. training samples/s of dlrm_train_eval.py (subprocess, --device cpu) at 1 and 2 ranks with the
+   original architecture, parsed from the `Throughput` field of its log lines, skipping the first
+   interval (graph compilation);
+6. a summary: compute bound = matmul GFLOP/s / FLOPs per sample, fraction of it reached, and
+   whether the reader delivers >= 3x what training consumes.
+
+Every phase also prints the CPU it used and the CPU other processes used meanwhile ("others"):
+on a shared machine the latter says how much a figure is to be trusted.
+
+    python scripts/bench_train.py            # everything, default sizes: ~3.5 min (+~1.5 min the first time,
+                                             # to build the dataset under --work_dir)
+    python scripts/bench_train.py --data_dir D --ranks 1 --skip_petastorm
+    python scripts/bench_train.py --profile  # + where a train step's time goes (~4 min more)
+    python scripts/bench_train.py --openblas_coretype Haswell --train_args --disable_fusedmlp
+                                             # try settings: an env var for every OneFlow run, and
+                                             # extra dlrm_train_eval.py flags (--train_args goes last)
+
+Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run short; raise
+--steps for steadier training figures.
+
+--profile times the train graph alone on pre-made global tensors (no reader, no conversion, no
+loss readout) in variants: as dlrm_train_eval.py builds it, with --disable_fusedmlp, with the
+embedding frozen (no dense embedding gradient / update), forward only; plus the to_global
+conversion of a batch and the loss readout.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SCRIPT = os.path.join(REPO, "dlrm_train_eval.py")
+SYNTH = os.path.join(REPO, "tools", "make_synthetic_criteo.py")
+PREPROCESS = os.path.join(REPO, "tools", "criteo1t_parquet.py")
+NUM_DENSE, NUM_SPARSE = 13, 26
+RESULT_TAG = "BENCH_RESULT "
+READER_WARMUP = 5
+LOG_RE = re.compile(r"Rank\[0\], Step (\d+), Loss [^,]+, Latency ([\d.]+) ms, Throughput ([\d.]+)")
+
+
+# ----------------------------------------------------------------------------- small helpers
+def pad8(n):
+    return (n + 7) // 8 * 8
+
+
+def int_list(text):
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_busy_s():
+    """CPU-seconds the whole machine has been busy (steal included), or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def self_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuWindow:
+    """Wall time, this process's CPU time and the machine's busy CPU time over a window."""
+
+    def __enter__(self):
+        self.t, self.cpu, self.busy = time.perf_counter(), self_cpu_s(), machine_busy_s()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t
+        self.cpu = self_cpu_s() - self.cpu
+        busy = machine_busy_s()
+        self.others = None if busy is None or self.busy is None else max(busy - self.busy - self.cpu, 0.0)
+
+    def record(self):
+        return {"wall_s": self.wall, "cpu_s": self.cpu,
+                "cores": self.cpu / self.wall, "others_cores": None if self.others is None else self.others / self.wall}
+
+
+def load_note(rec):
+    """' [ours 1.9 cores, others 0.3]' for a record with cores / others_cores."""
+    if rec.get("cores") is None:
+        return ""
+    others = rec.get("others_cores")
+    return f"  [ours {rec['cores']:.2f} cores, others {'?' if others is None else f'{others:.2f}'}]"
+
+
+def run_child(argv, env=None, timeout=1800):
+    """Run this script as a child phase; return its BENCH_RESULT JSON (stderr passes through)."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          timeout=timeout)
+    results = [json.loads(line[len(RESULT_TAG):]) for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not results:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"child {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{tail}")
+    return results[-1]
+
+
+def emit(record):
+    print(RESULT_TAG + json.dumps(record), flush=True)
+
+
+def quiet_oneflow_env(env=None):
+    env = dict(os.environ if env is None else env)
+    env.setdefault("GLOG_minloglevel", "3")  # OneFlow's glog: no CUDA-driver warnings/errors on CPU machines
+    return env
+
+
+# ----------------------------------------------------------------------------- 1. dataset
+def ensure_dataset(args):
+    if args.data_dir:
+        if not os.path.isdir(os.path.join(args.data_dir, "train")):
+            sys.exit(f"error: --data_dir {args.data_dir}: no train/ split")
+        print(f"dataset: {args.data_dir} (given)")
+        return args.data_dir
+    name = f"synthetic_{args.days}x{args.rows_per_day}_seed{args.seed}"
+    out = os.path.join(args.work_dir, name, "parquet")
+    if os.path.exists(os.path.join(out, "dataset_info.json")):
+        print(f"dataset: reusing {out}")
+        return out
+    raw = os.path.join(args.work_dir, name, "raw")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    print(f"dataset: building {out} ({args.days} days x {args.rows_per_day} rows; Spark local[2], ~2-3 min)",
+          flush=True)
+    t = time.time()
+    subprocess.run([sys.executable, SYNTH, "--output_dir", raw, "--days", str(args.days), "--rows_per_day",
+                    str(args.rows_per_day), "--seed", str(args.seed), "--overwrite"],
+                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    cmd = [sys.executable, PREPROCESS, "--input_dir", raw, "--output_dir", out, "--spark_master", "local[2]",
+           "--spark_driver_memory_gb", "4", "--train_files", "8", "--eval_files", "2",
+           "--num_test_examples", str(args.rows_per_day // 2), "--shuffle_partitions", "4"]
+    if os.path.exists(out):
+        cmd.append("--overwrite")
+    log = os.path.join(args.work_dir, name, "preprocess.log")
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"error: preprocessing failed (exit {proc.returncode}); see {log}")
+    shutil.rmtree(raw, ignore_errors=True)
+    print(f"dataset: built in {time.time() - t:.0f} s", flush=True)
+    return out
+
+
+def table_sizes(data_dir):
+    path = os.path.join(data_dir, "dataset_info.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("table_size_array")
+    return None
+
+
+def train_files(data_dir):
+    return sorted(glob.glob(os.path.join(data_dir, "train", "*.parquet")))
+
+
+# ----------------------------------------------------------------------------- 2. readers (child)
+def child_reader(a):
+    """Time `batches` batches of `batch_size` rows from the train files; the first `warmup` are not timed."""
+    import numpy as np
+
+    files = train_files(a.data_dir)
+    B = a.batch_size
+    if a.impl == "ours":
+        sys.path.insert(0, REPO)
+        from dlrm.data import BatchReader
+
+        reader = BatchReader(files, B, 0, 1, train=True, seed=1234)
+        batches, close = reader, reader.close
+    else:
+        from petastorm import make_batch_reader
+
+        reader = make_batch_reader(["file://" + os.path.abspath(f) for f in files], workers_count=1,
+                                   shuffle_row_groups=True, num_epochs=None)
+        batches, close = petastorm_batches(reader, B, np), lambda: (reader.stop(), reader.join())
+    label = dense = sparse = None
+    try:
+        for _ in range(a.warmup):
+            next(batches)
+        with CpuWindow() as w:
+            for _ in range(a.batches):
+                label, dense, sparse = next(batches)
+    finally:
+        close()
+    assert label.shape == (B, 1) and dense.shape == (B, NUM_DENSE) and sparse.shape == (B, NUM_SPARSE), \
+        (label.shape, dense.shape, sparse.shape)
+    assert label.dtype == np.float32 and dense.dtype == np.float32 and sparse.dtype.kind == "i"
+    rec = w.record()
+    rec.update(impl=a.impl, batches=a.batches, samples=a.batches * B, samples_per_s=a.batches * B / w.wall,
+               cpu_s_per_msample=w.cpu / (a.batches * B) * 1e6)
+    emit(rec)
+    sys.stdout.flush()
+    os._exit(0)  # petastorm's pool threads can abort the interpreter at shutdown
+
+
+def petastorm_batches(reader, B, np):
+    """The original OneFlow DLRM's batching of petastorm row groups, to (label, dense, sparse) arrays."""
+    dense_cols = [f"I{i}" for i in range(1, NUM_DENSE + 1)]
+    sparse_cols = [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
+    fields = ["label"] + dense_cols + sparse_cols
+    tail = None
+    for rg in reader:
+        d = rg._asdict()
+        cols = [d[f] for f in fields]
+        pos = 0
+        if tail is not None:  # complete the previous row group's tail
+            need = B - len(tail[0])
+            tail = [np.concatenate((t, c[:need])) for t, c in zip(tail, cols)]
+            pos = need
+            if len(tail[0]) < B:
+                continue
+            yield to_arrays(tail, np)
+            tail = None
+        n = len(cols[0])
+        while pos + B <= n:
+            yield to_arrays([c[pos:pos + B] for c in cols], np)
+            pos += B
+        if pos < n:
+            tail = [c[pos:] for c in cols]
+
+
+def to_arrays(cols, np):
+    label = cols[0].astype(np.float32, copy=False).reshape(-1, 1)
+    dense = np.stack(cols[1:1 + NUM_DENSE], axis=1).astype(np.float32, copy=False)
+    sparse = np.stack(cols[1 + NUM_DENSE:], axis=1)
+    return label, dense, sparse
+
+
+# ----------------------------------------------------------------------------- 3./4. GEMMs and FLOPs
+def model_gemms(bottom_mlp, top_mlp, embedding_vec_size, interaction_itself=False, dense_padding=True,
+                interaction_padding=True):
+    """The model's GEMMs per sample: (name, kind, rows-per-sample-free shape (k, n) or bmm (m, k, n))."""
+    layers = []
+    widths = [pad8(NUM_DENSE) if dense_padding else NUM_DENSE] + list(bottom_mlp)
+    for i in range(len(bottom_mlp)):
+        layers.append(("bottom", widths[i], widths[i + 1]))
+    F = NUM_SPARSE + 1
+    pairs = F * (F + 1) // 2 if interaction_itself else F * (F - 1) // 2
+    inter_out = embedding_vec_size + pairs
+    inter_out = pad8(inter_out) if interaction_padding else inter_out
+    widths = [inter_out] + list(top_mlp) + [1]
+    for i in range(len(widths) - 1):
+        layers.append(("top", widths[i], widths[i + 1]))
+    return layers, (F, embedding_vec_size, F)
+
+
+def flops_per_sample(layers, bmm):
+    """Forward GEMM FLOPs per sample (2*k*n per linear row, 2*m*k*n per interaction bmm)."""
+    fwd = sum(2 * k * n for _, k, n in layers) + 2 * bmm[0] * bmm[1] * bmm[2]
+    return fwd
+
+
+def gemm_shapes(B, layers, bmm):
+    """Every GEMM one training step runs at batch B: (label, 'mm'|'bmm', shape, count, flops)."""
+    shapes = []
+    for where, k, n in layers:
+        tag = f"{where} {k}->{n}"
+        shapes.append((f"{tag} fwd   ", "mm", (B, k, n), 1))    # X[B,k] @ W[k,n]
+        shapes.append((f"{tag} dgrad ", "mm", (B, n, k), 1))    # dY[B,n] @ W^T[n,k]
+        shapes.append((f"{tag} wgrad ", "mm", (k, B, n), 1))    # X^T[k,B] @ dY[B,n]
+    m, k, n = bmm
+    shapes.append((f"interaction bmm {m}x{k}x{n} fwd", "bmm", (B, m, k, n), 1))   # T @ T^T
+    shapes.append((f"interaction bmm {m}x{n}x{k} bwd", "bmm", (B, m, n, k), 2))   # dZ @ T, dZ^T @ T
+    out = []
+    for label, kind, shape, count in shapes:
+        flops = 2 * math.prod(shape) * count
+        out.append((label, kind, shape, count, flops))
+    return out
+
+
+def child_matmul(a):
+    import oneflow as flow
+
+    if a.threads:
+        flow.set_num_threads(a.threads)
+    B = a.batch_size
+    layers, bmm = model_gemms(int_list(a.bottom_mlp), int_list(a.top_mlp), a.embedding_vec_size)
+    shapes = gemm_shapes(B, layers, bmm)
+    if a.square:
+        shapes.append((f"square {a.square}^3 (reference)", "mm", (a.square, a.square, a.square), 1,
+                       2 * a.square ** 3))
+
+    def sync_time(fn, reps=1):
+        """Seconds per call; eager ops run asynchronously, so a timing ends on a sync."""
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = fn()
+        out.sum().numpy()
+        return (time.perf_counter() - t0) / reps
+
+    cases = []  # (row, fn, reps)
+    for label, kind, shape, count, flops in shapes:
+        if kind == "mm":
+            m, k, n = shape
+            x, y = flow.randn(m, k), flow.randn(k, n)
+            fn = lambda x=x, y=y: flow.matmul(x, y)
+        else:
+            bb, m, k, n = shape
+            x, y = flow.randn(bb, m, k), flow.randn(bb, k, n)
+            fn = lambda x=x, y=y: flow.bmm(x, y)
+        cases.append(({"label": label, "shape": list(shape), "count": count, "flops": flops}, fn))
+    # the interaction as dlrm/model.py writes it: bmm with a transposed (non-contiguous) view (eager)
+    T = flow.randn(B, bmm[0], bmm[1])
+    cases.append(({"label": "interaction bmm T @ T.transpose(1,2) (view)", "count": 1,
+                   "flops": 2 * B * bmm[0] * bmm[1] * bmm[2], "extra": True},
+                  lambda: flow.bmm(T, T.transpose(1, 2))))
+    with CpuWindow() as w:
+        timed = []
+        for row, fn in cases:  # warm up (and allocate), and pick repetitions for ~min_time per timing
+            timed.append((row, fn, max(1, min(200, int(a.min_time / sync_time(fn))))))
+        for _ in range(a.repeats):  # round robin, so a burst of load elsewhere does not hit every repeat of a shape
+            for row, fn, reps in timed:
+                dt = sync_time(fn, reps) * row["count"]
+                row["seconds"] = min(row.get("seconds", dt), dt)
+    rows = [row for row, _ in cases if not row.get("extra")]
+    for row in rows + [cases[-1][0]]:
+        row["gflops"] = row["flops"] / row["seconds"] / 1e9
+        if a.verbose:
+            print(f"    {row['label']} {row.get('shape')}: {row['seconds'] * 1e3:.2f} ms", file=sys.stderr)
+    view_row = cases[-1][0]
+    model = [r for r in rows if not r["label"].startswith("square")]
+    rec = w.record()
+    rec.update(threads=a.threads or None, rows=rows, view_row=view_row,
+               model_flops=sum(r["flops"] for r in model), model_seconds=sum(r["seconds"] for r in model),
+               blas=blas_info())
+    rec["model_gflops"] = rec["model_flops"] / rec["model_seconds"] / 1e9
+    sq = [r for r in rows if r["label"].startswith("square")]
+    rec["square_gflops"] = sq[0]["gflops"] if sq else None
+    emit(rec)
+
+
+def blas_info():
+    """The OpenBLAS that liboneflow links statically: its kernel family and thread count."""
+    import ctypes
+
+    import oneflow
+
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(oneflow.__file__)), "oneflow.libs", "liboneflow*.so"))
+    try:
+        lib = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(None)
+        lib.gotoblas_corename.restype = ctypes.c_char_p
+        return {"core": lib.gotoblas_corename().decode(), "threads": lib.openblas_get_num_threads()}
+    except (OSError, AttributeError, IndexError):
+        return None
+
+
+# ----------------------------------------------------------------------------- 5. training
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_cpu_s(proc):
+    """CPU-seconds of a process and all its live descendants."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root] + root.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def run_training(args, data_dir, ranks, log_path, env):
+    B, steps, interval = args.batch_size, args.steps, args.log_interval
+    train_args = ["--data_dir", data_dir, "--device", "cpu", "--train_batch_size", str(B),
+                  "--train_batches", str(steps), "--loss_print_interval", str(interval),
+                  "--eval_interval", "0", "--eval_batches", "1", "--eval_batch_size", str(B),
+                  "--bottom_mlp", args.bottom_mlp, "--top_mlp", args.top_mlp,
+                  "--embedding_vec_size", str(args.embedding_vec_size), *args.train_args]
+    if ranks == 1:
+        cmd = [sys.executable, TRAIN_SCRIPT, *train_args]
+    else:
+        cmd = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(ranks),
+               "--master_port", str(free_port()), TRAIN_SCRIPT, *train_args]
+    print(f"  $ {' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd)}", flush=True)
+    points = []  # (step, latency_ms, throughput, wall time, our tree CPU, machine busy)
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                m = LOG_RE.search(line)
+                if m:
+                    points.append((int(m.group(1)), float(m.group(2)), float(m.group(3)), time.perf_counter(),
+                                   tree_cpu_s(proc), machine_busy_s()))
+                    print(f"    step {m.group(1):>4}: {float(m.group(3)):9.1f} samples/s", flush=True)
+            rc = proc.wait(timeout=args.timeout)
+        except BaseException:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
+    elapsed = time.time() - t0
+    if rc != 0:
+        raise RuntimeError(f"{ranks}-rank training failed (exit {rc}); see {log_path}")
+    measured = points[1:]  # the first interval includes graph compilation
+    if not measured:
+        raise RuntimeError(f"fewer than 2 log intervals in {log_path}; raise --steps or lower --log_interval")
+    prev_steps = [p[0] for p in points[:-1]]
+    seconds = sum(lat / 1000 * (s - s0) for (s, lat, *_), s0 in zip(measured, prev_steps))
+    samples = B * (measured[-1][0] - points[0][0])
+    rec = {"ranks": ranks, "samples_per_s": samples / seconds, "best_interval": max(p[2] for p in measured),
+           "intervals": [round(p[2], 1) for p in measured], "first_interval": points[0][2],
+           "elapsed_s": elapsed, "log": log_path}
+    span = measured[-1][3] - points[0][3]
+    if span > 0:
+        rec["cores"] = (measured[-1][4] - points[0][4]) / span
+        if measured[-1][5] is not None and points[0][5] is not None:
+            rec["others_cores"] = max((measured[-1][5] - points[0][5]) / span - rec["cores"], 0.0)
+    return rec
+
+
+# ----------------------------------------------------------------------------- profiling (child)
+def child_profile(a):
+    """The train graph alone, on pre-made global tensors, in one variant; also to_global and readout."""
+    import numpy as np
+    import oneflow as flow
+
+    sys.path.insert(0, REPO)
+    import dlrm_train_eval as T
+    from dlrm.data import BatchReader
+    from dlrm.model import DLRM
+
+    B = a.batch_size
+    argv = ["--data_dir", a.data_dir, "--device", "cpu", "--train_batch_size", str(B),
+            "--bottom_mlp", a.bottom_mlp, "--top_mlp", a.top_mlp, "--embedding_vec_size", str(a.embedding_vec_size),
+            "--table_size_array", ",".join(map(str, table_sizes(a.data_dir)))]
+    variant = set(a.variant.split("+"))
+    if "unfused" in variant:
+        argv.append("--disable_fusedmlp")
+    args = T.parse_args(argv)
+    cpu = flow.env.all_device_placement("cpu")
+    flow.manual_seed(1)
+    np.random.seed(1)
+    module = DLRM(args, "cpu")
+    module.to_global(cpu, flow.sbp.broadcast)
+    if "frozen_embedding" in variant:
+        module.embedding.weight.requires_grad = False
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = flow.optim.SGD(params, lr=0.01)
+    reader = BatchReader(train_files(a.data_dir), B, 0, 1, train=True)
+    label, dense, sparse = next(reader)
+    reader.close()
+    rec = {"variant": a.variant}
+    if "forward" in variant:
+        class Forward(flow.nn.Graph):
+            def __init__(self):
+                super().__init__()
+                self.module = module
+
+            def build(self, d, s):
+                return self.module(d, s)
+
+        graph = Forward()
+        inputs = [T.to_global(x, cpu) for x in (dense, sparse)]
+    else:
+        graph = T.TrainGraph(module, optimizer, T.make_lr_scheduler(optimizer, args), "cpu", False, None)
+        inputs = [T.to_global(x, cpu) for x in (label, dense, sparse)]
+    t = time.perf_counter()
+    out = graph(*inputs)
+    out.numpy()
+    rec["compile_s"] = time.perf_counter() - t
+    steps = []
+    for _ in range(a.steps):
+        with CpuWindow() as w:
+            out = graph(*inputs)
+            out.numpy()
+        steps.append(w.record())
+    best = min(steps, key=lambda r: r["wall_s"])
+    rec.update(best)
+    rec["all_wall_s"] = [round(s["wall_s"], 3) for s in steps]
+    rec["samples_per_s"] = B / best["wall_s"]
+    if a.variant == "default":  # the per-step costs around the graph in dlrm_train_eval.py's loop
+        def best_of(fn, n=5):
+            ts = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            return min(ts)
+
+        rec["to_global_s"] = best_of(lambda: [T.to_global(x, cpu).to_local().numpy()
+                                              for x in (label, dense, sparse)])
+        rec["loss_readout_s"] = best_of(lambda: float(T.gather_to_all(out).numpy()))
+    emit(rec)
+
+
+# ----------------------------------------------------------------------------- main
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--data_dir", default=None, help="existing parquet dataset (train/ ...); default: build a synthetic one")
+    a("--work_dir", default=os.path.join(tempfile.gettempdir(), "dlrm_bench_train"),
+      help="where the synthetic dataset is cached and the training logs go")
+    a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
+    a("--rows_per_day", type=int, default=100000, help="synthetic rows per day")
+    a("--seed", type=int, default=0, help="synthetic data seed")
+    a("--batch_size", type=int, default=4096, help="global training batch size (reader and GEMMs use it too)")
+    a("--steps", type=int, default=16, help="training steps per run")
+    a("--log_interval", type=int, default=4, help="--loss_print_interval; the first interval is skipped")
+    a("--reader_batches", type=int, default=200, help="batches timed per reader run")
+    a("--skip_petastorm", action="store_true", help="do not measure petastorm")
+    a("--ranks", type=int_list, default="1,2", help="rank counts to train with")
+    a("--bottom_mlp", default="512,256,128")
+    a("--top_mlp", default="1024,1024,512,256")
+    a("--embedding_vec_size", type=int, default=128)
+    a("--train_args", nargs=argparse.REMAINDER, default=[],
+      help="extra dlrm_train_eval.py flags (last on the command line), e.g. --train_args --disable_fusedmlp")
+    a("--reader_repeats", type=int, default=2, help="runs per reader (the best is kept)")
+    a("--openblas_coretype", default=None,
+      help="set OPENBLAS_CORETYPE (e.g. Haswell) for the matmul, training and profile runs")
+    a("--profile", action="store_true", help="also time the train graph alone in variants (see the docstring)")
+    a("--profile_steps", type=int, default=3, help="timed steps per profile variant (the best is kept)")
+    a("--timeout", type=int, default=1800, help="seconds allowed per training run")
+    # child phases (internal)
+    a("--_child", choices=["reader", "matmul", "profile"], help=argparse.SUPPRESS)
+    a("--impl", default="ours", help=argparse.SUPPRESS)
+    a("--batches", type=int, default=40, help=argparse.SUPPRESS)
+    a("--warmup", type=int, default=2, help=argparse.SUPPRESS)
+    a("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    a("--square", type=int, default=0, help=argparse.SUPPRESS)
+    a("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    a("--min_time", type=float, default=0.1, help=argparse.SUPPRESS)
+    a("--variant", default="default", help=argparse.SUPPRESS)
+    a("--verbose", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def fmt(x, digits=0):
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if args._child == "reader":
+        return child_reader(args)
+    if args._child == "matmul":
+        return child_matmul(args)
+    if args._child == "profile":
+        return child_profile(args)
+
+    t_start = time.time()
+    B = args.batch_size
+    if any(B % r for r in args.ranks):
+        sys.exit(f"error: --batch_size {B} is not a multiple of every --ranks entry {args.ranks}")
+    ncpu = os.cpu_count()
+    print(f"machine: {ncpu} CPUs, {cpu_model()}, python {platform.python_version()}")
+    print(f"batch {B}, {args.steps} training steps per run, log every {args.log_interval} (first interval skipped)")
+    os.makedirs(args.work_dir, exist_ok=True)
+    data_dir = ensure_dataset(args)
+    files = train_files(data_dir)
+    env = quiet_oneflow_env()
+    if args.openblas_coretype:
+        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
+    common = ["--data_dir", data_dir, "--batch_size", str(B), "--bottom_mlp", args.bottom_mlp,
+              "--top_mlp", args.top_mlp, "--embedding_vec_size", str(args.embedding_vec_size)]
+
+    # 2. readers
+    print(f"\n== reader throughput ({len(files)} train files, batch {B}, {args.reader_batches} batches timed "
+          f"after {READER_WARMUP}; best of {args.reader_repeats} runs)")
+    readers = {}
+    for impl in ["ours"] + ([] if args.skip_petastorm else ["petastorm"]):
+        runs = [run_child(["--_child", "reader", "--impl", impl, "--batches", str(args.reader_batches),
+                           "--warmup", str(READER_WARMUP), *common]) for _ in range(args.reader_repeats)]
+        readers[impl] = r = max(runs, key=lambda x: x["samples_per_s"])
+        print(f"  {impl:10s} {fmt(r['samples_per_s']):>12} samples/s  "
+              f"({r['cpu_s_per_msample']:.2f} CPU-s per 1M samples){load_note(r)}; "
+              f"runs {', '.join(fmt(x['samples_per_s']) for x in runs)}", flush=True)
+    if "petastorm" in readers:
+        print(f"  ours / petastorm: {readers['ours']['samples_per_s'] / readers['petastorm']['samples_per_s']:.2f}x")
+
+    # 3./4. matmul and FLOPs
+    layers, bmm = model_gemms(int_list(args.bottom_mlp), int_list(args.top_mlp), args.embedding_vec_size)
+    fwd = flops_per_sample(layers, bmm)
+    train_flops = 3 * fwd
+    print("\n== FLOPs per sample (2*m*n*k per GEMM; train = 3 x forward: fwd + dgrad + wgrad per layer)")
+    inter = 2 * bmm[0] * bmm[1] * bmm[2]
+    for where in ("bottom", "top"):
+        ls = [(k, n) for w, k, n in layers if w == where]
+        flops = sum(2 * k * n for k, n in ls)
+        print(f"  {where} MLP {'->'.join(str(k) for k, _ in ls)}->{ls[-1][1]}: {flops / 1e6:.3f} MFLOP fwd")
+    print(f"  interaction bmm {bmm[0]}x{bmm[1]}x{bmm[2]}: {inter / 1e6:.3f} MFLOP fwd")
+    print(f"  forward {fwd / 1e6:.3f} MFLOP, train step {train_flops / 1e6:.3f} MFLOP per sample "
+          f"(not counted: embedding gather/scatter, SGD update, bias/ReLU/log, loss: memory-bound)")
+
+    print(f"\n== OneFlow CPU matmul (flow.matmul / flow.bmm, float32, the model's GEMM shapes at batch {B})")
+    mm = run_child(["--_child", "matmul", "--square", "2048", *common], env=env)
+    for r in mm["rows"]:
+        print(f"  {r['label']:42s} {'x'.join(map(str, r['shape'])):>16} {r['seconds'] * 1e3:9.2f} ms "
+              f"{r['gflops']:8.1f} GFLOP/s")
+    v = mm["view_row"]
+    print(f"  {v['label']:42s} {'':>16} {v['seconds'] * 1e3:9.2f} ms {v['gflops']:8.1f} GFLOP/s")
+    blas = mm.get("blas") or {}
+    print(f"  model GEMMs together: {mm['model_gflops']:.1f} GFLOP/s in one process "
+          f"(OpenBLAS in liboneflow: kernel {blas.get('core', '?')}, {blas.get('threads', '?')} thread(s)"
+          f"{', OPENBLAS_CORETYPE=' + env['OPENBLAS_CORETYPE'] if env.get('OPENBLAS_CORETYPE') else ''})"
+          f"{load_note(mm)}")
+    # Each launched rank gets OMP_NUM_THREADS=1. If one process's GEMMs already run on ~1 core (OneFlow 0.9's
+    # bundled OpenBLAS is single-threaded), a rank's speed is that figure; otherwise measure it.
+    mm1 = None
+    if any(r > 1 for r in args.ranks) and mm["cores"] > 1.3:
+        env1 = dict(env, OMP_NUM_THREADS="1")
+        mm1 = run_child(["--_child", "matmul", "--threads", "1", *common], env=env1)
+        print(f"  model GEMMs together, 1 thread (OMP_NUM_THREADS=1, as each launched rank): "
+              f"{mm1['model_gflops']:.1f} GFLOP/s{load_note(mm1)}")
+    per_rank = (mm1 or mm)["model_gflops"]
+    bound = {1: mm["model_gflops"] * 1e9 / train_flops}
+    for r in args.ranks:
+        if r > 1:  # r single-threaded ranks, on their own cores as far as there are enough
+            bound[r] = min(r, ncpu) * per_rank * 1e9 / train_flops
+    print(f"  compute bound = GFLOP/s / {train_flops / 1e6:.2f} MFLOP: " +
+          ", ".join(f"{r} rank(s) {bound[r]:,.0f} samples/s" for r in sorted(bound)) +
+          f"; square 2048^3 GEMM {mm['square_gflops']:.1f} GFLOP/s -> {mm['square_gflops'] * 1e9 / train_flops:,.0f}")
+
+    # 5. training
+    print(f"\n== training (dlrm_train_eval.py --device cpu, global batch {B})")
+    train = {}
+    for r in args.ranks:
+        log = os.path.join(args.work_dir, f"train_{r}rank.log")
+        try:
+            train[r] = rec = run_training(args, data_dir, r, log, env)
+        except RuntimeError as e:
+            print(f"  {r} rank(s): FAILED: {e}")
+            continue
+        print(f"  {r} rank(s): {rec['samples_per_s']:,.0f} samples/s mean over the measured intervals "
+              f"(best interval {rec['best_interval']:,.0f}; first, with compilation, {rec['first_interval']:,.0f}); "
+              f"run {rec['elapsed_s']:.0f} s{load_note(rec)}", flush=True)
+
+    prof = []
+    if args.profile:
+        print(f"\n== profile: the train graph alone on pre-made global tensors, 1 rank, batch {B} "
+              f"(best of {args.profile_steps} steps)")
+        for variant in ["default", "frozen_embedding", "forward", "unfused", "unfused+frozen_embedding",
+                        "unfused+forward"]:
+            try:
+                p = run_child(["--_child", "profile", "--variant", variant, "--steps", str(args.profile_steps),
+                               *common], env=env)
+            except RuntimeError as e:
+                print(f"  {variant}: FAILED: {e}")
+                continue
+            prof.append(p)
+            extra = ""
+            if "to_global_s" in p:
+                extra = (f"; to_global of a batch {p['to_global_s'] * 1e3:.1f} ms, "
+                         f"loss readout {p['loss_readout_s'] * 1e3:.1f} ms")
+            print(f"  {variant:25s} {p['wall_s'] * 1e3:8.0f} ms/step ({p['cpu_s'] * 1e3:6.0f} ms CPU) "
+                  f"{p['samples_per_s']:8,.0f} samples/s; all {p['all_wall_s']}{extra}{load_note(p)}", flush=True)
+
+    # 6. summary
+    ours = readers["ours"]["samples_per_s"]
+    pet = readers.get("petastorm", {}).get("samples_per_s")
+    print("\n" + "=" * 96)
+    print(f"SUMMARY  {ncpu} x {cpu_model()}; batch {B}; model bottom {args.bottom_mlp}, top {args.top_mlp}, "
+          f"emb {args.embedding_vec_size}; {train_flops / 1e6:.2f} MFLOP/sample")
+    print("-" * 96)
+    print(f"{'reader samples/s, dlrm.data.BatchReader':58s} {fmt(ours):>16}")
+    print(f"{'reader samples/s, petastorm make_batch_reader':58s} {fmt(pet):>16}")
+    if pet:
+        print(f"{'reader ours / petastorm':58s} {ours / pet:>15.2f}x")
+    print(f"{'OneFlow matmul GFLOP/s, model GEMMs, 1 process (kernel ' + blas.get('core', '?') + ')':58s} "
+          f"{mm['model_gflops']:>16.1f}")
+    print(f"{'OneFlow matmul GFLOP/s, square 2048^3':58s} {mm['square_gflops']:>16.1f}")
+    print("-" * 96)
+    print(f"{'':58s} " + " ".join(f"{f'{r} rank' + ('s' if r > 1 else ''):>16}" for r in args.ranks))
+    def free_bound(r):
+        """The bound with min(ranks, ncpu - others' cores) cores: what a shared machine allowed."""
+        others = train[r].get("others_cores")
+        if others is None:
+            return "-"
+        cores = max(min(r, ncpu - others), 0.1)
+        b = cores * per_rank * 1e9 / train_flops
+        return f"{fmt(b)} {100 * train[r]['samples_per_s'] / b:.0f}%"
+
+    rows = [
+        ("training samples/s (mean, first interval skipped)", lambda r: fmt(train[r]["samples_per_s"])),
+        ("training samples/s (best interval)", lambda r: fmt(train[r]["best_interval"])),
+        ("compute bound samples/s (matmul GFLOP/s / FLOPs)", lambda r: fmt(bound[r])),
+        ("fraction of the bound (target >= 60%)",
+         lambda r: f"{100 * train[r]['samples_per_s'] / bound[r]:.0f}% "
+                   f"{'OK' if train[r]['samples_per_s'] >= 0.6 * bound[r] else 'LOW'}"),
+        ("reader / training consumption (target >= 3x)",
+         lambda r: f"{ours / train[r]['samples_per_s']:.0f}x "
+                   f"{'OK' if ours >= 3 * train[r]['samples_per_s'] else 'LOW'}"),
+        ("reader CPU share at the training rate (cores)",
+         lambda r: f"{readers['ours']['cpu_s_per_msample'] * train[r]['samples_per_s'] / 1e6:.3f}"),
+        ("CPU: training / others during it (cores)",
+         lambda r: f"{train[r].get('cores', 0):.2f} / {fmt(train[r].get('others_cores'), 2)}"),
+        ("bound on the cores others left free, fraction reached", free_bound),
+    ]
+    for name, f in rows:
+        print(f"{name:58s} " + " ".join(f"{f(r) if r in train else 'failed':>16}" for r in args.ranks))
+    print("=" * 96)
+    print(f"total {time.time() - t_start:.0f} s; logs in {args.work_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
