@@ -4,16 +4,19 @@
 For each row count N (``--rows 1000000,4000000``):
 
 1. generate N synthetic raw Criteo rows with tools/make_synthetic_criteo.py (one train.txt);
-2. in one SparkSession, transform the same input to parquet twice (both write to a temp dir,
-   both drop malformed rows with the same native check, no shuffle):
+2. in one fresh SparkSession (a new JVM per N, after an untimed warm-up on other rows),
+   transform the same input to parquet twice, both read text -> split -> transform -> write
+   parquet to a temp dir, no shuffle (the tool's write pass on clean input):
    - native: the tool's own label/dense/categorical column expressions,
    - udf: the same transforms as per-column Python UDFs (what the original tool did);
-   and print rows/s for both and their ratio (target: native >= 10x);
-3. run the whole tool end to end (``python tools/criteo1t_parquet.py``, kaggle layout).
+   and print rows/s (wall and per CPU second of the JVM + Python workers) and the ratio
+   (target: native >= 10x);
+3. run the whole tool end to end (``python tools/criteo1t_parquet.py``, kaggle layout: line
+   count, row check, shuffled train, test, val, table sizes).
 
 While each phase runs a thread samples, with psutil, the RSS of the Spark driver JVM (the
 ``java`` process) and of its whole process tree (JVM + Python workers); the peaks are printed
-(target: flat from 1M to 4M rows). Example:
+(target: flat from 1M to 4M rows; the JVM heap is capped by --driver_memory_gb). Example:
 
     python scripts/bench_preprocess.py --rows 1000000,4000000
 """
@@ -152,13 +155,13 @@ def udf_columns(F, T, fields):
 
 
 def transform_phase(spark, cp, path, out, kind):
-    """Read raw text, drop malformed rows (native check), transform, write parquet."""
+    """Read raw text, split, transform, write parquet (the tool's write pass on clean input:
+    the row check runs in its separate check pass, which the UDF version would need too)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     v = F.col("value")
-    df = spark.read.text("file://" + path).filter(cp.valid_expr(v))
-    df = df.select(F.split(v, "\t", -1).alias("_f"))
+    df = spark.read.text("file://" + path).select(F.split(v, "\t", -1).alias("_f"))
     f = F.col("_f")
     cols = cp.transform_exprs(f, MOD_IDX, "int64") if kind == "native" else udf_columns(F, T, f)
     t = time.time()
@@ -193,6 +196,45 @@ def full_tool(in_dir, out_dir, args):
     return time.time() - t, mem, stdout
 
 
+def child(args):
+    """One row count in a fresh JVM: warm-up, then the timed native and UDF phases."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import json
+
+    import criteo1t_parquet as cp
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (SparkSession.builder.master(args.spark_master)
+             .config("spark.driver.memory", "%dg" % args.driver_memory_gb)
+             .config("spark.sql.ansi.enabled", "false")
+             .config("spark.sql.codegen.hugeMethodLimit", "8000")  # as the tool sets it
+             .config("spark.ui.showConsoleProgress", "false")
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    work, n = args.work_dir, args.child
+    kinds = ["native"] + ([] if args.skip_udf else ["udf"])
+    res = {}
+    try:
+        # warm up the JIT on other rows so the timed phases run compiled code
+        for kind in kinds:
+            transform_phase(spark, cp, os.path.join(work, "warm", "train.txt"),
+                            os.path.join(work, "warm_out_" + kind), kind)
+        for kind in kinds:
+            secs, mem = transform_phase(spark, cp, os.path.join(work, "in", "train.txt"),
+                                        os.path.join(work, "out_" + kind), kind)
+            res[kind] = {"s": secs, "cpu_s": mem.cpu_s, "jvm": mib(mem.peak_jvm),
+                         "tree": mib(mem.peak_tree)}
+            print("[bench]   %-6s: %.1f s, %.0f rows/s, %.1f CPU s (%.0f rows per CPU s), JVM "
+                  "peak RSS %.0f MiB (with Python workers %.0f MiB)"
+                  % (kind, secs, n / secs, mem.cpu_s, n / max(mem.cpu_s, 1e-9),
+                     mib(mem.peak_jvm), mib(mem.peak_tree)), flush=True)
+    finally:
+        spark.stop()
+    print("BENCH_RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1000000",
@@ -203,62 +245,52 @@ def main(argv=None):
     ap.add_argument("--skip_udf", action="store_true", help="native phase only")
     ap.add_argument("--skip_tool", action="store_true", help="no end-to-end tool run")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--warmup_rows", type=int, default=200000,
+                    help="rows of the untimed warm-up run of each phase (JIT compilation)")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child is not None:
+        return child(args)
+    import json
+
     rows_list = [int(x) for x in args.rows.split(",") if x]
-
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import criteo1t_parquet as cp
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_preprocess-")
     os.makedirs(work, exist_ok=True)
-    spark = (SparkSession.builder.master(args.spark_master)
-             .config("spark.driver.memory", "%dg" % args.driver_memory_gb)
-             .config("spark.sql.ansi.enabled", "false")
-             .config("spark.sql.codegen.hugeMethodLimit", "8000")  # as the tool sets it
-             .config("spark.ui.showConsoleProgress", "false")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
     results = []
     try:
-        # warm up the JVM (JIT) so the first measured phase is not penalised
-        warm = os.path.join(work, "warm")
-        generate(20000, warm, args.seed)
-        for kind in ("native", "udf"):
-            transform_phase(spark, cp, os.path.join(warm, "train.txt"),
-                            os.path.join(work, "warm_out_" + kind), kind)
+        generate(args.warmup_rows, os.path.join(work, "warm"), args.seed + 1)
         for n in rows_list:
-            in_dir = os.path.join(work, "in_%d" % n)
+            in_dir = os.path.join(work, "in")
+            shutil.rmtree(in_dir, ignore_errors=True)
             gen_s = generate(n, in_dir, args.seed)
-            path = os.path.join(in_dir, "train.txt")
-            size = os.path.getsize(path)
+            size = os.path.getsize(os.path.join(in_dir, "train.txt"))
             print("[bench] %d rows, %.0f MiB of text (generated in %.1f s)" % (n, mib(size),
                                                                               gen_s), flush=True)
-            res = {"rows": n, "mib": mib(size)}
-            kinds = ["native"] + ([] if args.skip_udf else ["udf"])
-            for kind in kinds:
-                secs, mem = transform_phase(spark, cp, path, os.path.join(work, "out_" + kind),
-                                            kind)
-                res[kind] = {"s": secs, "cpu_s": mem.cpu_s, "jvm": mib(mem.peak_jvm),
-                             "tree": mib(mem.peak_tree)}
-                print("[bench]   %-6s: %.1f s, %.0f rows/s, %.1f CPU s (%.0f rows per CPU s), JVM "
-                      "peak RSS %.0f MiB (with Python workers %.0f MiB)"
-                      % (kind, secs, n / secs, mem.cpu_s, n / max(mem.cpu_s, 1e-9),
-                         mib(mem.peak_jvm), mib(mem.peak_tree)), flush=True)
+            # each row count in a fresh JVM, so the memory peaks are comparable
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n), "--work_dir",
+                   work, "--spark_master", args.spark_master, "--driver_memory_gb",
+                   str(args.driver_memory_gb)] + (["--skip_udf"] if args.skip_udf else [])
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
+            res = None
+            for line in p.stdout.splitlines():
+                if line.startswith("BENCH_RESULT "):
+                    res = json.loads(line[len("BENCH_RESULT "):])
+                else:
+                    print(line, flush=True)
+            if p.returncode != 0 or res is None:
+                raise SystemExit("the benchmark child failed for %d rows" % n)
+            res["rows"] = n
             if "udf" in res and n <= 1000000:
                 same = check_same(os.path.join(work, "out_native"), os.path.join(work, "out_udf"))
                 print("[bench]   native and udf outputs equal: %s" % same, flush=True)
             if not args.skip_tool:
                 secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args)
                 res["tool"] = {"s": secs, "jvm": mib(mem.peak_jvm)}
-                print("[bench]   whole tool: %.1f s, %.0f rows/s, JVM peak %.0f MiB"
+                print("[bench]   whole tool: %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
                       % (secs, n / secs, mib(mem.peak_jvm)), flush=True)
             results.append(res)
-            shutil.rmtree(in_dir, ignore_errors=True)
     finally:
-        spark.stop()
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -284,7 +316,6 @@ def main(argv=None):
                   else ["-"] * 3)
         print("| " + " | ".join(cells) + " |")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,8 @@ or under ``spark-submit tools/criteo1t_parquet.py ...`` (keeps spark-submit's ma
 Every transform is a native Spark column expression (no Python UDF) and the driver only
 ever collects small aggregates, so its memory stays flat whatever the input size.
 
-Importable: ``build_parser()``, ``parse_args(argv)``, ``plan_inputs(args)`` and
+Importable: ``build_parser()``, ``parse_args(argv)``, ``plan_inputs(input_dir, fmt)``,
+``valid_expr``/``reason_expr``/``transform_exprs`` (the column expressions) and
 ``main(argv=None)`` (returns the exit code).
 """
 
@@ -395,14 +396,31 @@ class Inputs:
             F.col("_mid").bitwiseAND((1 << ROW_BITS) - 1).alias("_row"))
 
     def count_partitions(self, idx):
-        """Row count of each partition of file idx (one small row per partition)."""
+        """Row count of each partition of file idx (one small row per partition).
+
+        Also checks that the partitions hold the file's byte ranges in file order (first byte
+        of each partition's block(s), from input_file_block_start()), which the line positions
+        rely on; Spark plans a single file that way, this only guards against a change.
+        """
         from pyspark.sql import functions as F
 
-        df = self.scan(idx)
+        df = self.scan(idx).withColumn("_block", F.input_file_block_start())
         nparts = df.rdd.getNumPartitions()
         counts = [0] * nparts
-        for r in df.groupBy("_part").agg(F.count(F.lit(1)).alias("n")).collect():
+        blocks = []
+        for r in (df.groupBy("_part")
+                  .agg(F.count(F.lit(1)).alias("n"), F.min("_block").alias("b0"),
+                       F.max("_block").alias("b1"))
+                  .collect()):
             counts[int(r["_part"])] = int(r["n"])
+            blocks.append((int(r["_part"]), int(r["b0"]), int(r["b1"])))
+        blocks.sort()
+        for (p0, _, end0), (p1, start1, _) in zip(blocks, blocks[1:]):
+            if not end0 < start1:
+                raise PreprocessError(
+                    "internal error: Spark did not read %s in file order (partition %d starts "
+                    "at byte %d, partition %d at byte %d); line positions cannot be computed"
+                    % (self.paths[idx], p0, end0, p1, start1), 1)
         return counts
 
     def locate_split_file(self):
