@@ -730,6 +730,13 @@ def main(argv=None):
         fmt, paths = plan_inputs(os.path.abspath(args.input_dir), args.input_format)
         log("input: %s layout, %d file(s) in %s" % (fmt, len(paths),
                                                     os.path.abspath(args.input_dir)))
+        out_real = os.path.realpath(args.output_dir)
+        in_real = os.path.realpath(args.input_dir)
+        if out_real == in_real or in_real.startswith(out_real + os.sep) \
+                or out_real.startswith(in_real + os.sep):
+            raise PreprocessError("--output_dir %s and --input_dir %s overlap; choose an output "
+                                  "directory outside the input" % (args.output_dir,
+                                                                   args.input_dir), 2)
         tmp_dir = prepare_output(args.output_dir, args.overwrite)
         info = run(args, fmt, paths, tmp_dir)
         publish_output(tmp_dir, args.output_dir, args.overwrite)
