@@ -32,8 +32,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run(script, *args, env=None, path_prefix=None, timeout=60):
-    e = {k: v for k, v in os.environ.items() if k not in ("NNODES", "NODE_RANK", "MASTER_ADDR", "SPARK_MASTER",
-                                                          "AMP", "MODEL_SAVE_DIR", "DRY_RUN", "CUDA_VISIBLE_DEVICES")}
+    # The scripts' own knobs are cleared; MASTER_PORT too, which an in-process oneflow import (other
+    # test files) leaves in os.environ.
+    e = {k: v for k, v in os.environ.items() if k not in ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+                                                          "SPARK_MASTER", "AMP", "MODEL_SAVE_DIR", "DRY_RUN",
+                                                          "CUDA_VISIBLE_DEVICES")}
     e["PY"] = sys.executable
     e.update(env or {})
     if path_prefix:
