@@ -740,6 +740,10 @@ def main(argv=None):
     for name, f in rows:
         print(f"{name:58s} " + " ".join(f"{f(r) if r in train else 'failed':>16}" for r in args.ranks))
     print("=" * 96)
+    busy = [f"{r} rank(s) {train[r]['others_cores']:.2f}" for r in train if (train[r].get("others_cores") or 0) > 0.25]
+    if busy:
+        print(f"note: other processes kept cores busy during training ({', '.join(busy)} cores): the training and "
+              f"matmul figures are noisy; run again and keep the better, or use a quiet machine")
     print(f"total {time.time() - t_start:.0f} s; logs in {args.work_dir}")
     return 0
 
