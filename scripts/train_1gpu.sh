@@ -10,6 +10,7 @@
 #                     --train_batches 1000 --model_save_dir /ckpt/run1 --amp
 #
 # Environment:
+#   AMP=1             add --amp (mixed precision)
 #   MODEL_SAVE_DIR    add --model_save_dir (checkpoints and metrics.jsonl go there)
 #   CUDA_VISIBLE_DEVICES  which GPU to use (default: the first one)
 #   MASTER_PORT       rendezvous port (default: a free one)
@@ -26,9 +27,4 @@ data_dir="$1" persistent="$2"; shift 2
 need_dir DATA_DIR "$data_dir"
 require_gpus 1
 make_dir PERSISTENT_PATH "$persistent"
-py="$(dlrm_python)"
-extra=()
-[[ -n "${MODEL_SAVE_DIR:-}" ]] && extra+=(--model_save_dir "$MODEL_SAVE_DIR")
-run_cmd "$py" -m oneflow.distributed.launch --nproc_per_node 1 --nnodes 1 --node_rank 0 \
-  --master_addr 127.0.0.1 --master_port "${MASTER_PORT:-$(free_port "$py")}" \
-  "$REPO/dlrm_train_eval.py" --data_dir "$data_dir" --persistent_path "$persistent" "${extra[@]}" "$@"
+launch_dlrm "$data_dir" "$persistent" 1 1 0 127.0.0.1 "${MASTER_PORT:-}" "$@"

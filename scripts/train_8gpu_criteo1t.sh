@@ -29,15 +29,8 @@ data_dir="$1" persistent="$2"; shift 2
 need_dir DATA_DIR "$data_dir"
 require_gpus 8
 make_dir PERSISTENT_PATH "$persistent"
-py="$(dlrm_python)"
-extra=()
-[[ "${AMP:-0}" == "1" ]] && extra+=(--amp)
-[[ -n "${MODEL_SAVE_DIR:-}" ]] && extra+=(--model_save_dir "$MODEL_SAVE_DIR")
-run_cmd "$py" -m oneflow.distributed.launch --nproc_per_node 8 --nnodes 1 --node_rank 0 \
-  --master_addr 127.0.0.1 --master_port "${MASTER_PORT:-$(free_port "$py")}" \
-  "$REPO/dlrm_train_eval.py" --data_dir "$data_dir" --persistent_path "$persistent" \
-    --embedding_vec_size 128 --bottom_mlp 512,256,128 --top_mlp 1024,1024,512,256 \
-    --train_batch_size 55296 --train_batches 75000 --learning_rate 24 \
-    --warmup_batches 2750 --decay_start 49315 --decay_batches 27772 \
-    --eval_batch_size 55296 --eval_batches 1612 --eval_interval 10000 --loss_print_interval 1000 \
-    "${extra[@]}" "$@"
+launch_dlrm "$data_dir" "$persistent" 8 1 0 127.0.0.1 "${MASTER_PORT:-}" \
+  --embedding_vec_size 128 --bottom_mlp 512,256,128 --top_mlp 1024,1024,512,256 \
+  --train_batch_size 55296 --train_batches 75000 --learning_rate 24 \
+  --warmup_batches 2750 --decay_start 49315 --decay_batches 27772 \
+  --eval_batch_size 55296 --eval_batches 1612 --eval_interval 10000 --loss_print_interval 1000 "$@"

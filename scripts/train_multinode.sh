@@ -38,11 +38,5 @@ need_int MASTER_PORT "$port" 1
 need_dir DATA_DIR "$data_dir"
 require_gpus "$gpus"
 make_dir PERSISTENT_PATH "$persistent"
-py="$(dlrm_python)"
-extra=()
-[[ "${AMP:-0}" == "1" ]] && extra+=(--amp)
-[[ -n "${MODEL_SAVE_DIR:-}" ]] && extra+=(--model_save_dir "$MODEL_SAVE_DIR")
 note "node $NODE_RANK of $NNODES, $gpus GPUs per node ($((NNODES * gpus)) ranks), master $MASTER_ADDR:$port"
-run_cmd "$py" -m oneflow.distributed.launch --nproc_per_node "$gpus" --nnodes "$NNODES" \
-  --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$port" \
-  "$REPO/dlrm_train_eval.py" --data_dir "$data_dir" --persistent_path "$persistent" "${extra[@]}" "$@"
+launch_dlrm "$data_dir" "$persistent" "$gpus" "$NNODES" "$NODE_RANK" "$MASTER_ADDR" "$port" "$@"
