@@ -309,10 +309,12 @@ def test_refuses_non_empty_output_dir(tmp_path, days_input):
     assert (out / "keep.txt").read_text() == "precious"
 
 
-def test_refuses_output_overlapping_input(days_input):
-    r = tool(["--input_dir", days_input[0], "--output_dir", days_input[0], "--overwrite"]
-             + SPARK, timeout=60)
-    assert r.returncode == 2 and "overlap" in error_lines(r.stderr)[0]
+def test_refuses_output_containing_input(days_input):
+    parent = os.path.dirname(days_input[0])
+    for out in (days_input[0], parent):  # --overwrite would delete the input with the old output
+        r = tool(["--input_dir", days_input[0], "--output_dir", out, "--overwrite"] + SPARK,
+                 timeout=60)
+        assert r.returncode == 2 and "contains --input_dir" in error_lines(r.stderr)[0]
     assert sorted(os.listdir(days_input[0]))[:3] == ["day_0", "day_1.gz", "day_2"]
 
 

@@ -732,9 +732,10 @@ def main(argv=None):
                                                     os.path.abspath(args.input_dir)))
         out_real = os.path.realpath(args.output_dir)
         in_real = os.path.realpath(args.input_dir)
-        if out_real == in_real or in_real.startswith(out_real + os.sep) \
-                or out_real.startswith(in_real + os.sep):
-            raise PreprocessError("--output_dir %s and --input_dir %s overlap; choose an output "
+        # An output below the input is harmless (only day_N / train.txt are read); one that
+        # contains the input would be replaced, input included, by --overwrite.
+        if out_real == in_real or in_real.startswith(out_real + os.sep):
+            raise PreprocessError("--output_dir %s contains --input_dir %s; choose an output "
                                   "directory outside the input" % (args.output_dir,
                                                                    args.input_dir), 2)
         tmp_dir = prepare_output(args.output_dir, args.overwrite)
