@@ -375,6 +375,9 @@ def main(argv=None):
             return 2
         metrics.log(f"Loaded {load_dir}" + (f", resuming after step {start_step}" if start_step else ""))
 
+    reader = BatchReader(train_files, args.train_batch_size // world, rank, world, train=True, seed=args.seed,
+                         start_batch=start_step)
+
     def checkpoint(step, auc=None):
         state = {"step": step, "lr": lr_at(step + 1, args), "auc": auc, "world_size": world,
                  "reader": {"batches_consumed_per_rank": step, "seed": args.seed,
@@ -383,8 +386,6 @@ def main(argv=None):
         path = save_checkpoint(module, args.model_save_dir, checkpoint_name(step, auc), state)
         metrics.log(f"Saved checkpoint {path}")
 
-    reader = BatchReader(train_files, args.train_batch_size // world, rank, world, train=True, seed=args.seed,
-                         start_batch=start_step)
     if args.save_initial_model and args.model_save_dir and start_step == 0:
         path = save_checkpoint(module, args.model_save_dir, "initial_checkpoint",
                                {"step": 0, "args": vars(args), "world_size": world})
@@ -403,10 +404,10 @@ def main(argv=None):
             if step % args.loss_print_interval == 0 or step == args.train_batches:
                 values = [(s, float(gather_to_all(l).numpy())) for s, l in losses]
                 losses = []
-                bad = [s for s, v in values if not math.isfinite(v)]
+                bad = [(s, v) for s, v in values if not math.isfinite(v)]
                 if bad and not (args.amp and args.loss_scale_policy == "dynamic"):
-                    print(f"error: loss is {values[[s for s, _ in values].index(bad[0])][1]} at step {bad[0]}; "
-                          f"stopping (lower --learning_rate or check the data)", file=sys.stderr)
+                    print(f"error: loss is {bad[0][1]} at step {bad[0][0]}; stopping (lower --learning_rate "
+                          f"or check the data)", file=sys.stderr)
                     return 3
                 latency = (time.time() - last_time) / (step - last_step)
                 eta = latency * (args.train_batches - step)
@@ -425,11 +426,12 @@ def main(argv=None):
                     f"GPU_Memory {gpu_memory_mib(device)}, Host_Memory {host_memory_mib():.0f} MiB",
                     kind="eval", step=step, auc=auc, eval_time_s=time.time() - t0, eval_samples=n,
                     split=args.eval_split, host_memory_mib=host_memory_mib(), gpu_memory_mib=gpu_memory_mib(device))
-                if args.model_save_dir and (args.save_model_after_each_eval or step == args.train_batches):
+                reached = args.target_auc is not None and auc >= args.target_auc
+                if args.model_save_dir and (args.save_model_after_each_eval or reached or step == args.train_batches):
                     checkpoint(step, auc)
                     saved_step = step
                 last_time, last_step = time.time(), step  # keep eval time out of the step latency
-                if args.target_auc is not None and auc >= args.target_auc:
+                if reached:
                     metrics.log(f"Step {step}, reached target AUC {args.target_auc}; stopping",
                                 kind="target_reached", step=step, auc=auc)
                     break
@@ -439,7 +441,8 @@ def main(argv=None):
     finally:
         reader.close()
     if rank == 0:
-        print(f"done: {step} steps, final AUC {auc:.5f}, {time.time() - run_start:.1f} s", flush=True)
+        final = "no evaluation" if auc is None else f"final AUC {auc:.5f}"
+        print(f"done: {step} steps, {final}, {time.time() - run_start:.1f} s", flush=True)
     return 0
 
 

@@ -258,3 +258,14 @@ def test_a_checkpoint_of_another_architecture_is_refused(one_rank_run, synthetic
     assert code == 2 and f"checkpoint {out / ckpt} lacks 2 of this model's tensors" in err
     code, err = run_main(argv[:-1] + ["/nonexistent/ckpt"], capsys)
     assert code == 2 and "--model_load_dir /nonexistent/ckpt: no such checkpoint directory" in err
+
+
+def test_target_auc_stops_the_run_and_keeps_that_model(synthetic_parquet, tmp_path):
+    launch(["--data_dir", str(synthetic_parquet / "parquet"), *SMALL_MODEL, *SCHEDULE, "--train_batches", "700",
+            "--eval_interval", "100", "--eval_batches", "5", "--loss_print_interval", "100", "--target_auc", "0.6",
+            "--model_save_dir", str(tmp_path)])
+    metrics = read_metrics(tmp_path / "metrics.jsonl")
+    stop = [m for m in metrics if m["kind"] == "target_reached"]
+    assert len(stop) == 1 and stop[0]["auc"] >= 0.6 and stop[0]["step"] < 700
+    assert max(m["step"] for m in metrics) == stop[0]["step"]
+    assert os.path.isdir(tmp_path / f"step_{stop[0]['step']}_val_auc_{stop[0]['auc']:.5f}")
