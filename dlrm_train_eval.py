@@ -25,7 +25,7 @@ import psutil
 
 from dlrm.checkpoint import checkpoint_name, latest_checkpoint, load_weights, read_train_state, save_checkpoint
 from dlrm.data import NUM_SPARSE, BatchReader, DataError, check_schema, full_batches_per_rank, \
-    load_table_sizes, split_files
+    load_table_sizes, shardable_row_groups, split_files
 from dlrm.model import DLRM, STORE_TYPES, make_store_options
 
 # The original's Criteo 1TB table sizes, used when the dataset has no dataset_info.json.
@@ -332,10 +332,11 @@ def main(argv=None):
             make_store_options(args.store_type, args.persistent_path, sum(args.table_size_array),
                                args.cache_memory_budget_mb)
         eval_batches = min(args.eval_batches, full_batches_per_rank(eval_files, args.eval_batch_size, world))
+        shardable_row_groups(train_files, world)
         if full_batches_per_rank(train_files, args.train_batch_size, world) == 0:
             raise DataError(f"{args.data_dir}/train holds less than one batch of {args.train_batch_size // world} "
                             f"rows per rank; lower --train_batch_size")
-    except (ArgError, DataError, ValueError) as e:
+    except ValueError as e:  # ArgError, DataError and the store options' checks
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.amp and device != "cuda":

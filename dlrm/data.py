@@ -87,6 +87,16 @@ def list_row_groups(files):
     return groups
 
 
+def shardable_row_groups(files, world_size):
+    """list_row_groups, checked to give every rank at least one row group."""
+    groups = list_row_groups(files)
+    if len(groups) < world_size:
+        raise DataError(
+            f"{os.path.dirname(files[0])}: {len(groups)} parquet row groups cannot be shared by "
+            f"{world_size} ranks; write more files (--train_files of the preprocessing tool)")
+    return groups
+
+
 def train_segments(groups, rank, world_size, seed, epoch):
     """This rank's share of one training epoch: every world_size-th row group of a per-epoch shuffle.
 
@@ -126,12 +136,7 @@ class BatchReader:
 
     def __init__(self, files, batch_size, rank, world_size, train, seed=1234,
                  start_batch=0, max_batches=None, prefetch=4):
-        self.groups = list_row_groups(files)
-        if train and len(self.groups) < world_size:
-            raise DataError(
-                f"{os.path.dirname(files[0])}: {len(self.groups)} parquet row groups cannot be shared by "
-                f"{world_size} ranks; write more files (--train_files/--eval_files of the preprocessing tool)"
-            )
+        self.groups = shardable_row_groups(files, world_size) if train else list_row_groups(files)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.train, self.seed = train, seed
         self.start_batch, self.max_batches = start_batch, max_batches

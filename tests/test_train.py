@@ -157,7 +157,7 @@ def bad_datasets(synthetic_parquet, tmp_path_factory):
     """Copies of a few synthetic files: one without column C26, one with int32 ids."""
     root = tmp_path_factory.mktemp("bad")
     src = synthetic_parquet / "parquet"
-    for name, transform in [("no_c26", lambda t: t.drop(["C26"])),
+    for name, transform in [("one_file", lambda t: t), ("no_c26", lambda t: t.drop(["C26"])),
                             ("int32", lambda t: t.cast(t.schema.set(t.schema.get_field_index("C1"),
                                                                     t.schema.field("C1").with_type(
                                                                         __import__("pyarrow").int32()))))]:
@@ -269,3 +269,15 @@ def test_target_auc_stops_the_run_and_keeps_that_model(synthetic_parquet, tmp_pa
     assert len(stop) == 1 and stop[0]["auc"] >= 0.6 and stop[0]["step"] < 700
     assert max(m["step"] for m in metrics) == stop[0]["step"]
     assert os.path.isdir(tmp_path / f"step_{stop[0]['step']}_val_auc_{stop[0]['auc']:.5f}")
+
+
+def test_too_few_row_groups_for_the_ranks_fails_in_one_line(bad_datasets):
+    proc = subprocess.run([sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+                           "--master_port", str(31500 + os.getpid() % 1000), "dlrm_train_eval.py",
+                           "--data_dir", str(bad_datasets / "one_file"), *SMALL_MODEL, *SCHEDULE,
+                           "--table_size_array", ",".join(["5"] * 26)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    # Each rank exits 2 with one error line (the launcher then reports the failed child itself).
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert errors and all("parquet row groups cannot be shared by 2 ranks" in l for l in errors)
