@@ -5,7 +5,8 @@ Layout of <model_save_dir>/<name>/:
                                   script's --model_load_dir (and the original's by ours). With
                                   OneEmbedding this holds the snapshot name; the embedding rows
                                   live under --persistent_path, which must stay the same.
-  train_state.json                step, learning rate, reader positions, args (ours only).
+  train_state.json                step, learning rate, reader positions and the resolved run
+                                  configuration (RunConfig.to_dict(); ours only).
 The folder is written as .tmp-<name> and renamed when complete, so a killed run never leaves a
 checkpoint that looks whole; --resume takes the newest complete one.
 """
@@ -15,6 +16,8 @@ import os
 import shutil
 
 import oneflow as flow
+
+from dlrm.schedule import lr_at
 
 STATE_FILE = "train_state.json"
 
@@ -78,3 +81,32 @@ def checkpoint_name(step, auc=None):
     if auc is None:
         return f"step_{step}"
     return f"step_{step}_val_auc_{auc:0.5f}"
+
+
+def train_state(step, cfg, reader=None, auc=None):
+    """What train_state.json holds: enough to resume exactly (with `reader`, the train reader)."""
+    state = {"step": step, "lr": lr_at(step + 1, cfg.schedule), "auc": auc, "world_size": cfg.world_size,
+             "config": cfg.to_dict()}
+    if reader is not None:
+        state["reader"] = {"batches_consumed_per_rank": step, "seed": cfg.seed,
+                           "epoch_segment_row_per_rank": [reader.position(step, r) for r in range(cfg.world_size)]}
+    return state
+
+
+def restore(module, train_graph, path, cfg, placement):
+    """Load weights; for our checkpoints also the step, so the LR schedule and the reader resume.
+
+    Returns the number of steps already taken (0 for weights-only checkpoints)."""
+    load_weights(module, path)
+    state = read_train_state(path)
+    if state is None or state["step"] == 0:
+        return 0
+    saved_batch = state["config"]["data"]["train_batch_size"] if "config" in state \
+        else state["args"]["train_batch_size"]  # checkpoints of version 0.1 stored the flags
+    if state["world_size"] != cfg.world_size or saved_batch != cfg.data.train_batch_size:
+        raise ValueError(f"{path} was written by {state['world_size']} processes with --train_batch_size "
+                         f"{saved_batch}; resume with the same (now {cfg.world_size}, "
+                         f"{cfg.data.train_batch_size}), or pass a weights-only checkpoint")
+    step = flow.tensor([state["step"]], dtype=flow.int64).to_global(placement=placement, sbp=flow.sbp.broadcast)
+    train_graph.load_state_dict({"System-Train-TrainStep": step}, strict=False)  # the LR schedule's clock
+    return state["step"]

@@ -12,21 +12,14 @@ stream: the reader position after n batches is a pure function of n, which is wh
 interrupted run resume exactly.
 """
 import glob
-import json
 import os
 import queue
-import re
 import threading
 
 import numpy as np
 import pyarrow.parquet as pq
 
-NUM_DENSE = 13
-NUM_SPARSE = 26
-LABEL = "label"
-DENSE_COLUMNS = [f"I{i}" for i in range(1, NUM_DENSE + 1)]
-SPARSE_COLUMNS = [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
-COLUMNS = [LABEL] + DENSE_COLUMNS + SPARSE_COLUMNS
+from dlrm.schema import COLUMNS, DENSE_COLUMNS, LABEL, SPARSE_COLUMNS
 
 
 class DataError(ValueError):
@@ -41,22 +34,6 @@ def split_files(data_dir, split):
     if not files:
         raise DataError(f"no *.parquet files in {path}")
     return files
-
-
-def load_table_sizes(data_dir):
-    """Table sizes recorded with the dataset: our dataset_info.json, else the
-    `table_size_array = [...]` line of the README.md the original tool writes; None if neither."""
-    info_path = os.path.join(data_dir, "dataset_info.json")
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            return json.load(f)["table_size_array"]
-    readme = os.path.join(data_dir, "README.md")
-    if os.path.exists(readme):
-        with open(readme) as f:
-            m = re.search(r"table_size_array\s*=\s*\[([\d,\s]+)\]", f.read())
-        if m:
-            return [int(x) for x in m.group(1).split(",") if x.strip()]
-    return None
 
 
 def check_schema(files, key_type):
@@ -119,14 +96,9 @@ def eval_segments(groups, rank, world_size):
     return segments
 
 
-def full_batches_per_rank(files, batch_size, world_size):
-    """Full per-rank batches in one pass over the split (eval reads at most this many)."""
-    total = sum(n for _, _, n in list_row_groups(files))
-    return total // world_size // (batch_size // world_size)
-
-
 class BatchReader:
-    """Full per-rank batches (label[B,1] f32, dense[B,13] f32, sparse[B,26] ids) from a shard.
+    """Full per-rank batches (label[B,1] f32, dense[B,13] f32, sparse[B,26] ids) from a shard
+    of a split's row groups (list_row_groups).
 
     train=True: endless, row groups reshuffled per epoch; start_batch skips already-consumed
     batches without reading them. train=False: one pass over this rank's contiguous slice of the
@@ -134,9 +106,9 @@ class BatchReader:
     A background thread decodes ahead (pyarrow releases the GIL) so the step never waits on I/O.
     """
 
-    def __init__(self, files, batch_size, rank, world_size, train, seed=1234,
+    def __init__(self, groups, batch_size, rank, world_size, train, seed=1234,
                  start_batch=0, max_batches=None, prefetch=4):
-        self.groups = shardable_row_groups(files, world_size) if train else list_row_groups(files)
+        self.groups = list(groups)  # [(file, row_group, rows)]: list_row_groups / shardable_row_groups
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.train, self.seed = train, seed
         self.start_batch, self.max_batches = start_batch, max_batches

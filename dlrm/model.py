@@ -13,10 +13,8 @@ import numpy as np
 import oneflow as flow
 import oneflow.nn as nn
 
-from dlrm.data import NUM_DENSE, NUM_SPARSE
-
-STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
-
+from dlrm.config import STORE_TYPES
+from dlrm.schema import NUM_DENSE, NUM_SPARSE
 
 def pad_to_multiple(n, multiple=8):
     return (n + multiple - 1) // multiple * multiple
@@ -196,21 +194,22 @@ class Interaction(nn.Module):
 
 
 class DLRM(nn.Module):
-    def __init__(self, args, device):
+    """model: a ModelConfig; store: a StoreConfig (used on CUDA only); seed: OneEmbedding's init seed."""
+
+    def __init__(self, model, store, device, seed=0):
         super().__init__()
-        self.dense = DenseFeatures(pad=not args.disable_dense_input_padding)
-        fused = not args.disable_fusedmlp
-        self.bottom_mlp = MLP(self.dense.out_features, args.bottom_mlp, fused, skip_final_activation=False)
+        self.dense = DenseFeatures(pad=model.dense_input_padding)
+        self.bottom_mlp = MLP(self.dense.out_features, model.bottom_mlp, model.fused_mlp, skip_final_activation=False)
         if device == "cuda":
-            self.embedding = OneEmbedding(args.table_size_array, args.embedding_vec_size,
-                                          args.one_embedding_key_type, args.store_type, args.persistent_path,
-                                          args.cache_memory_budget_mb, seed=args.seed)
+            self.embedding = OneEmbedding(model.table_sizes, model.embedding_vec_size, store.key_type,
+                                          store.store_type, store.persistent_path, store.cache_memory_budget_mb,
+                                          seed=seed)
         else:
-            self.embedding = LocalEmbedding(args.table_size_array, args.embedding_vec_size)
-        self.interaction = Interaction(args.embedding_vec_size, args.interaction_itself,
-                                       padding=not args.disable_interaction_padding,
-                                       use_fused_op=(device == "cuda"))
-        self.top_mlp = MLP(self.interaction.output_size, args.top_mlp + [1], fused, skip_final_activation=True)
+            self.embedding = LocalEmbedding(model.table_sizes, model.embedding_vec_size)
+        self.interaction = Interaction(model.embedding_vec_size, model.interaction_itself,
+                                       padding=model.interaction_padding, use_fused_op=(device == "cuda"))
+        self.top_mlp = MLP(self.interaction.output_size, list(model.top_mlp) + [1], model.fused_mlp,
+                           skip_final_activation=True)
 
     def forward(self, dense, sparse):
         x = self.bottom_mlp(self.dense(dense))

@@ -5,15 +5,23 @@
 #   PYTHON=/path/to/python3.10   use this interpreter to create the venv
 #   DLRM_VENV=/path/to/venv      where the venv lives (default: ~/.cache/oneflow-dlrm/venv-py310,
 #                                outside the checkout so fresh clones and CI reuse it)
-# Re-running with unchanged requirements takes about a second.
+# Re-running with unchanged requirements takes about a second. The `dlrm` package (this checkout)
+# is installed editable; when the venv is used from another checkout (a fresh clone, CI) it is
+# re-pointed at that one (a few seconds).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DLRM_VENV:-$HOME/.cache/oneflow-dlrm/venv-py310}"
 say() { echo "[setup_env] $*" >&2; }
 
-stamp_of() { cat "$here/requirements.txt" "$here/scripts/oneflow_preload.py" | sha256sum | cut -c1-16; }
+stamp_of() { cat "$here/requirements.txt" "$here/scripts/oneflow_preload.py" "$here/pyproject.toml" | sha256sum | cut -c1-16; }
 want="$(stamp_of)"
+install_package() {  # editable install of this checkout's dlrm package (no dependencies: those are pinned above)
+  say "installing the dlrm package from $here (editable)"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$here" >&2
+  echo "$here" > "$venv/.dlrm-checkout"
+}
 if [[ -x "$venv/bin/python" && -f "$venv/.dlrm-stamp" && "$(cat "$venv/.dlrm-stamp")" == "$want" ]]; then
+  [[ -f "$venv/.dlrm-checkout" && "$(cat "$venv/.dlrm-checkout")" == "$here" ]] || install_package
   echo "$venv/bin/python"; exit 0
 fi
 
@@ -40,12 +48,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
   "$py310" -m venv "$venv"
 fi
 say "installing requirements (first time: ~1.5 GB, a few minutes)"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check wheel >&2  # pyspark builds from sdist
+"$venv/bin/python" -m pip install -q --disable-pip-version-check wheel "setuptools>=64" >&2  # pyspark builds from sdist; PEP 660
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 cp "$here/scripts/oneflow_preload.py" "$site/_oneflow_cu11_preload.py"
 echo "import _oneflow_cu11_preload; _oneflow_cu11_preload.install()" > "$site/oneflow_cu11_preload.pth"
-"$venv/bin/python" -c "import oneflow, pyspark, pyarrow, numpy; assert numpy.__version__ < '2'" >&2 \
+install_package
+(cd / && "$venv/bin/python" -c "import dlrm, oneflow, pyspark, pyarrow, numpy; assert numpy.__version__ < '2'") >&2 \
   || { echo "error: the environment at $venv does not import oneflow/pyspark/pyarrow; delete it and re-run" >&2; exit 1; }
 echo "$want" > "$venv/.dlrm-stamp"
 say "ready: $venv"

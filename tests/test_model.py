@@ -1,14 +1,17 @@
 """Model pieces on CPU with real OneFlow: interaction layout, embedding, dense transform,
 OneEmbedding store options, the LR schedule and AUC."""
-import types
+import dataclasses
 
 import numpy as np
 import oneflow as flow
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import dlrm_train_eval as train
+from dlrm.config import ModelConfig, ScheduleConfig
+from dlrm.evaluation import roc_auc
 from dlrm.model import DLRM, DenseFeatures, Interaction, LocalEmbedding, interaction_indices, make_store_options
+from dlrm.schedule import lr_at, make_lr_scheduler
+from dlrm_train_eval import get_parser
 
 RNG = np.random.default_rng(0)
 
@@ -73,18 +76,17 @@ def test_dense_transform_is_finite_for_negative_raw_values():
     assert DenseFeatures(pad=False)(flow.tensor(x)).shape == (1, 13)
 
 
-def small_args(**kw):
-    args = train.get_parser().parse_args(["--data_dir", "unused", "--bottom_mlp", "32,16", "--embedding_vec_size",
-                                          "16", "--top_mlp", "32,16", "--table_size_array", ",".join(["10"] * 26)])
-    for k, v in kw.items():
-        setattr(args, k, v)
-    return args
+SMALL = ModelConfig(table_sizes=(10,) * 26, embedding_vec_size=16, bottom_mlp=(32, 16), top_mlp=(32, 16),
+                    fused_mlp=True, dense_input_padding=True, interaction_padding=True, interaction_itself=False)
+
+
+def small_model(**kw):
+    return DLRM(dataclasses.replace(SMALL, **kw), None, "cpu")
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_dlrm_forward_shapes_and_init(fused):
-    args = small_args(disable_fusedmlp=not fused)
-    model = DLRM(args, "cpu")
+    model = small_model(fused_mlp=fused)
     dense = flow.tensor(RNG.integers(-1, 50, size=(8, 13)).astype(np.float32))
     sparse = flow.tensor(RNG.integers(0, 10**9, size=(8, 26)))
     logits = model(dense, sparse)
@@ -97,12 +99,12 @@ def test_dlrm_forward_shapes_and_init(fused):
 def test_checkpoint_keys_follow_the_original_layout():
     # The original's DLRMModule: bottom_mlp/top_mlp = MLP(linear_layers=FusedMLP | Sequential of
     # Dense(features=Sequential(Linear, ReLU))); interaction has no state.
-    fused = DLRM(small_args(), "cpu").state_dict().keys()
+    fused = small_model().state_dict().keys()
     assert [k for k in fused if k.startswith("bottom_mlp")] == [
         "bottom_mlp.linear_layers.weight_0", "bottom_mlp.linear_layers.bias_0",
         "bottom_mlp.linear_layers.weight_1", "bottom_mlp.linear_layers.bias_1"]
     assert "top_mlp.linear_layers.weight_2" in fused and not [k for k in fused if k.startswith("interaction")]
-    plain = DLRM(small_args(disable_fusedmlp=True), "cpu").state_dict().keys()
+    plain = small_model(fused_mlp=False).state_dict().keys()
     assert "bottom_mlp.linear_layers.0.features.0.weight" in plain
     assert "top_mlp.linear_layers.2.features.bias" in plain  # the last layer has no ReLU
 
@@ -148,32 +150,33 @@ def test_store_options_errors(store, path, budget, message):
 
 
 def test_lr_schedule_matches_oneflow_schedulers():
-    args = types.SimpleNamespace(learning_rate=24.0, warmup_batches=10, decay_start=30, decay_batches=15)
-    assert train.lr_at(1, args) == 0.0
-    assert train.lr_at(6, args) == pytest.approx(12.0)
-    assert train.lr_at(11, args) == 24.0 and train.lr_at(30, args) == 24.0
-    assert train.lr_at(31, args) == 24.0 and train.lr_at(32, args) == pytest.approx(24 * (1 - 1 / 15) ** 2)
-    assert train.lr_at(45, args) == pytest.approx(24 * (1 / 15) ** 2)
-    assert train.lr_at(46, args) == 0.0 and train.lr_at(100, args) == 0.0
+    args = ScheduleConfig(learning_rate=24.0, warmup_batches=10, decay_start=30, decay_batches=15, train_batches=60)
+    assert lr_at(1, args) == 0.0
+    assert lr_at(6, args) == pytest.approx(12.0)
+    assert lr_at(11, args) == 24.0 and lr_at(30, args) == 24.0
+    assert lr_at(31, args) == 24.0 and lr_at(32, args) == pytest.approx(24 * (1 - 1 / 15) ** 2)
+    assert lr_at(45, args) == pytest.approx(24 * (1 / 15) ** 2)
+    assert lr_at(46, args) == 0.0 and lr_at(100, args) == 0.0
     # The graph compiles OneFlow's schedulers; they must give the same value at every step.
     param = flow.nn.Parameter(flow.zeros(1))
     opt = flow.optim.SGD([param], lr=args.learning_rate)
-    sched = train.make_lr_scheduler(opt, args)
+    sched = make_lr_scheduler(opt, args)
     for step in range(1, 60):
-        assert opt.param_groups[0]["lr"] == pytest.approx(train.lr_at(step, args), abs=1e-9), step
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(step, args), abs=1e-9), step
         opt.step()
         sched.step()
 
 
 def test_original_default_schedule_values():
-    args = train.get_parser().parse_args(["--data_dir", "x"])
-    assert train.lr_at(2751, args) == 24.0
-    assert train.lr_at(75000, args) == pytest.approx(24 * (1 - 25684 / 27772) ** 2)
+    a = get_parser().parse_args(["--data_dir", "x"])
+    args = ScheduleConfig(a.learning_rate, a.warmup_batches, a.decay_start, a.decay_batches, a.train_batches)
+    assert lr_at(2751, args) == 24.0
+    assert lr_at(75000, args) == pytest.approx(24 * (1 - 25684 / 27772) ** 2)
 
 
 def test_auc_equals_sklearn_with_ties():
     labels = RNG.integers(0, 2, size=50_000).astype(np.float32)
     preds = np.round(RNG.random(50_000) * 0.3 + labels * 0.2, 2).astype(np.float32)  # many ties
-    ours = train.roc_auc(flow.tensor(labels), flow.tensor(preds))
+    ours = roc_auc(flow.tensor(labels), flow.tensor(preds))
     assert ours == pytest.approx(roc_auc_score(labels, preds), abs=1e-6)
     assert 0.9 < ours < 0.99  # informative scores, far from the 0.5 of a broken metric

@@ -11,9 +11,12 @@ import oneflow as flow
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_metrics
 
 import dlrm_train_eval as train
+from dlrm.config import ArgError, check_args
+
+pytestmark = pytest.mark.slow  # real training subprocesses and Spark-built datasets
 
 SMALL_MODEL = ["--bottom_mlp", "64,32,16", "--embedding_vec_size", "16", "--top_mlp", "64,32"]
 SCHEDULE = ["--train_batch_size", "256", "--eval_batch_size", "1000", "--learning_rate", "1.0",
@@ -35,11 +38,6 @@ def launch(args, nproc=1, env=None, popen=False):
     proc = subprocess.run(cmd, timeout=600, **kw)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return proc.stdout
-
-
-def read_metrics(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def final_auc(metrics):
@@ -202,12 +200,12 @@ def test_bad_datasets_fail_before_training(synthetic_parquet, bad_datasets, tmp_
 
 def test_cuda_only_checks():
     args = train.get_parser().parse_args(["--data_dir", REPO])
-    with pytest.raises(train.ArgError, match="--persistent_path is required on CUDA"):
-        train.check_args(args, 1, "cuda")
+    with pytest.raises(ArgError, match="--persistent_path is required on CUDA"):
+        check_args(args, 1, "cuda")
     args.persistent_path = "/ssd/p"
-    train.check_args(args, 1, "cuda")
-    with pytest.raises(train.ArgError, match="not a positive multiple of the number of ranks"):
-        train.check_args(args, 7, "cpu")
+    check_args(args, 1, "cuda")
+    with pytest.raises(ArgError, match="not a positive multiple of the number of ranks"):
+        check_args(args, 7, "cpu")
 
 
 def test_batch_not_divisible_by_ranks_fails_in_a_real_launch(synthetic_parquet):

@@ -1,0 +1,226 @@
+"""The resolved run configuration: parsed flags, checked and turned into frozen objects once.
+
+`resolve(args, world_size, cuda_available)` does every check that needs no model (flags, the
+dataset's files, columns, table sizes, row groups), computes what the run derives from them
+(device, per-rank batch sizes, the number of eval batches, table sizes) and returns a RunConfig.
+Nothing downstream reads `args`; train_state.json stores `RunConfig.to_dict()`.
+"""
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import psutil
+
+from dlrm import schema
+from dlrm.data import DataError, check_schema, list_row_groups, shardable_row_groups, split_files
+
+STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
+LOSS_SCALE_POLICIES = ("static", "dynamic")
+
+
+class ArgError(ValueError):
+    """A bad flag: the message is one line naming it."""
+
+
+def int_list(text):
+    """argparse type of the comma-separated width lists (`--bottom_mlp 512,256,128`)."""
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    table_sizes: Tuple[int, ...]
+    embedding_vec_size: int
+    bottom_mlp: Tuple[int, ...]
+    top_mlp: Tuple[int, ...]
+    fused_mlp: bool
+    dense_input_padding: bool
+    interaction_padding: bool
+    interaction_itself: bool
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """OneEmbedding (CUDA) store settings; unused on CPU."""
+    store_type: str
+    persistent_path: Optional[str]
+    cache_memory_budget_mb: int
+    key_type: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str
+    eval_split: str
+    train_batch_size: int          # global
+    eval_batch_size: int           # global
+    train_batch_per_rank: int
+    eval_batch_per_rank: int
+    eval_batches: int              # what the split holds, at most --eval_batches
+    requested_eval_batches: int
+    train_groups: tuple = dataclasses.field(repr=False, compare=False)  # (file, row group, rows)
+    eval_groups: tuple = dataclasses.field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    learning_rate: float
+    warmup_batches: int
+    decay_start: int
+    decay_batches: int
+    train_batches: int
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    loss_print_interval: int
+    eval_interval: int
+    target_auc: Optional[float]
+    metrics_file: Optional[str]
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    model_save_dir: Optional[str]
+    model_load_dir: Optional[str]
+    resume: bool
+    save_initial_model: bool
+    save_model_after_each_eval: bool
+    save_interval: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    device: str
+    world_size: int
+    seed: int
+    amp: bool
+    loss_scale_policy: str
+    model: ModelConfig
+    store: StoreConfig
+    data: DataConfig
+    schedule: ScheduleConfig
+    log: LogConfig
+    checkpoint: CheckpointConfig
+
+    def to_dict(self):
+        """JSON-able, without the row-group lists (they follow from data_dir)."""
+        d = dataclasses.asdict(self)
+        for key in ("train_groups", "eval_groups"):
+            d["data"].pop(key)
+        return d
+
+
+def pick_device(choice, cuda_available):
+    if choice == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if choice == "cuda" and not cuda_available:
+        raise ArgError("--device cuda: no usable CUDA device (use --device cpu)")
+    return choice
+
+
+def check_args(args, world_size, device):
+    """One-line errors for everything that can be checked before the data is read."""
+    if args.one_embedding_key_type not in schema.KEY_TYPES:
+        raise ArgError(f"--one_embedding_key_type must be int32 or int64, not {args.one_embedding_key_type!r}")
+    if args.store_type not in STORE_TYPES:
+        raise ArgError(f"--store_type {args.store_type!r} is not one of {', '.join(STORE_TYPES)}")
+    if args.loss_scale_policy not in LOSS_SCALE_POLICIES:
+        raise ArgError(f"--loss_scale_policy must be static or dynamic, not {args.loss_scale_policy!r}")
+    if args.embedding_vec_size != args.bottom_mlp[-1]:
+        raise ArgError(f"--embedding_vec_size {args.embedding_vec_size} must equal the last --bottom_mlp width "
+                       f"{args.bottom_mlp[-1]}")
+    for flag in ("train_batch_size", "eval_batch_size"):
+        value = getattr(args, flag)
+        if value <= 0 or value % world_size:
+            raise ArgError(f"--{flag} {value} is not a positive multiple of the number of ranks ({world_size})")
+    for flag in ("train_batches", "decay_batches", "loss_print_interval"):
+        if getattr(args, flag) <= 0:
+            raise ArgError(f"--{flag} must be > 0, not {getattr(args, flag)}")
+    if args.warmup_batches < 0 or args.decay_start < 0:
+        raise ArgError("--warmup_batches and --decay_start must be >= 0")
+    if args.resume and not args.model_save_dir:
+        raise ArgError("--resume needs --model_save_dir (where the checkpoints are)")
+    if device == "cuda" and not args.persistent_path:
+        raise ArgError("--persistent_path is required on CUDA (OneEmbedding keeps the embedding tables there)")
+    if not os.path.isdir(args.data_dir):
+        raise ArgError(f"--data_dir {args.data_dir}: no such directory")
+    if args.model_load_dir and not os.path.isdir(args.model_load_dir):
+        raise ArgError(f"--model_load_dir {args.model_load_dir}: no such checkpoint directory")
+
+
+def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size):
+    """--table_size_array, else the dataset's recorded sizes, else the original's default; checked."""
+    sizes = table_size_array
+    if sizes is None:
+        sizes = schema.load_table_sizes(data_dir)
+        if sizes is None:
+            print(f"note: {data_dir} records no table sizes (dataset_info.json or README.md); "
+                  f"using the original's Criteo 1TB table sizes", file=sys.stderr)
+            sizes = schema.CRITEO1T_TABLE_SIZES
+    if len(sizes) != schema.NUM_SPARSE:
+        raise ArgError(f"--table_size_array has {len(sizes)} entries; the data has "
+                       f"{schema.NUM_SPARSE} categorical columns (C1..C26)")
+    if min(sizes) <= 0:
+        raise ArgError("--table_size_array entries must be > 0")
+    if device == "cpu":  # the CPU embedding is one dense table, replicated on every rank
+        need = sum(sizes) * embedding_vec_size * 4 * 3  # weights, grads, update
+        if need > 0.5 * psutil.virtual_memory().total:
+            raise ArgError(f"the CPU embedding for {sum(sizes):,} rows x {embedding_vec_size} "
+                           f"needs ~{need / 2**30:.1f} GiB per process; use CUDA (OneEmbedding) or smaller tables")
+    return tuple(sizes)
+
+
+def full_batches_per_rank(groups, batch_size, world_size):
+    """Full per-rank batches in one pass over a split's row groups (eval reads at most this many)."""
+    return sum(n for _, _, n in groups) // world_size // (batch_size // world_size)
+
+
+def resolve(args, world_size, cuda_available):
+    """Parsed flags -> RunConfig, or ArgError / DataError (one line) before any model is built."""
+    device = pick_device(args.device, cuda_available)
+    check_args(args, world_size, device)
+    train_files = split_files(args.data_dir, "train")
+    eval_files = split_files(args.data_dir, args.eval_split)
+    check_schema(train_files + eval_files, args.one_embedding_key_type)
+    table_sizes = resolve_table_sizes(args.table_size_array, args.data_dir, device, args.embedding_vec_size)
+    store = StoreConfig(args.store_type, args.persistent_path, args.cache_memory_budget_mb,
+                        args.one_embedding_key_type)
+    if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
+        from dlrm.model import make_store_options
+        make_store_options(store.store_type, store.persistent_path, sum(table_sizes), store.cache_memory_budget_mb)
+    eval_groups = list_row_groups(eval_files)
+    train_groups = shardable_row_groups(train_files, world_size)
+    if full_batches_per_rank(train_groups, args.train_batch_size, world_size) == 0:
+        raise DataError(f"{args.data_dir}/train holds less than one batch of {args.train_batch_size // world_size} "
+                        f"rows per rank; lower --train_batch_size")
+    amp = args.amp
+    if amp and device != "cuda":
+        print("warning: --amp is CUDA-only; training in fp32 on CPU", file=sys.stderr)
+        amp = False
+    return RunConfig(
+        device=device, world_size=world_size, seed=args.seed, amp=amp, loss_scale_policy=args.loss_scale_policy,
+        model=ModelConfig(
+            table_sizes=table_sizes, embedding_vec_size=args.embedding_vec_size,
+            bottom_mlp=tuple(args.bottom_mlp), top_mlp=tuple(args.top_mlp), fused_mlp=not args.disable_fusedmlp,
+            dense_input_padding=not args.disable_dense_input_padding,
+            interaction_padding=not args.disable_interaction_padding, interaction_itself=args.interaction_itself),
+        store=store,
+        data=DataConfig(
+            data_dir=args.data_dir, eval_split=args.eval_split,
+            train_batch_size=args.train_batch_size, eval_batch_size=args.eval_batch_size,
+            train_batch_per_rank=args.train_batch_size // world_size,
+            eval_batch_per_rank=args.eval_batch_size // world_size,
+            eval_batches=min(args.eval_batches, full_batches_per_rank(eval_groups, args.eval_batch_size, world_size)),
+            requested_eval_batches=args.eval_batches,
+            train_groups=tuple(train_groups), eval_groups=tuple(eval_groups)),
+        schedule=ScheduleConfig(args.learning_rate, args.warmup_batches, args.decay_start, args.decay_batches,
+                                args.train_batches),
+        log=LogConfig(args.loss_print_interval, args.eval_interval, args.target_auc,
+                      args.metrics_file if args.metrics_file or not args.model_save_dir
+                      else os.path.join(args.model_save_dir, "metrics.jsonl")),
+        checkpoint=CheckpointConfig(args.model_save_dir, args.model_load_dir, args.resume, args.save_initial_model,
+                                    args.save_model_after_each_eval, args.save_interval),
+    )
