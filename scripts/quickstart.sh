@@ -4,8 +4,9 @@
 #   1. set up the Python environment (scripts/setup_env.sh)
 #   2. generate synthetic raw Criteo days with a planted click model (tools/make_synthetic_criteo.py)
 #   3. preprocess them into parquet with a local Spark (tools/criteo1t_parquet.py)
-#   4. train and evaluate DLRM (python -m oneflow.distributed.launch ... dlrm_train_eval.py)
+#   4. train and evaluate DLRM (launch_dlrm of scripts/common.sh: oneflow.distributed.launch ... dlrm_train_eval.py)
 #   5. plot the metrics (tools/plot_metrics.py)
+# (the small Python steps in between -- reuse checks, summaries -- are `python -m dlrm.quickstart`)
 #
 # usage: scripts/quickstart.sh [extra dlrm_train_eval.py args...]
 #        WORK_DIR=/tmp/qs TRAIN_BATCHES=2000 scripts/quickstart.sh
@@ -75,7 +76,8 @@ echo "quickstart: work directory $WORK_DIR"
 # ------------------------------------------------------------------------------------------
 banner "Python environment (scripts/setup_env.sh)"
 PY="$(dlrm_python)"
-"$PY" -c 'import sys, oneflow, pyspark; print(f"python {sys.version.split()[0]}, oneflow {oneflow.__version__}, pyspark {pyspark.__version__}")' 2>/dev/null \
+quickstart() { "$PY" -m dlrm.quickstart "$@"; }  # the Python steps (dlrm/quickstart.py)
+quickstart versions 2>/dev/null \
   || die "the Python environment $PY does not import oneflow and pyspark"
 require_java
 echo "java: $(java -version 2>&1 | head -n1)"
@@ -88,19 +90,7 @@ if [[ -n "${RAW_DIR:-}" ]]; then
 else
   raw="$WORK_DIR/raw"
   banner "raw data: $DAYS synthetic days x $ROWS_PER_DAY rows -> $raw"
-  same_raw=0
-  if [[ -f "$raw/planted_model.json" ]] && "$PY" - "$raw/planted_model.json" "$DAYS" "$ROWS_PER_DAY" "$SEED" <<'PYEOF'
-import json, os, sys
-path, days, rows, seed = sys.argv[1], *map(int, sys.argv[2:])
-m = json.load(open(path))
-ok = (m.get("days"), m.get("rows_per_day"), m.get("seed"), m.get("kaggle")) == (days, rows, seed, False)
-ok = ok and all(os.path.isfile(os.path.join(os.path.dirname(path), f)) for f in m.get("files", []))
-sys.exit(0 if ok else 1)
-PYEOF
-  then
-    same_raw=1
-  fi
-  if [[ "$same_raw" == 1 && "$OVERWRITE" != 1 ]]; then
+  if [[ "$OVERWRITE" != 1 ]] && quickstart same-raw "$raw" "$DAYS" "$ROWS_PER_DAY" "$SEED"; then
     echo "reusing the synthetic data in $raw (same DAYS/ROWS_PER_DAY/SEED; OVERWRITE=1 regenerates it)"
   else
     gen=(--output_dir "$raw" --days "$DAYS" --rows_per_day "$ROWS_PER_DAY" --seed "$SEED")
@@ -149,11 +139,7 @@ else
     | sed -u -E '/^(WARNING: Using incubator|Setting default log level|To adjust logging level|Using Spark.s default log4j)/d'
   echo "$stamp" >"$WORK_DIR/parquet.stamp"
 fi
-"$PY" -c '
-import json, sys
-i = json.load(open(sys.argv[1]))
-print("dataset: train {train}, test {test}, val {val} rows;".format(**i["rows"]), "table sizes", i["table_size_array"])
-' "$parquet/dataset_info.json"
+quickstart dataset "$parquet"
 
 # ------------------------------------------------------------------------------------------
 probe_gpus
@@ -172,28 +158,31 @@ run_dir="$WORK_DIR/train/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 ln -sfn "$(basename "$run_dir")" "$WORK_DIR/train/latest"
 where="CPU ($GPU_PROBE_NOTE)"
-train=(--data_dir "$parquet" --model_save_dir "$run_dir" --metrics_file "$run_dir/metrics.jsonl"
+train=(--model_save_dir "$run_dir" --metrics_file "$run_dir/metrics.jsonl"
        --bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32
        --train_batch_size "$TRAIN_BATCH_SIZE" --eval_batch_size "$EVAL_BATCH_SIZE"
        --learning_rate "$LEARNING_RATE" --warmup_batches "$WARMUP_BATCHES"
        --decay_start "$DECAY_START" --decay_batches "$DECAY_BATCHES" --train_batches "$TRAIN_BATCHES"
        --eval_interval "$EVAL_INTERVAL" --eval_batches "$EVAL_BATCHES" --loss_print_interval "$LOSS_PRINT_INTERVAL")
+persistent=""  # CPU: no --persistent_path
 if (( GPU_COUNT > 0 )); then
   where="$GPU_COUNT GPU(s)"
   # OneEmbedding: the tables are tiny here, so keep them in GPU memory (no 8 GB host cache per GPU)
-  train+=(--persistent_path "$run_dir/persistent" --store_type device_mem)
+  persistent="$run_dir/persistent"
+  train+=(--store_type device_mem)
 fi
 banner "train and evaluate: $nproc_train process(es) on $where, $TRAIN_BATCHES steps -> $run_dir"
-"$PY" -m oneflow.distributed.launch --nproc_per_node "$nproc_train" --master_addr 127.0.0.1 \
-    --master_port "${MASTER_PORT:-$(free_port "$PY")}" \
-    "$REPO/dlrm_train_eval.py" "${train[@]}" "$@" 2>&1 \
+# launch_dlrm execs: here it runs in the pipeline's subshell, so the script goes on afterwards.
+# AMP and MODEL_SAVE_DIR (read by launch_dlrm for the other launch scripts) are not quickstart settings.
+AMP=0 MODEL_SAVE_DIR="" launch_dlrm "$parquet" "$persistent" "$nproc_train" 1 0 127.0.0.1 "${MASTER_PORT:-}" \
+    "${train[@]}" "$@" 2>&1 \
   | tee "$run_dir/train.log" | sed -u -E '/^(libibverbs not available|[WE][0-9]{8} .*(cuda_device_descriptor|cuda_device_manager_factory))/d'
 
 # ------------------------------------------------------------------------------------------
 banner "plot the metrics (tools/plot_metrics.py)"
 plot=(--output "$run_dir/metrics.png")
-if [[ -f "$raw/planted_model.json" ]]; then
-  planted="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["per_day"][-1]["planted_auc"])' "$raw/planted_model.json")"
+planted="$(quickstart planted-auc "$raw")"  # empty without a planted model (RAW_DIR)
+if [[ -n "$planted" ]]; then
   plot+=(--reference_auc "$planted" --reference_label "planted model (test day)")
 fi
 if [[ -n "${RAW_DIR:-}" ]]; then data="$RAW_DIR"; else data="synthetic Criteo, $DAYS days x $ROWS_PER_DAY rows"; fi
@@ -207,15 +196,4 @@ echo "dataset:      $parquet"
 echo "checkpoint:   ${ckpt:-none written}"
 echo "metrics:      $run_dir/metrics.jsonl (training log: $run_dir/train.log)"
 echo "plot:         $run_dir/metrics.png (summary: $run_dir/summary.json)"
-"$PY" - "$run_dir/summary.json" "$raw/planted_model.json" <<'PYEOF'
-import json, os, sys
-s = json.load(open(sys.argv[1]))
-if s["final_auc"] is not None:
-    print(f"final AUC:    {s['final_auc']:.4f} at step {s['final_auc_step']} "
-          f"(best {s['best_auc']:.4f} at step {s['best_auc_step']}), {s['total_time_s']:.0f} s of training")
-if os.path.exists(sys.argv[2]):
-    m = json.load(open(sys.argv[2]))
-    test_day = m["per_day"][-1]
-    print(f"planted AUC:  {test_day['planted_auc']:.4f} (the synthetic data's true click model on its test day "
-          f"day_{test_day['day']}: the best any model can score)")
-PYEOF
+quickstart summary "$run_dir" "$raw"

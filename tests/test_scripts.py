@@ -1,4 +1,5 @@
-"""The launch scripts in scripts/ and tools/plot_metrics.py, run as real subprocesses.
+"""The launch scripts in scripts/, tools/plot_metrics.py (dlrm/plotting.py) and the Python steps of
+scripts/quickstart.sh (dlrm/quickstart.py), run as real subprocesses or in-process on real files.
 
 Fast (a few seconds): nothing here trains or starts Spark. The scripts are run with PY set to
 this interpreter (so scripts/setup_env.sh is not needed) and, where a command line is checked,
@@ -14,10 +15,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import plot_metrics  # noqa: E402
+from conftest import PLOT_TOOL, REPO, error_lines, run_tool
+from dlrm import plotting, quickstart, schema, synthetic
 
 SCRIPTS = os.path.join(REPO, "scripts")
 GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_multinode.sh"]
@@ -233,9 +232,7 @@ def test_plot_metrics_cli(tmp_path):
     metrics = tmp_path / "run" / "metrics.jsonl"
     metrics.parent.mkdir()
     write_metrics(metrics)
-    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(metrics)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tool(PLOT_TOOL, metrics, timeout=120)
     png = tmp_path / "run" / "metrics.png"  # default: next to the metrics file
     data = png.read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
@@ -250,9 +247,7 @@ def test_plot_metrics_cli(tmp_path):
     assert "final AUC: 0.75000 at step 1000" in proc.stdout
 
     out = tmp_path / "elsewhere" / "plot.png"
-    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(metrics), "--output", str(out),
-                           "--reference_auc", "0.78"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    run_tool(PLOT_TOOL, metrics, "--output", out, "--reference_auc", "0.78", timeout=120)
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     assert json.loads((tmp_path / "elsewhere" / "summary.json").read_text())["best_auc_step"] == 750
 
@@ -265,10 +260,9 @@ def test_plot_metrics_bad_file(tmp_path, content, needle):
     path = tmp_path / "metrics.jsonl"
     if content is not None:
         path.write_text(content)
-    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    proc = run_tool(PLOT_TOOL, path, timeout=60, check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().count("\n") == 0 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == [proc.stderr.strip()] and needle in proc.stderr
     assert not (tmp_path / "metrics.png").exists()
 
 
@@ -283,9 +277,110 @@ def test_summarize_resumed_run(tmp_path):
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in first + second)
         f.write('{"kind": "train", "st')  # a run killed mid-write
-    records = plot_metrics.load_metrics(str(path))
-    s = plot_metrics.summarize(records)
+    records = plotting.load_metrics(str(path))
+    s = plotting.summarize(records)
     assert s["segments"] == 2 and s["steps"] == 1000 and s["evaluations"] == 4
     assert s["best_auc"] == pytest.approx(0.761) and s["best_auc_step"] == 750
     assert s["total_time_s"] == pytest.approx(500 / 20 + 2.0 + (1000 / 20 - 20) + 2.0)  # each segment: + evals after its last train record
-    assert plot_metrics.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
+    assert plotting.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
+
+
+# ----------------------------------------------------------------------------- launch_dlrm (common.sh)
+def launch_dlrm_dry_run(*args, env=None):
+    """DRY_RUN=1 launch_dlrm ARGS in a shell that sources scripts/common.sh: the command it would run."""
+    e = {k: v for k, v in os.environ.items() if k not in ("AMP", "MODEL_SAVE_DIR")}
+    e.update(PY=sys.executable, DRY_RUN="1", **(env or {}))
+    proc = subprocess.run(["bash", "-c", 'source "$0"; launch_dlrm "$@"', os.path.join(SCRIPTS, "common.sh"),
+                           *map(str, args)], env=e, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_launch_dlrm_without_persistent_path(tmp_path):
+    data = tmp_path / "data"
+    cmd = launch_dlrm_dry_run(data, "", 2, 1, 0, "127.0.0.1", 1234, "--train_batches", 10)
+    assert cmd.endswith(f"-m oneflow.distributed.launch --nproc_per_node 2 --nnodes 1 --node_rank 0 "
+                        f"--master_addr 127.0.0.1 --master_port 1234 {REPO}/dlrm_train_eval.py --data_dir {data} "
+                        f"--train_batches 10"), cmd
+    cmd = launch_dlrm_dry_run(data, tmp_path / "p", 1, 1, 0, "h", 1, "--x",
+                              env={"AMP": "1", "MODEL_SAVE_DIR": str(tmp_path / "m")})
+    assert cmd.endswith(f"--data_dir {data} --persistent_path {tmp_path / 'p'} --amp "
+                        f"--model_save_dir {tmp_path / 'm'} --x"), cmd
+
+
+# ----------------------------------------------------------------------------- dlrm/quickstart.py
+@pytest.fixture(scope="module")
+def planted_raw(tmp_path_factory):
+    """A small real synthetic raw directory: 2 days x 500 rows, seed 3 (day_0, day_1, planted_model.json)."""
+    raw = tmp_path_factory.mktemp("quickstart") / "raw"
+    synthetic.generate(str(raw), days=2, rows_per_day=500, seed=3)
+    return raw
+
+
+def run_quickstart(capsys, *args):
+    rc = quickstart.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_quickstart_same_raw(planted_raw, tmp_path, capsys):
+    assert run_quickstart(capsys, "same-raw", planted_raw, 2, 500, 3) == (0, "", "")
+    for days, rows, seed in [(3, 500, 3), (2, 400, 3), (2, 500, 0)]:
+        assert run_quickstart(capsys, "same-raw", planted_raw, days, rows, seed)[0] == 1
+    assert run_quickstart(capsys, "same-raw", tmp_path, 2, 500, 3)[0] == 1  # no planted_model.json
+    partial = tmp_path / "partial"  # a day file missing
+    shutil.copytree(planted_raw, partial)
+    os.remove(partial / "day_1")
+    assert run_quickstart(capsys, "same-raw", partial, 2, 500, 3)[0] == 1
+    kaggle = tmp_path / "kaggle"  # the same settings in the kaggle layout (train.txt) do not count
+    synthetic.generate(str(kaggle), days=2, rows_per_day=500, seed=3, kaggle=True)
+    assert run_quickstart(capsys, "same-raw", kaggle, 2, 500, 3)[0] == 1
+
+
+def test_quickstart_dataset(tmp_path, capsys):
+    rows = {"train": 200000, "test": 50000, "val": 50000}
+    sizes = [1460, 583, 50000] + [7] * (schema.NUM_SPARSE - 3)
+    schema.write_dataset_info(str(tmp_path), {"rows": rows, "table_size_array": sizes})
+    rc, out, _ = run_quickstart(capsys, "dataset", tmp_path)
+    assert rc == 0
+    assert out == f"dataset: train 200000, test 50000, val 50000 rows; table sizes {sizes}\n"
+    rc, out, err = run_quickstart(capsys, "dataset", tmp_path / "missing")
+    assert rc == 1 and out == ""
+    assert error_lines(err) == [err.strip()] and "dataset_info.json does not exist" in err
+
+
+def test_quickstart_planted_auc(planted_raw, tmp_path, capsys):
+    test_day = synthetic.read_planted_model(planted_raw)["per_day"][-1]
+    rc, out, _ = run_quickstart(capsys, "planted-auc", planted_raw)
+    assert rc == 0 and float(out) == test_day["planted_auc"] and 0.6 < float(out) < 0.95
+    assert run_quickstart(capsys, "planted-auc", tmp_path) == (0, "", "")  # RAW_DIR data: no planted model
+
+
+def test_quickstart_summary(planted_raw, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    s = plotting.summarize(write_metrics(run / "metrics.jsonl"))
+    (run / "summary.json").write_text(json.dumps(s))
+    test_day = synthetic.read_planted_model(planted_raw)["per_day"][-1]
+    rc, out, _ = run_quickstart(capsys, "summary", run, planted_raw)
+    assert rc == 0
+    assert out.splitlines() == [
+        "final AUC:    0.7500 at step 1000 (best 0.7600 at step 750), 52 s of training",
+        f"planted AUC:  {test_day['planted_auc']:.4f} (the synthetic data's true click model on its test day "
+        f"day_1: the best any model can score)"]
+    rc, out, _ = run_quickstart(capsys, "summary", run, tmp_path / "no_raw")
+    assert rc == 0 and out.splitlines() == ["final AUC:    0.7500 at step 1000 (best 0.7600 at step 750), "
+                                            "52 s of training"]
+    rc, out, err = run_quickstart(capsys, "summary", tmp_path, planted_raw)
+    assert rc == 1 and out == "" and error_lines(err) == [err.strip()] and "summary.json does not exist" in err
+
+
+def test_quickstart_cli(planted_raw):
+    proc = run_tool("-m", "dlrm.quickstart", "planted-auc", planted_raw)
+    assert 0.6 < float(proc.stdout) < 0.95
+    proc = run_tool("-m", "dlrm.quickstart", "same-raw", planted_raw, 2, 500, 4, check=False)
+    assert proc.returncode == 1 and proc.stdout == proc.stderr == ""
+    proc = run_tool("-m", "dlrm.quickstart", "no-such-step", check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    help_text = run_tool("-m", "dlrm.quickstart", "--help").stdout
+    assert all(c in help_text for c in ("versions", "same-raw", "dataset", "planted-auc", "summary"))

@@ -1,31 +1,27 @@
-"""Tests for tools/make_synthetic_criteo.py (small sizes; runs the CLI via subprocess)."""
+"""Tests for dlrm/synthetic.py through its CLI tools/make_synthetic_criteo.py (small sizes, subprocesses)."""
 
 import collections
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tools import make_synthetic_criteo as synth
+from conftest import SYNTH_TOOL, run_tool
+from dlrm import schema
+from dlrm import synthetic as synth
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "make_synthetic_criteo.py")
 DAYS, ROWS = 2, 2000
 DENSE_RE = re.compile(r"^(-?\d+)?$")
 CAT_RE = re.compile(r"^([0-9a-f]{8})?$")
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True)
+def synth_tool(*args):
+    return run_tool(SYNTH_TOOL, *args, check=False)
 
 
 def generate(out_dir, seed=7, *extra):
-    r = run_tool("--output_dir", out_dir, "--days", DAYS, "--rows_per_day", ROWS, "--seed", seed, *extra)
-    assert r.returncode == 0, r.stderr
-    return r
+    return run_tool(SYNTH_TOOL, "--output_dir", out_dir, "--days", DAYS, "--rows_per_day", ROWS, "--seed", seed, *extra)
 
 
 def read_bytes(out_dir, names):
@@ -61,7 +57,7 @@ def test_file_names(data_dir):
 def test_line_format(rows):
     all_rows = [r for name in DAY_FILES for r in rows[name]]
     assert all(len(r) == ROWS for r in rows.values())
-    assert all(len(r) == 40 for r in all_rows)
+    assert all(len(r) == schema.NUM_FIELDS for r in all_rows)
     assert {r[0] for r in all_rows} == {"0", "1"}
     dense = [r[1:14] for r in all_rows]
     cats = [r[14:] for r in all_rows]
@@ -90,7 +86,7 @@ def test_categorical_vocab_and_heavy_tail(rows):
 def test_days_differ_but_share_vocabulary(rows):
     a, b = rows["day_0"], rows["day_1"]
     assert a != b
-    for j in range(26):  # most frequent item of each column is the same hex string on both days
+    for j in range(schema.NUM_SPARSE):  # most frequent item of each column is the same hex string on both days
         top = [collections.Counter(r[14 + j] for r in day if r[14 + j]).most_common(1)[0][0]
                for day in (a, b)]
         assert top[0] == top[1], j
@@ -101,8 +97,12 @@ def test_planted_model_json(data_dir):
         meta = json.load(f)
     assert meta["seed"] == 7 and meta["days"] == DAYS and meta["rows_per_day"] == ROWS
     assert meta["cardinalities"] == synth.DEFAULT_CARDINALITIES
-    assert len(meta["missing_rates"]["categorical"]) == 26
-    assert len(meta["missing_rates"]["dense"]) == 13
+    assert len(meta["missing_rates"]["categorical"]) == schema.NUM_SPARSE
+    assert len(meta["missing_rates"]["dense"]) == schema.NUM_DENSE
+    assert set(meta["planted_model"]["dense_weights"]) <= set(schema.DENSE_COLUMNS)
+    assert set(meta["planted_model"]["categorical_effect_sigma"]) <= set(schema.SPARSE_COLUMNS)
+    assert synth.read_planted_model(data_dir) == meta
+    assert synth.read_planted_model(data_dir.parent) is None  # no planted model there
     assert 0.15 < meta["click_rate"] < 0.35
     assert 0.7 < meta["planted_auc"] < 0.86
     assert len(meta["per_day"]) == DAYS
@@ -121,18 +121,18 @@ def test_refuses_non_empty_dir_unless_overwrite(data_dir, tmp_path):
     out = tmp_path / "d"
     generate(out, 1)
     before = read_bytes(out, DAY_FILES)
-    r = run_tool("--output_dir", out, "--days", 1, "--rows_per_day", 100, "--seed", 2)
+    r = synth_tool("--output_dir", out, "--days", 1, "--rows_per_day", 100, "--seed", 2)
     assert r.returncode != 0
     assert "--overwrite" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert read_bytes(out, DAY_FILES) == before
     # --overwrite replaces the generated files, including the now stale day_1
-    r = run_tool("--output_dir", out, "--days", 1, "--rows_per_day", 100, "--seed", 2, "--overwrite")
+    r = synth_tool("--output_dir", out, "--days", 1, "--rows_per_day", 100, "--seed", 2, "--overwrite")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["day_0", "planted_model.json"]
 
 
 def test_kaggle_layout_and_cardinalities(tmp_path):
-    cards = [3, 5, 40, 1] + [10] * 22
+    cards = [3, 5, 40, 1] + [10] * (schema.NUM_SPARSE - 4)
     generate(tmp_path / "days", 3, "--cardinalities", ",".join(map(str, cards)))
     generate(tmp_path / "kaggle", 3, "--cardinalities", ",".join(map(str, cards)), "--kaggle")
     assert sorted(os.listdir(tmp_path / "kaggle")) == ["planted_model.json", "train.txt"]
@@ -150,13 +150,13 @@ def test_kaggle_layout_and_cardinalities(tmp_path):
     (["--days", "0"], "--days"),
     (["--rows_per_day", "0"], "--rows_per_day"),
     (["--cardinalities", "1,2,3"], "26"),
-    (["--cardinalities", ",".join(["x"] * 26)], "--cardinalities"),
+    (["--cardinalities", ",".join(["x"] * schema.NUM_SPARSE)], "--cardinalities"),
 ])
 def test_bad_flags_one_line_error(tmp_path, args, message):
     with pytest.raises(SystemExit) as e:  # in-process via main(argv) (importable CLI)
         synth.main(["--output_dir", str(tmp_path / "out"), *args])
     assert e.value.code == 2
-    r = run_tool("--output_dir", tmp_path / "out", *args)
+    r = synth_tool("--output_dir", tmp_path / "out", *args)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
     assert not (tmp_path / "out").exists()

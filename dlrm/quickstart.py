@@ -1,0 +1,113 @@
+"""The Python steps of scripts/quickstart.sh, as one small command line.
+
+    python -m dlrm.quickstart versions                                 # python, oneflow, pyspark versions
+    python -m dlrm.quickstart same-raw RAW_DIR DAYS ROWS_PER_DAY SEED  # exit 0: that synthetic data is there
+    python -m dlrm.quickstart dataset PARQUET_DIR                      # rows per split and table sizes
+    python -m dlrm.quickstart planted-auc RAW_DIR                      # the planted model's test-day AUC
+    python -m dlrm.quickstart summary RUN_DIR RAW_DIR                  # the final AUC (and planted AUC) lines
+
+Each subcommand is the function of the same name below (its docstring is its help); a missing
+or unreadable input is one line ``error: ...`` and exit 1.
+"""
+import argparse
+import json
+import os
+import sys
+
+from dlrm.schema import DATASET_INFO_FILE, read_dataset_info
+from dlrm.synthetic import read_planted_model
+
+
+class QuickstartError(Exception):
+    """A missing or unusable input, reported as one line."""
+
+
+def versions(args):
+    """Print the python, oneflow and pyspark versions (fails when oneflow or pyspark does not import)."""
+    import oneflow
+    import pyspark
+
+    print(f"python {sys.version.split()[0]}, oneflow {oneflow.__version__}, pyspark {pyspark.__version__}")
+
+
+def same_raw(args):
+    """Exit 0 when RAW_DIR holds the synthetic day files of DAYS, ROWS_PER_DAY and SEED (all of them), else 1."""
+    m = read_planted_model(args.raw_dir)
+    if m is None:
+        return 1
+    settings = (m.get("days"), m.get("rows_per_day"), m.get("seed"), m.get("kaggle"))
+    ok = settings == (args.days, args.rows_per_day, args.seed, False)
+    ok = ok and all(os.path.isfile(os.path.join(args.raw_dir, f)) for f in m.get("files", []))
+    return 0 if ok else 1
+
+
+def dataset(args):
+    """Print the dataset's rows per split and table sizes (from its dataset_info.json) in one line."""
+    info = read_dataset_info(args.parquet_dir)
+    if info is None:
+        raise QuickstartError(f"{os.path.join(args.parquet_dir, DATASET_INFO_FILE)} does not exist")
+    print("dataset: train {train}, test {test}, val {val} rows;".format(**info["rows"]),
+          "table sizes", info["table_size_array"])
+
+
+def planted_test_day(raw_dir):
+    """planted_model.json's record of the last (test) day {day, rows, click_rate, planted_auc}, or None
+    without a planted model (e.g. RAW_DIR data) or AUC."""
+    m = read_planted_model(raw_dir)
+    day = m["per_day"][-1] if m else None
+    return day if day and day.get("planted_auc") is not None else None
+
+
+def planted_auc(args):
+    """Print the planted model's AUC on the test day of RAW_DIR (nothing for data without one)."""
+    day = planted_test_day(args.raw_dir)
+    if day is not None:
+        print(day["planted_auc"])
+
+
+def summary(args):
+    """Print the run's final AUC (RUN_DIR/summary.json) and, for synthetic data, the planted AUC."""
+    path = os.path.join(args.run_dir, "summary.json")
+    if not os.path.isfile(path):
+        raise QuickstartError(f"{path} does not exist (the plot step writes it)")
+    with open(path) as f:
+        s = json.load(f)
+    if s["final_auc"] is not None:
+        print(f"final AUC:    {s['final_auc']:.4f} at step {s['final_auc_step']} "
+              f"(best {s['best_auc']:.4f} at step {s['best_auc_step']}), {s['total_time_s']:.0f} s of training")
+    day = planted_test_day(args.raw_dir)
+    if day is not None:
+        print(f"planted AUC:  {day['planted_auc']:.4f} (the synthetic data's true click model on its test day "
+              f"day_{day['day']}: the best any model can score)")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m dlrm.quickstart", description="The Python steps of scripts/quickstart.sh.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(func, *positionals, **types):
+        c = sub.add_parser(func.__name__.replace("_", "-"), help=func.__doc__.splitlines()[0],
+                           description=func.__doc__)
+        for name in positionals:
+            c.add_argument(name, metavar=name.upper(), type=types.get(name, str))
+        c.set_defaults(func=func)
+
+    command(versions)
+    command(same_raw, "raw_dir", "days", "rows_per_day", "seed", days=int, rows_per_day=int, seed=int)
+    command(dataset, "parquet_dir")
+    command(planted_auc, "raw_dir")
+    command(summary, "run_dir", "raw_dir")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (QuickstartError, OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
