@@ -46,6 +46,44 @@ def preprocess(input_dir, output_dir, *extra):
                     "--eval_files", "2", *extra)
 
 
+def write_tiny_dataset(root, rows_per_file=(60, 60, 60, 60), rows_per_group=20, eval_rows=100, key_type="int64",
+                       table_sizes=(7,) * 26, seed=0):
+    """A real parquet dataset in the tool's layout, written with pyarrow in milliseconds (no Spark).
+
+    Row r of the train split has label r % 2, I1 = r (its global row number, to trace where a
+    batch came from) and ids r % table_size + column offset; dataset_info.json records table_sizes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlrm import schema
+
+    def table(first, n):
+        r = np.arange(first, first + n)
+        cols = {schema.LABEL: (r % 2).astype(np.float32)}
+        cols.update({c: (r if j == 0 else np.full(n, j)).astype(np.float32) for j, c in enumerate(schema.DENSE_COLUMNS)})
+        offset = 0
+        for j, c in enumerate(schema.SPARSE_COLUMNS):
+            cols[c] = (r % table_sizes[j] + offset).astype(key_type)
+            offset += table_sizes[j]
+        return pa.table(cols)
+
+    first = 0
+    for split, sizes in (("train", rows_per_file), ("test", (eval_rows,)), ("val", (eval_rows,))):
+        os.makedirs(os.path.join(root, split))
+        for i, n in enumerate(sizes):
+            pq.write_table(table(first, n), os.path.join(root, split, f"part-{i:05d}.parquet"),
+                           row_group_size=rows_per_group)
+            first += n
+    schema.write_dataset_info(root, {"table_size_array": list(table_sizes), "key_type": key_type})
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    return write_tiny_dataset(str(tmp_path / "data"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_parquet(tmp_path_factory):
     """3 synthetic days x 30000 rows through the real Spark tool: train 60000, test 15000, val 15000."""

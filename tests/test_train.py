@@ -14,7 +14,6 @@ import pytest
 from conftest import REPO, read_metrics
 
 import dlrm_train_eval as train
-from dlrm.config import ArgError, check_args
 
 pytestmark = pytest.mark.slow  # real training subprocesses and Spark-built datasets
 
@@ -196,16 +195,6 @@ def test_bad_datasets_fail_before_training(synthetic_parquet, bad_datasets, tmp_
     code, err = run_main(["--data_dir", str(synthetic_parquet / "parquet"), *base, "--eval_split", "val",
                           "--table_size_array", ",".join(["5"] * 25)], capsys)
     assert code == 2 and "has 25 entries" in err
-
-
-def test_cuda_only_checks():
-    args = train.get_parser().parse_args(["--data_dir", REPO])
-    with pytest.raises(ArgError, match="--persistent_path is required on CUDA"):
-        check_args(args, 1, "cuda")
-    args.persistent_path = "/ssd/p"
-    check_args(args, 1, "cuda")
-    with pytest.raises(ArgError, match="not a positive multiple of the number of ranks"):
-        check_args(args, 7, "cpu")
 
 
 def test_batch_not_divisible_by_ranks_fails_in_a_real_launch(synthetic_parquet):

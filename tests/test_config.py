@@ -1,0 +1,95 @@
+"""Fast unit tests: the schema module and flag resolution into RunConfig (real parquet, no Spark)."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from conftest import write_tiny_dataset
+from dlrm import schema
+from dlrm.config import ArgError, check_args, resolve
+from dlrm.data import DataError
+from dlrm_train_eval import get_parser
+
+
+def flags(data_dir, *extra):
+    return get_parser().parse_args(["--data_dir", str(data_dir), "--bottom_mlp", "32,16", "--embedding_vec_size", "16",
+                                    "--top_mlp", "32", "--train_batch_size", "40", "--eval_batch_size", "20",
+                                    "--eval_batches", "100", *extra])
+
+
+def test_schema_columns_and_dtypes():
+    assert len(schema.COLUMNS) == schema.NUM_FIELDS == 40
+    assert schema.COLUMNS[:2] == ["label", "I1"] and schema.COLUMNS[-1] == "C26"
+    assert len(schema.CRITEO1T_TABLE_SIZES) == schema.NUM_SPARSE
+    assert sum(schema.CRITEO1T_TABLE_SIZES) == 187_767_399  # the README's 1TB sizing figure
+    dtypes = schema.column_dtypes("int32")
+    assert list(dtypes) == schema.COLUMNS and dtypes["C7"] == "int32" and dtypes["I3"] == "float32"
+
+
+def test_table_sizes_from_dataset_info_or_the_originals_readme(tmp_path):
+    assert schema.load_table_sizes(str(tmp_path)) is None
+    sizes = list(range(1, 27))
+    schema.write_original_readme(str(tmp_path), {"train": 10, "test": 2, "val": 3}, sizes)
+    text = (tmp_path / "README.md").read_text()
+    assert "train: 10\ntest: 2\nval: 3\n" in text
+    assert schema.load_table_sizes(str(tmp_path)) == sizes
+    schema.write_dataset_info(str(tmp_path), {"table_size_array": [5] * 26})  # preferred over README.md
+    assert schema.load_table_sizes(str(tmp_path)) == [5] * 26
+    assert json.load(open(tmp_path / "dataset_info.json")) == schema.read_dataset_info(str(tmp_path))
+
+
+def test_resolve_computes_the_run_once(tiny_dataset, tmp_path):
+    cfg = resolve(flags(tiny_dataset, "--model_save_dir", str(tmp_path / "ckpt")), world_size=2, cuda_available=False)
+    assert cfg.device == "cpu" and cfg.world_size == 2
+    assert cfg.model.table_sizes == (7,) * 26 and cfg.model.fused_mlp and cfg.model.bottom_mlp == (32, 16)
+    assert (cfg.data.train_batch_per_rank, cfg.data.eval_batch_per_rank) == (20, 10)
+    # 100 test rows, 50 per rank, batches of 10 per rank: 5 of the 100 asked for
+    assert (cfg.data.eval_batches, cfg.data.requested_eval_batches) == (5, 100)
+    assert len(cfg.data.train_groups) == 12 and sum(n for *_, n in cfg.data.train_groups) == 240
+    assert cfg.log.metrics_file == str(tmp_path / "ckpt" / "metrics.jsonl")
+    d = cfg.to_dict()
+    assert "train_groups" not in d["data"] and json.loads(json.dumps(d))["schedule"]["learning_rate"] == 24.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+
+
+def test_resolve_picks_the_device_and_drops_amp_on_cpu(tiny_dataset, capsys):
+    cfg = resolve(flags(tiny_dataset, "--amp", "--persistent_path", "/ssd/p"), 1, cuda_available=True)
+    assert cfg.device == "cuda" and cfg.amp and cfg.store.persistent_path == "/ssd/p"
+    cfg = resolve(flags(tiny_dataset, "--amp", "--device", "cpu"), 1, cuda_available=True)
+    assert cfg.device == "cpu" and not cfg.amp
+    assert "--amp is CUDA-only" in capsys.readouterr().err
+    with pytest.raises(ArgError, match="--device cuda: no usable CUDA device"):
+        resolve(flags(tiny_dataset, "--device", "cuda"), 1, cuda_available=False)
+
+
+@pytest.mark.parametrize("extra,world,error", [
+    (["--train_batch_size", "1000"], 1, "holds less than one batch of 1000 rows per rank"),
+    ([], 13, "12 parquet row groups cannot be shared by 13 ranks"),
+    (["--eval_split", "val", "--table_size_array", "1,2"], 1, "--table_size_array has 2 entries"),
+    (["--table_size_array", ",".join(["0"] * 26)], 1, "entries must be > 0"),
+    (["--one_embedding_key_type", "int32"], 1, "column C1 holds int64 ids but --one_embedding_key_type is int32"),
+])
+def test_resolve_refuses_in_one_line(tiny_dataset, extra, world, error):
+    if world == 13:
+        extra = ["--train_batch_size", "13", "--eval_batch_size", "13"]
+    with pytest.raises((ArgError, DataError), match=error):
+        resolve(flags(tiny_dataset, *extra), world, cuda_available=False)
+
+
+def test_cuda_only_checks():
+    args = get_parser().parse_args(["--data_dir", os.getcwd()])
+    with pytest.raises(ArgError, match="--persistent_path is required on CUDA"):
+        check_args(args, 1, "cuda")
+    args.persistent_path = "/ssd/p"
+    check_args(args, 1, "cuda")
+    with pytest.raises(ArgError, match="not a positive multiple of the number of ranks"):
+        check_args(args, 7, "cpu")
+
+
+def test_original_1tb_sizes_are_refused_on_cpu(tmp_path):
+    root = write_tiny_dataset(str(tmp_path / "d"))
+    os.remove(os.path.join(root, "dataset_info.json"))  # no recorded sizes: the original's 1TB list
+    with pytest.raises(ArgError, match="the CPU embedding for 187,767,399 rows x 128 needs"):
+        resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "40"]), 1, False)
