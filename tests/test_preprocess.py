@@ -1,8 +1,9 @@
 """Tests of tools/criteo1t_parquet.py: real Spark (local[2]) runs as subprocesses, real parquet.
 
 Spark costs ~10-20 s a start here, so each tool run is a module-scoped fixture and several
-checks share it. The expected values are recomputed independently from the raw text with plain
-Python and compared with what the tool wrote.
+checks share it (those tests are marked slow). The expected values are recomputed independently
+from the raw text with plain Python and compared with what the tool wrote. The tests of bad
+command lines run the tool too, but it stops before Spark starts.
 """
 
 import gzip
@@ -19,26 +20,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from conftest import (KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, error_lines, requires_java,
+                      run_tool)
+from dlrm.preprocess.cli import parse_args
+from dlrm.preprocess.plan import driver_memory_gb
+from dlrm.schema import (COLUMNS, DATASET_INFO_VERSION, DENSE_COLUMNS, LABEL, NUM_DENSE, NUM_FIELDS,
+                         SPARSE_COLUMNS, SPLITS, column_dtypes)
+
 pq = pytest.importorskip("pyarrow.parquet")
-pytest.importorskip("pyspark")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
-SYNTH = os.path.join(REPO, "tools", "make_synthetic_criteo.py")
-KAGGLE_HEAD = os.path.join(REPO, "..", "shared", "criteo", "kaggle_train_head10k.tsv")
-SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2",
-         "--shuffle_partitions", "4"]
-DENSE = ["I%d" % i for i in range(1, 14)]
-SPARSE = ["C%d" % i for i in range(1, 27)]
-COLUMNS = ["label"] + DENSE + SPARSE
 MOD = 1000  # small modulus so the pmod actually folds the 32-bit hex values
-
-
-def _have_java():
-    return shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
-
-
-pytestmark = pytest.mark.skipif(not _have_java(), reason="Spark needs Java (no java on PATH)")
+FIRST_SPARSE = 1 + NUM_DENSE  # field index of C1 in a raw line
 
 
 # ------------------------------------------------------------------------------------------
@@ -47,27 +39,22 @@ pytestmark = pytest.mark.skipif(not _have_java(), reason="Spark needs Java (no j
 
 
 def tool(args, timeout=600, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, TOOL] + args, capture_output=True, text=True,
-                          timeout=timeout, env=e)
-
-
-def error_lines(stderr):
-    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    """Run the tool (not checked: tests look at its exit code and output)."""
+    return run_tool(PREPROCESS_TOOL, *args, timeout=timeout, check=False,
+                    env=dict(os.environ, **env) if env else None)
 
 
 def edge_cases(line, rng):
     """Rewrite a few fields of a valid line into other valid forms the tool must handle:
     1-3 digit and upper-case hex, big and negative integers."""
     f = line.split("\t")
-    for i in range(14, 40):
+    for i in range(FIRST_SPARSE, NUM_FIELDS):
         r = rng.random()
         if f[i] and r < 0.03:
             f[i] = "%x" % rng.randint(0, 4095)
         elif f[i] and r < 0.06:
             f[i] = f[i].upper()
-    for j in range(1, 14):
+    for j in range(1, FIRST_SPARSE):
         r = rng.random()
         if r < 0.01:
             f[j] = str(rng.randint(10**9, 10**12))
@@ -80,9 +67,9 @@ def expected_row(line, mod):
     """(label, dense[13], ids[26]) from a raw line, with plain Python."""
     f = line.split("\t")
     label = float(f[0])
-    dense = [np.float32(float(v) + 1) if v != "" else np.float32(1.0) for v in f[1:14]]
+    dense = [np.float32(float(v) + 1) if v != "" else np.float32(1.0) for v in f[1:FIRST_SPARSE]]
     ids = []
-    for i, v in enumerate(f[14:40]):
+    for i, v in enumerate(f[FIRST_SPARSE:NUM_FIELDS]):
         ids.append(int(v, 16) % mod + i * (mod + 1) if v != "" else i * (mod + 1) + mod)
     return label, dense, ids
 
@@ -97,7 +84,7 @@ def read_split(out_dir, split):
 
 
 def row_tuples(table, ids_only=False):
-    cols = SPARSE if ids_only else COLUMNS
+    cols = SPARSE_COLUMNS if ids_only else COLUMNS
     arrays = [table.column(c).to_pylist() for c in cols]
     return list(zip(*arrays))
 
@@ -115,32 +102,33 @@ def check_common(out_dir, info, key_type="int64"):
     import pyarrow as pa
 
     want = pa.int64() if key_type == "int64" else pa.int32()
-    for split in ("train", "test", "val"):
+    for split in SPLITS:
         t, _ = read_split(out_dir, split)
         assert t.column_names == COLUMNS
-        assert t.schema.field("label").type == pa.float32()
-        for c in DENSE:
+        assert t.schema.field(LABEL).type == pa.float32()
+        for c in DENSE_COLUMNS:
             assert t.schema.field(c).type == pa.float32()
-        for c in SPARSE:
+        for c in SPARSE_COLUMNS:
             assert t.schema.field(c).type == want
-        for c in ["label"] + DENSE:
+        for c in [LABEL] + DENSE_COLUMNS:
             a = t.column(c).to_numpy()
             assert np.isfinite(a).all(), (split, c)
             assert t.column(c).null_count == 0
-        for c in SPARSE:
+        for c in SPARSE_COLUMNS:
             assert t.column(c).null_count == 0
         assert t.num_rows == info["rows"][split]
-    assert info["format_version"] == 1
+    assert info["format_version"] == DATASET_INFO_VERSION == 1
     assert info["key_type"] == key_type
     assert list(info["columns"]) == COLUMNS
+    assert info["columns"] == column_dtypes(key_type)
     assert info["tool"] == "tools/criteo1t_parquet.py"
 
 
 def distinct_per_column(out_dir):
-    sets = [set() for _ in SPARSE]
-    for split in ("train", "test", "val"):
+    sets = [set() for _ in SPARSE_COLUMNS]
+    for split in SPLITS:
         t, _ = read_split(out_dir, split)
-        for i, c in enumerate(SPARSE):
+        for i, c in enumerate(SPARSE_COLUMNS):
             sets[i].update(t.column(c).to_pylist())
     return sets
 
@@ -179,10 +167,8 @@ def days_input(tmp_path_factory):
     """day_0, day_1.gz, day_2 from tools/make_synthetic_criteo.py, with a few edge-case values
     and the BAD rows; returns (dir, {day: the valid lines})."""
     d = tmp_path_factory.mktemp("days")
-    r = subprocess.run([sys.executable, SYNTH, "--output_dir", str(d), "--days", "3",
-                        "--rows_per_day", str(DAY_LINES), "--seed", "11"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_tool(SYNTH_TOOL, "--output_dir", d, "--days", "3", "--rows_per_day", DAY_LINES, "--seed", "11",
+             timeout=300)
     rng = random.Random(7)
     good = {}
     for day in range(3):
@@ -207,7 +193,7 @@ def days_input(tmp_path_factory):
 
 def _killed_run(args, parent):
     """Start the tool, kill -9 its process group once it writes; returns the temp dir name."""
-    p = subprocess.Popen([sys.executable, TOOL] + args, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen([sys.executable, PREPROCESS_TOOL] + args, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     name = ".out.incomplete-%d" % p.pid
     deadline = time.time() + 300
@@ -245,7 +231,7 @@ def run_mod(days_input, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------
-# fast checks: no Spark started
+# fast checks: the tool stops before Spark starts
 # ------------------------------------------------------------------------------------------
 
 
@@ -319,7 +305,7 @@ def test_refuses_output_containing_input(days_input):
 
 
 def test_help_states_split_rules():
-    r = subprocess.run([sys.executable, TOOL, "--help"], capture_output=True, text=True)
+    r = tool(["--help"], timeout=60)
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert "floor(6n/7)" in text and "(n - floor(6n/7)) // 2" in text
@@ -329,20 +315,15 @@ def test_help_states_split_rules():
 
 
 def test_parser_contract():
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import criteo1t_parquet as cp
-    finally:
-        sys.path.pop(0)
-    a = cp.parse_args(["--input_dir", "i", "--output_dir", "o"])
+    a = parse_args(["--input_dir", "i", "--output_dir", "o"])
     assert (a.spark_tmp_dir, a.spark_driver_memory_gb, a.mod_idx, a.num_test_examples) == (
         None, 360, 40000000, 89137319)
     assert (a.export_dataset_info, a.spark_master, a.input_format, a.train_files,
             a.eval_files, a.seed, a.key_type, a.bad_rows, a.overwrite,
             a.shuffle_partitions) == (False, "local[*]", "auto", 1024, 256, 1234, "int64",
                                       "skip", False, None)
-    assert cp.driver_memory_gb(10**6, "local[2]") < 10**6  # capped at 80% of RAM
-    assert cp.driver_memory_gb(10**6, "yarn") == 10**6
+    assert driver_memory_gb(10**6, "local[2]") < 10**6  # capped at 80% of RAM
+    assert driver_memory_gb(10**6, "yarn") == 10**6
 
 
 # ------------------------------------------------------------------------------------------
@@ -350,6 +331,8 @@ def test_parser_contract():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@requires_java
 def test_mod_counts_and_malformed(run_mod):
     info = run_mod["info"]
     bad_by_split = {"train": 3, "test": 1, "val": 1}
@@ -373,6 +356,8 @@ def test_mod_counts_and_malformed(run_mod):
     assert "malformed" in out.splitlines()[-1]
 
 
+@pytest.mark.slow
+@requires_java
 def test_mod_values(run_mod, days_input):
     _, good = days_input
     out = run_mod["out"]
@@ -397,6 +382,8 @@ def test_mod_values(run_mod, days_input):
     assert any(i * (MOD + 1) + MOD in s for i, s in enumerate(sets))
 
 
+@pytest.mark.slow
+@requires_java
 def test_export_dataset_info_readme(run_mod):
     info = run_mod["info"]
     with open(os.path.join(run_mod["out"], "README.md")) as f:
@@ -408,6 +395,8 @@ def test_export_dataset_info_readme(run_mod):
     assert text == want
 
 
+@pytest.mark.slow
+@requires_java
 def test_bad_rows_fail(days_input, tmp_path):
     out = tmp_path / "out"
     r = tool(["--input_dir", days_input[0], "--output_dir", str(out), "--mod_idx", str(MOD),
@@ -442,7 +431,7 @@ def run_hash(days_input, tmp_path_factory):
     if submit is None:
         pytest.skip("spark-submit not found")
     cmd = [submit, "--master", "local[2]", "--driver-memory", "2g",
-           "--conf", "spark.sql.shuffle.partitions=4", TOOL,
+           "--conf", "spark.sql.shuffle.partitions=4", PREPROCESS_TOOL,
            "--input_dir", days_input[0], "--output_dir", str(out), "--mod_idx", "0",
            "--num_test_examples", str(NUM_TEST), "--train_files", "3", "--eval_files", "2",
            "--seed", "5", "--spark_master", "local[1]", "--overwrite"]
@@ -454,6 +443,8 @@ def run_hash(days_input, tmp_path_factory):
     return {"out": str(out), "proc": r, "info": info}
 
 
+@pytest.mark.slow
+@requires_java
 def test_hash_ids_under_spark_submit_with_overwrite(run_hash, days_input):
     out, info = run_hash["out"], run_hash["info"]
     assert "spark-submit: using its spark.master local[2]" in run_hash["proc"].stdout
@@ -474,10 +465,10 @@ def test_hash_ids_under_spark_submit_with_overwrite(run_hash, days_input):
     got = row_tuples(test, ids_only=True)
     mapping = {}
     for ln, ids in zip(good[2][:NUM_TEST - 1], got):
-        for i, v in enumerate(ln.split("\t")[14:40]):
+        for i, v in enumerate(ln.split("\t")[FIRST_SPARSE:NUM_FIELDS]):
             assert mapping.setdefault((i, v), ids[i]) == ids[i]
     # distinct raw values of a column map to distinct ids (no collisions on this data)
-    for i in range(26):
+    for i in range(len(SPARSE_COLUMNS)):
         vals = {v for (c, v) in mapping if c == i}
         assert len({mapping[(i, v)] for v in vals}) == len(vals)
 
@@ -507,6 +498,8 @@ def run_kaggle(tmp_path_factory):
     return {"out": out, "proc": r, "info": info}
 
 
+@pytest.mark.slow
+@requires_java
 def test_kaggle_real_rows(run_kaggle):
     out, info = run_kaggle["out"], run_kaggle["info"]
     assert "kaggle" in run_kaggle["proc"].stdout and "in 10 partitions" in run_kaggle["proc"].stdout
@@ -537,6 +530,8 @@ def test_kaggle_real_rows(run_kaggle):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@requires_java
 def test_kill_during_write_then_rerun(run_mod):
     # the killed run left only its temp dir, no output_dir
     assert run_mod["after_kill"] == [run_mod["stale"]]
@@ -545,12 +540,14 @@ def test_kill_during_write_then_rerun(run_mod):
     assert run_mod["after_rerun"] == ["out"]
 
 
+@pytest.mark.slow
+@requires_java
 def test_train_shuffle_deterministic(run_mod, run_hash):
     """Same input, seed and file count -> the same row order (the shuffle depends only on the
     seed and the input order, not on the id mode): labels and dense values match row for row."""
-    for split in ("train", "test", "val"):
+    for split in SPLITS:
         a, fa = read_split(run_mod["out"], split)
         b, fb = read_split(run_hash["out"], split)
         assert len(fa) == len(fb)
-        for c in ["label"] + DENSE:
+        for c in [LABEL] + DENSE_COLUMNS:
             assert a.column(c).equals(b.column(c)), (split, c)

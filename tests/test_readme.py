@@ -8,9 +8,8 @@ import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import criteo1t_parquet  # noqa: E402
 import dlrm_train_eval  # noqa: E402
+from dlrm.preprocess.cli import build_parser as preprocess_parser  # noqa: E402
 
 # The original's defaults (its README table, corrected by its code), which ours must keep.
 ORIGINAL_TRAIN_DEFAULTS = {
@@ -50,7 +49,7 @@ def argparse_defaults(parser):
 
 @pytest.mark.parametrize("heading,parser,original", [
     ("### `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
-    ("### `tools/criteo1t_parquet.py` arguments", criteo1t_parquet.build_parser(), ORIGINAL_TOOL_DEFAULTS),
+    ("### `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
 ])
 def test_readme_table_matches_argparse(heading, parser, original):
     table, real = readme_table(heading), argparse_defaults(parser)

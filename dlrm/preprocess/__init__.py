@@ -1,0 +1,9 @@
+"""Criteo click logs (raw text) -> DLRM parquet, with PySpark (the library behind
+tools/criteo1t_parquet.py).
+
+- ``plan``: everything decided before Spark starts (arguments, input files, split bounds,
+  the output directory's temporary sibling and its atomic rename); no Spark import.
+- ``spark``: the Spark session and the native column expressions (no Python UDF).
+- ``passes``: the named Spark passes, run in order by ``passes.run``.
+- ``cli``: the command line (``main(argv)`` returns the exit code).
+"""

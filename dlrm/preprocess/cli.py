@@ -1,0 +1,100 @@
+"""The command line of tools/criteo1t_parquet.py: ``main(argv=None)`` returns the exit code.
+
+Exit codes: 0 done, 2 bad arguments or input/output directories (found before Spark starts),
+1 a failure during the run (malformed row with --bad_rows fail, a row count check), 130
+interrupted. Every error is one line ``error: ...`` on stderr; a failed run leaves no output.
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from dlrm.preprocess.passes import reasons_text, run
+from dlrm.preprocess.plan import (CRITEO1T_RULE, KAGGLE_RULE, PreprocessError, check_args,
+                                  check_output_outside_input, log, plan_inputs, prepare_output,
+                                  publish_output)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="criteo1t_parquet.py",
+        description="Convert the raw Criteo click logs (1TB day_N files or Kaggle train.txt) "
+        "into DLRM parquet: output_dir/{train,test,val}/ and output_dir/dataset_info.json.",
+        epilog="Split rules. " + CRITEO1T_RULE + ". " + KAGGLE_RULE + ". Malformed rows "
+        "(reasons: field_count, label, dense, categorical) are skipped and counted, or stop the "
+        "run with --bad_rows fail. Output is written to a temporary sibling directory and renamed "
+        "to output_dir only when complete.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--input_dir", type=str, required=True,
+                   help="directory holding day_0..day_K (criteo1t) or train.txt (kaggle)")
+    p.add_argument("--output_dir", type=str, required=True,
+                   help="output directory (must not exist or be empty, unless --overwrite)")
+    p.add_argument("--spark_tmp_dir", type=str, default=None,
+                   help="Spark scratch directory (spark.local.dir); None keeps Spark's default")
+    p.add_argument("--spark_driver_memory_gb", type=int, default=360,
+                   help="spark.driver.memory in GB; in local mode capped at 80%% of physical RAM")
+    p.add_argument("--mod_idx", type=int, default=40000000,
+                   help="categorical id modulus; <= 0 means hash ids (xxhash64)")
+    p.add_argument("--num_test_examples", type=int, default=89137319,
+                   help="criteo1t: number of first lines of the last day that go to test")
+    p.add_argument("--export_dataset_info", action="store_true",
+                   help="also write output_dir/README.md with the example counts and the "
+                   "table size array (dataset_info.json is always written)")
+    p.add_argument("--spark_master", type=str, default="local[*]",
+                   help="Spark master; ignored under spark-submit when spark.master is set")
+    p.add_argument("--input_format", choices=["auto", "criteo1t", "kaggle"], default="auto",
+                   help="auto: train.txt present -> kaggle, day_N files -> criteo1t")
+    p.add_argument("--train_files", type=int, default=1024,
+                   help="number of parquet files for train")
+    p.add_argument("--eval_files", type=int, default=256,
+                   help="number of parquet files for test and for val (fewer if fewer rows)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the train shuffle")
+    p.add_argument("--key_type", choices=["int64", "int32"], default="int64",
+                   help="dtype of C1..C26; int32 only with --mod_idx > 0 and if the max id fits")
+    p.add_argument("--bad_rows", choices=["skip", "fail"], default="skip",
+                   help="malformed rows: skip and count them, or stop before writing anything")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty output_dir (once the new one is complete)")
+    p.add_argument("--shuffle_partitions", type=int, default=None,
+                   help="spark.sql.shuffle.partitions (None keeps Spark's default)")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def main(argv=None):
+    """Plan (no Spark), run the passes into a temporary directory, publish it; the exit code."""
+    t0 = time.time()
+    tmp_dir = None
+    published = False
+    try:
+        args = parse_args(argv)
+        check_args(args)
+        input_dir = os.path.abspath(args.input_dir)
+        fmt, paths = plan_inputs(input_dir, args.input_format)
+        log("input: %s layout, %d file(s) in %s" % (fmt, len(paths), input_dir))
+        check_output_outside_input(args.input_dir, args.output_dir)
+        tmp_dir = prepare_output(args.output_dir, args.overwrite)
+        info = run(args, fmt, paths, tmp_dir)
+        publish_output(tmp_dir, args.output_dir, args.overwrite)
+        published = True
+        m = info["malformed"]
+        log("done in %.1f s: train %d, test %d, val %d rows; %d malformed row(s) skipped%s; "
+            "output %s" % (time.time() - t0, info["rows"]["train"], info["rows"]["test"],
+                           info["rows"]["val"], m["total"],
+                           " (%s)" % reasons_text(m["by_reason"]) if m["total"] else "",
+                           os.path.abspath(args.output_dir)))
+        return 0
+    except PreprocessError as e:
+        print("error: %s" % e, file=sys.stderr, flush=True)
+        return e.code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if tmp_dir and not published and os.path.isdir(tmp_dir):
+            shutil.rmtree(tmp_dir, ignore_errors=True)

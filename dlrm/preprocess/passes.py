@@ -1,0 +1,255 @@
+"""The named Spark passes of preprocessing, in the order ``run`` calls them.
+
+1. count_split_file: lines of the split file (day K, or train.txt) -> the split bounds
+2. check_rows: one aggregation over every input line -> lines per split, malformed rows per
+   reason, split and file, the first malformed row (stops here with --bad_rows fail)
+3. write_split (train, test, val): transform one split, write its parquet, check its row count
+4. count_distinct_ids: exact distinct ids per categorical column -> the table sizes
+5. build_dataset_info: the dataset_info.json content
+"""
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from dlrm.preprocess.plan import PreprocessError, log, split_bounds, split_rule
+from dlrm.preprocess.spark import (DENSE_TRANSFORM, REASONS, Inputs, categorical_transform_text,
+                                   reason_expr, start_spark, transform_exprs, union, uri,
+                                   valid_expr)
+from dlrm.schema import (DATASET_INFO_VERSION, NUM_SPARSE, SPARSE_COLUMNS, SPLITS, column_dtypes,
+                         write_dataset_info, write_original_readme)
+
+TOOL = "tools/criteo1t_parquet.py"  # recorded in dataset_info.json
+
+
+@dataclass
+class SplitFile:
+    """The split file's line count and each split's (first, end) line range in it."""
+    lines: int
+    bounds: dict
+
+
+@dataclass
+class RowCheck:
+    """What check_rows found: lines read per split and the malformed rows."""
+    lines_read: dict  # split -> lines
+    by_reason: dict  # reason -> malformed rows
+    by_split: dict  # split -> malformed rows
+    by_file: dict  # file name -> {reason: rows, "total": rows}
+    first_bad: Optional[Tuple[int, int, int, str]] = None  # (file index, partition, row, reason)
+
+    @property
+    def total_bad(self):
+        return sum(self.by_reason.values())
+
+    def malformed(self):
+        return {"total": self.total_bad, "by_reason": self.by_reason, "by_split": self.by_split,
+                "by_file": self.by_file}
+
+
+def reasons_text(by_reason):
+    """"field_count 1, dense 2": the reasons that occurred, with their counts."""
+    return ", ".join("%s %d" % (k, v) for k, v in by_reason.items() if v)
+
+
+def count_split_file(inputs, fmt, num_test_examples):
+    """Pass 1: count the split file's lines per partition (Inputs.locate_split_file, which the
+    line positions of the later passes use) and split them by the format's rule."""
+    t = time.time()
+    name = inputs.names[inputs.split_file]
+    log("counting lines of %s..." % name)
+    n = inputs.locate_split_file()
+    bounds = split_bounds(fmt, n, num_test_examples, name)
+    log("%s: %d lines in %d partitions (%.1f s)" % (name, n, len(inputs.offsets),
+                                                    time.time() - t))
+    return SplitFile(n, bounds)
+
+
+def check_rows(inputs, split_file, bad_rows):
+    """Pass 2: one aggregation over all input lines, grouped by split, file and malformed
+    reason (reason_expr), with the first malformed row of each group.
+
+    Raises PreprocessError if the split file's line count changed since pass 1, or (--bad_rows
+    fail) at the first malformed row, before anything is written. Returns a RowCheck.
+    """
+    from pyspark.sql import functions as F
+
+    t = time.time()
+    log("checking %d input file(s) for malformed rows..." % len(inputs.paths))
+    checked = union([inputs.tagged(i, split_file.bounds) for i in range(len(inputs.paths))])
+    checked = checked.withColumn("_reason", reason_expr(F.col("value")))
+    bad_first = F.when(F.col("_reason").isNotNull(), F.struct("_part", "_row"))
+    groups = (checked.groupBy("_split", "_file", "_reason")
+              .agg(F.count(F.lit(1)).alias("n"), F.min(bad_first).alias("first")).collect())
+    check = _tally(groups, inputs.names)
+    lr = check.lines_read
+    log("read %d lines (train %d, test %d, val %d), %d malformed (%.1f s)"
+        % (sum(lr.values()), lr["train"], lr["test"], lr["val"], check.total_bad,
+           time.time() - t))
+    split_lines = sum(lr[s] for s in split_file.bounds)
+    if split_lines != split_file.lines:
+        raise PreprocessError("%s: %d lines counted, then %d; did the file change during the "
+                              "run?" % (inputs.names[inputs.split_file], split_file.lines,
+                                        split_lines), 1)
+    if check.total_bad and bad_rows == "fail":
+        fidx, part, row, reason = check.first_bad
+        raise PreprocessError(
+            "malformed row in %s line %d: %s (%d malformed row(s) in total; --bad_rows fail, "
+            "nothing written)" % (inputs.paths[fidx], inputs.line_number(fidx, part, row),
+                                  reason, check.total_bad), 1)
+    if check.total_bad:
+        log("skipping malformed rows: %s" % reasons_text(check.by_reason))
+    return check
+
+
+def _tally(groups, names):
+    """RowCheck from check_rows' aggregated rows (_split, _file, _reason, n, first)."""
+    check = RowCheck({s: 0 for s in SPLITS}, {r: 0 for r in REASONS}, {s: 0 for s in SPLITS}, {})
+    for r in groups:
+        split, fidx, reason, cnt = r["_split"], int(r["_file"]), r["_reason"], int(r["n"])
+        check.lines_read[split] += cnt
+        if reason is None:
+            continue
+        check.by_reason[reason] += cnt
+        check.by_split[split] += cnt
+        d = check.by_file.setdefault(names[fidx], {})
+        d[reason] = d.get(reason, 0) + cnt
+        first = (fidx, int(r["first"]["_part"]), int(r["first"]["_row"]), reason)
+        if check.first_bad is None or first[:3] < check.first_bad[:3]:
+            check.first_bad = first
+    check.by_file = {k: dict(v, total=sum(v.values())) for k, v in sorted(check.by_file.items())}
+    return check
+
+
+def _files_of(split, inputs, bounds):
+    """Indices of the input files holding the split's lines: the split file, except for
+    criteo1t's train (all the other days)."""
+    if split == "train" and "train" not in bounds:
+        return list(range(inputs.split_file))
+    return [inputs.split_file]
+
+
+def _transformed(df, out_cols, *extra):
+    """The output columns of the raw lines in ``value`` (split once per row), plus extra."""
+    from pyspark.sql import functions as F
+
+    df = df.select(F.split(F.col("value"), "\t", -1).alias("_f"), *extra)
+    return df.select(*out_cols, *extra)
+
+
+def _parquet_rows(path):
+    """Row count and file count of a parquet directory, from the file footers."""
+    import pyarrow.parquet as pq
+
+    files = sorted(f for f in os.listdir(path) if f.endswith(".parquet"))
+    return sum(pq.ParquetFile(os.path.join(path, f)).metadata.num_rows for f in files), len(files)
+
+
+def write_split(inputs, split, split_file, check, args, tmp_dir):
+    """Pass 3 (once per split): write tmp_dir/split/ as parquet and return its row count.
+
+    train is shuffled (seed --seed) into --train_files files; test and val keep the file order
+    in up to --eval_files files. Malformed rows are dropped (only if check_rows found any).
+    Raises PreprocessError unless rows written + malformed skipped == lines read.
+    """
+    from pyspark.sql import functions as F
+
+    t = time.time()
+    sf = inputs.split_file
+    parts = []
+    for i in _files_of(split, inputs, split_file.bounds):
+        d = inputs.tagged(i, split_file.bounds, positions=i == sf)
+        if i == sf:
+            d = d.filter(F.col("_split") == split)  # cheap test first
+        if check.total_bad:  # the check pass found malformed rows: drop them
+            d = d.filter(valid_expr(F.col("value")))
+        parts.append(d)
+    df = union(parts)
+    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type)
+    if split == "train":
+        log("writing train (shuffled, seed %d) into %d files..." % (args.seed, args.train_files))
+        # both random keys are drawn before the shuffle, so the result does not depend on
+        # the order in which shuffle blocks arrive: deterministic for a seed and input
+        df = (_transformed(df.select("value"), out_cols)
+              .select("*", F.rand(args.seed).alias("_r1"), F.rand(args.seed + 1).alias("_r2"))
+              .repartition(args.train_files, "_r1")
+              .sortWithinPartitions("_r2", "_r1")
+              .drop("_r1", "_r2"))
+    else:
+        log("writing %s (file order) into up to %d files..." % (split, args.eval_files))
+        # range-partition the raw lines (the sampling pass then skips the transforms)
+        df = (df.select("value", "_line")
+              .repartitionByRange(args.eval_files, "_line")
+              .sortWithinPartitions("_line"))
+        df = _transformed(df, out_cols, "_line").drop("_line")
+    dest = os.path.join(tmp_dir, split)
+    df.write.mode("errorifexists").parquet(uri(dest))
+    written, nfiles = _parquet_rows(dest)
+    log("wrote %s: %d rows in %d files in %.1f s" % (split, written, nfiles, time.time() - t))
+    read, skipped = check.lines_read[split], check.by_split[split]
+    if written + skipped != read:
+        raise PreprocessError(
+            "row count check failed for %s: %d lines read, %d written + %d malformed "
+            "skipped = %d" % (split, read, written, skipped, written + skipped), 1)
+    return written
+
+
+def count_distinct_ids(spark, tmp_dir):
+    """Pass 4: the exact number of distinct ids of each of C1..C26 over the written train +
+    test + val (the table sizes)."""
+    from pyspark.sql import functions as F
+
+    t = time.time()
+    log("counting distinct ids per column...")
+    written = spark.read.parquet(*[uri(os.path.join(tmp_dir, s)) for s in SPLITS])
+    sizes = [0] * NUM_SPARSE
+    exploded = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
+    for r in exploded.distinct().groupBy("pos").count().collect():
+        sizes[int(r["pos"])] = int(r["count"])
+    log("table_size_array = %s (%.1f s)" % (sizes, time.time() - t))
+    return sizes
+
+
+def build_dataset_info(args, fmt, names, rows, check, sizes):
+    """The dataset_info.json content: counts, table sizes, transforms, split rule, arguments."""
+    return {
+        "format_version": DATASET_INFO_VERSION,
+        "input_format": fmt,
+        "input_files": names,
+        "rows": rows,
+        "lines_read": check.lines_read,
+        "malformed": check.malformed(),
+        "bad_rows_policy": args.bad_rows,
+        "table_size_array": sizes,
+        "id_mode": "mod" if args.mod_idx > 0 else "hash",
+        "mod_idx": args.mod_idx,
+        "key_type": args.key_type,
+        "columns": column_dtypes(args.key_type),
+        "dense_transform": DENSE_TRANSFORM,
+        "categorical_transform": categorical_transform_text(args.mod_idx),
+        "split_rule": split_rule(fmt),
+        "num_test_examples": args.num_test_examples if fmt == "criteo1t" else None,
+        "seed": args.seed,
+        "train_files": args.train_files,
+        "eval_files": args.eval_files,
+        "tool": TOOL,
+    }
+
+
+def run(args, fmt, paths, tmp_dir):
+    """All passes: the dataset in tmp_dir (created here), its dataset_info dict returned."""
+    spark = start_spark(args)
+    try:
+        inputs = Inputs(spark, paths)
+        split_file = count_split_file(inputs, fmt, args.num_test_examples)
+        check = check_rows(inputs, split_file, args.bad_rows)
+        os.makedirs(tmp_dir)
+        rows = {s: write_split(inputs, s, split_file, check, args, tmp_dir) for s in SPLITS}
+        sizes = count_distinct_ids(spark, tmp_dir)
+        info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
+        if args.export_dataset_info:
+            write_original_readme(tmp_dir, rows, sizes)
+        write_dataset_info(tmp_dir, info)
+        return info
+    finally:
+        spark.stop()
