@@ -20,15 +20,15 @@ import time
 import numpy as np
 import oneflow as flow
 
-from dlrm.checkpoint import checkpoint_name, latest_checkpoint, restore, save_checkpoint, train_state
-from dlrm.config import int_list, resolve
+from dlrm.checkpoint import checkpoint_name, locate_checkpoint, restore, save_checkpoint, train_state
+from dlrm.config import OPTIMIZERS, int_list, resolve
 from dlrm.data import BatchReader
-from dlrm.distributed import cpu_placement, gather_to_all, to_global
+from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import evaluate
-from dlrm.graphs import EvalGraph, TrainGraph, make_grad_scaler
+from dlrm.graphs import EvalGraph, make_train_graph
 from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
-from dlrm.schedule import lr_at, make_lr_scheduler
+from dlrm.schedule import lr_at
 
 
 # ----------------------------------------------------------------------------- flags (the original's CLI)
@@ -77,6 +77,9 @@ def get_parser():
     a("--metrics_file", type=str, default=None, help="JSON-lines metrics (default: model_save_dir/metrics.jsonl)")
     a("--save_interval", type=int, default=0, help="also checkpoint every N steps (0: off)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --model_save_dir")
+    a("--optimizer", type=str, default="sgd", choices=OPTIMIZERS, help="sgd (the original's), adagrad or adam")
+    a("--dense_embedding_update", action="store_true",
+      help="CPU: update the whole embedding table every step instead of the rows a batch touches")
     return p
 
 
@@ -95,15 +98,13 @@ def print_arguments(args, cfg):
 
 
 def build(cfg):
-    """The model (replicated on every rank; OneEmbedding shards itself), SGD, the LR schedule, the graphs."""
+    """The model (replicated on every rank; OneEmbedding shards itself), the optimizers with their LR
+    schedules, and the two graphs."""
     flow.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # LocalEmbedding's init: identical on every rank
     module = DLRM(cfg.model, cfg.store, cfg.device, seed=cfg.seed)
     module.to_global(flow.env.all_device_placement(cfg.device), flow.sbp.broadcast)
-    optimizer = flow.optim.SGD(module.parameters(), lr=cfg.schedule.learning_rate)
-    train_graph = TrainGraph(module, optimizer, make_lr_scheduler(optimizer, cfg.schedule), cfg.device, cfg.amp,
-                             make_grad_scaler(cfg.loss_scale_policy))
-    return module, train_graph, EvalGraph(module, cfg.device, cfg.amp)
+    return module, make_train_graph(module, cfg), EvalGraph(module, cfg.device, cfg.amp)
 
 
 def read_losses(losses, cfg):
@@ -139,21 +140,22 @@ def main(argv=None):
     module, train_graph, eval_graph = build(cfg)
     metrics = Metrics(cfg.log.metrics_file, rank)
 
-    # 3. Load weights; resume step, LR schedule and reader position from our checkpoints.
-    load_dir = (latest_checkpoint(ckpt.model_save_dir) if ckpt.resume else None) or ckpt.model_load_dir
+    # 3. Load weights; resume step, optimizer state, LR schedule and reader position from our
+    #    checkpoints. Rank 0 finds and reads the checkpoint (node-local directories are fine).
+    found = broadcast_json(locate_checkpoint(ckpt) if rank == 0 else None, cpu)
     start_step = 0
-    if load_dir:
+    if found:
         try:
-            start_step = restore(module, train_graph, load_dir, cfg, cpu)
+            start_step = restore(module, train_graph, found, cfg, cpu)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        metrics.log(f"Loaded {load_dir}" + (f", resuming after step {start_step}" if start_step else ""))
+        metrics.log(f"Loaded {found['path']}" + (f", resuming after step {start_step}" if start_step else ""))
     reader = BatchReader(data.train_groups, data.train_batch_per_rank, rank, world, train=True, seed=cfg.seed,
                          start_batch=start_step)
 
     def save(name, state):
-        path = save_checkpoint(module, ckpt.model_save_dir, name, state)
+        path = save_checkpoint(module, ckpt.model_save_dir, name, state, train_graph)
         metrics.log(f"Saved checkpoint {path}")
 
     if ckpt.save_initial_model and ckpt.model_save_dir and start_step == 0:

@@ -6,6 +6,7 @@ dataset's files, columns, table sizes, row groups), computes what the run derive
 Nothing downstream reads `args`; train_state.json stores `RunConfig.to_dict()`.
 """
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ from dlrm.data import DataError, check_schema, list_row_groups, shardable_row_gr
 
 STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 LOSS_SCALE_POLICIES = ("static", "dynamic")
+OPTIMIZERS = ("sgd", "adagrad", "adam")
+# Floats kept per embedding value: the value plus the optimizer's state (Adagrad's sum of squared
+# gradients; Adam's two moments). OneEmbedding stores them in the row (its size_factor).
+OPTIMIZER_STATE_FACTOR = {"sgd": 1, "adagrad": 2, "adam": 3}
+# OneFlow 0.9.0 has IndexedSlices (sparse) update kernels for SGD and Adam, not for Adagrad.
+SPARSE_OPTIMIZERS = ("sgd", "adam")
 
 
 class ArgError(ValueError):
@@ -48,6 +55,14 @@ class StoreConfig:
     persistent_path: Optional[str]
     cache_memory_budget_mb: int
     key_type: str
+    capacity: int          # rows reserved across GPUs (with headroom for uneven hashing)
+    size_factor: int       # OPTIMIZER_STATE_FACTOR of the optimizer
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str
+    sparse_embedding: bool  # CPU: update only the embedding rows a batch touches (IndexedSlices)
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class RunConfig:
     loss_scale_policy: str
     model: ModelConfig
     store: StoreConfig
+    optimizer: OptimizerConfig
     data: DataConfig
     schedule: ScheduleConfig
     log: LogConfig
@@ -127,6 +143,8 @@ def check_args(args, world_size, device):
         raise ArgError(f"--one_embedding_key_type must be int32 or int64, not {args.one_embedding_key_type!r}")
     if args.store_type not in STORE_TYPES:
         raise ArgError(f"--store_type {args.store_type!r} is not one of {', '.join(STORE_TYPES)}")
+    if args.optimizer not in OPTIMIZERS:
+        raise ArgError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
     if args.loss_scale_policy not in LOSS_SCALE_POLICIES:
         raise ArgError(f"--loss_scale_policy must be static or dynamic, not {args.loss_scale_policy!r}")
     if args.embedding_vec_size != args.bottom_mlp[-1]:
@@ -147,11 +165,18 @@ def check_args(args, world_size, device):
         raise ArgError("--persistent_path is required on CUDA (OneEmbedding keeps the embedding tables there)")
     if not os.path.isdir(args.data_dir):
         raise ArgError(f"--data_dir {args.data_dir}: no such directory")
-    if args.model_load_dir and not os.path.isdir(args.model_load_dir):
-        raise ArgError(f"--model_load_dir {args.model_load_dir}: no such checkpoint directory")
+    # --model_load_dir is checked by rank 0 alone (dlrm.checkpoint.locate_checkpoint): it may be
+    # on rank 0's disk only.
 
 
-def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size):
+def cpu_embedding_bytes(rows, dim, optimizer):
+    """What the CPU embedding allocates per process: the table, the optimizer's state and, when the
+    whole table is updated every step (no sparse kernel: Adagrad), a full gradient and update."""
+    dense_update = 0 if optimizer.sparse_embedding else 2
+    return rows * dim * 4 * (OPTIMIZER_STATE_FACTOR[optimizer.name] + dense_update)
+
+
+def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size, optimizer):
     """--table_size_array, else the dataset's recorded sizes, else the original's default; checked."""
     sizes = table_size_array
     if sizes is None:
@@ -165,12 +190,21 @@ def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size):
                        f"{schema.NUM_SPARSE} categorical columns (C1..C26)")
     if min(sizes) <= 0:
         raise ArgError("--table_size_array entries must be > 0")
-    if device == "cpu":  # the CPU embedding is one dense table, replicated on every rank
-        need = sum(sizes) * embedding_vec_size * 4 * 3  # weights, grads, update
+    if device == "cpu":  # the CPU embedding is one table, replicated on every rank
+        need = cpu_embedding_bytes(sum(sizes), embedding_vec_size, optimizer)
         if need > 0.5 * psutil.virtual_memory().total:
             raise ArgError(f"the CPU embedding for {sum(sizes):,} rows x {embedding_vec_size} "
                            f"needs ~{need / 2**30:.1f} GiB per process; use CUDA (OneEmbedding) or smaller tables")
     return tuple(sizes)
+
+
+def store_capacity(rows, world_size):
+    """Rows to reserve across GPUs for `rows` distinct ids: OneEmbedding shards ids by hash, so a
+    GPU may receive more than rows / world_size, and a full (device_mem) cache must hold its share
+    whatever it is. Headroom: 4 standard deviations of a binomial share, plus 1024 rows per GPU."""
+    if world_size == 1:
+        return rows
+    return int(rows + world_size * (4 * math.sqrt(rows / world_size) + 1024))
 
 
 def full_batches_per_rank(groups, batch_size, world_size):
@@ -185,12 +219,17 @@ def resolve(args, world_size, cuda_available):
     train_files = split_files(args.data_dir, "train")
     eval_files = split_files(args.data_dir, args.eval_split)
     check_schema(train_files + eval_files, args.one_embedding_key_type)
-    table_sizes = resolve_table_sizes(args.table_size_array, args.data_dir, device, args.embedding_vec_size)
+    optimizer = OptimizerConfig(args.optimizer, sparse_embedding=device == "cpu" and not args.dense_embedding_update
+                                and args.optimizer in SPARSE_OPTIMIZERS)
+    table_sizes = resolve_table_sizes(args.table_size_array, args.data_dir, device, args.embedding_vec_size,
+                                      optimizer)
     store = StoreConfig(args.store_type, args.persistent_path, args.cache_memory_budget_mb,
-                        args.one_embedding_key_type)
+                        args.one_embedding_key_type, capacity=store_capacity(sum(table_sizes), world_size),
+                        size_factor=OPTIMIZER_STATE_FACTOR[args.optimizer])
     if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
         from dlrm.model import make_store_options
-        make_store_options(store.store_type, store.persistent_path, sum(table_sizes), store.cache_memory_budget_mb)
+        make_store_options(store.store_type, store.persistent_path, store.capacity, store.cache_memory_budget_mb,
+                           store.size_factor)
     eval_groups = list_row_groups(eval_files)
     train_groups = shardable_row_groups(train_files, world_size)
     if full_batches_per_rank(train_groups, args.train_batch_size, world_size) == 0:
@@ -204,10 +243,12 @@ def resolve(args, world_size, cuda_available):
         device=device, world_size=world_size, seed=args.seed, amp=amp, loss_scale_policy=args.loss_scale_policy,
         model=ModelConfig(
             table_sizes=table_sizes, embedding_vec_size=args.embedding_vec_size,
-            bottom_mlp=tuple(args.bottom_mlp), top_mlp=tuple(args.top_mlp), fused_mlp=not args.disable_fusedmlp,
+            bottom_mlp=tuple(args.bottom_mlp), top_mlp=tuple(args.top_mlp),
+            # nn.FusedMLP is the fast path on GPUs and ~2x slower than plain layers on CPU
+            fused_mlp=not args.disable_fusedmlp and device == "cuda",
             dense_input_padding=not args.disable_dense_input_padding,
             interaction_padding=not args.disable_interaction_padding, interaction_itself=args.interaction_itself),
-        store=store,
+        store=store, optimizer=optimizer,
         data=DataConfig(
             data_dir=args.data_dir, eval_split=args.eval_split,
             train_batch_size=args.train_batch_size, eval_batch_size=args.eval_batch_size,

@@ -5,6 +5,10 @@ return the loss / predictions on the CPU.
 """
 import oneflow as flow
 
+from dlrm.schedule import make_lr_scheduler
+
+OPTIMIZER_CLASSES = {"sgd": flow.optim.SGD, "adagrad": flow.optim.Adagrad, "adam": flow.optim.Adam}
+
 
 def make_grad_scaler(policy):
     """AMP loss scaling: the original's static 1024, or dynamic."""
@@ -13,13 +17,33 @@ def make_grad_scaler(policy):
     return flow.amp.GradScaler(init_scale=2 ** 30, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
 
 
+def make_optimizers(module, cfg):
+    """[(optimizer, is_sparse)]: one optimizer for everything, or on CPU with a sparse update, a
+    second one of the same kind for the embedding table alone, updated as IndexedSlices (only the
+    rows a batch touches are read, updated and communicated)."""
+    make = OPTIMIZER_CLASSES[cfg.optimizer.name]
+    lr = cfg.schedule.learning_rate
+    if not cfg.optimizer.sparse_embedding:
+        return [(make(module.parameters(), lr=lr), False)]
+    return [(make(module.dense_parameters(), lr=lr), False), (make(module.embedding_parameters(), lr=lr), True)]
+
+
+def make_train_graph(module, cfg):
+    """The training step for a RunConfig: optimizers, their LR schedules, AMP settings."""
+    optimizers = [(opt, make_lr_scheduler(opt, cfg.schedule), sparse) for opt, sparse in make_optimizers(module, cfg)]
+    return TrainGraph(module, optimizers, cfg.device, cfg.amp, make_grad_scaler(cfg.loss_scale_policy))
+
+
 class TrainGraph(flow.nn.Graph):
-    def __init__(self, module, optimizer, lr_scheduler, device, amp, grad_scaler):
+    """optimizers: [(optimizer, lr_scheduler, is_sparse)]."""
+
+    def __init__(self, module, optimizers, device, amp, grad_scaler):
         super().__init__()
         self.module = module
         self.device = device
         self.loss_fn = flow.nn.BCEWithLogitsLoss(reduction="mean")
-        self.add_optimizer(optimizer, lr_sch=lr_scheduler)
+        for optimizer, lr_scheduler, is_sparse in optimizers:
+            self.add_optimizer(optimizer, lr_sch=lr_scheduler, is_sparse=is_sparse)
         if device == "cuda":  # the original's fusion settings
             self.config.allow_fuse_model_update_ops(True)
             self.config.allow_fuse_add_to_output(True)

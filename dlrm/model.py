@@ -79,11 +79,11 @@ def embedding_init_bounds(table_size_array):
     return [math.sqrt(1.0 / n) for n in table_size_array]
 
 
-def make_store_options(store_type, persistent_path, capacity, cache_memory_budget_mb):
+def make_store_options(store_type, persistent_path, capacity, cache_memory_budget_mb, size_factor=1):
     """OneEmbedding store options for one of STORE_TYPES (pure Python: testable without CUDA).
 
     capacity is the total number of embedding rows across ranks (OneEmbedding divides it by
-    world size); cache_memory_budget_mb is per GPU.
+    world size); cache_memory_budget_mb is per GPU; size_factor is config.OPTIMIZER_STATE_FACTOR.
     """
     if store_type not in STORE_TYPES:
         raise ValueError(f"--store_type {store_type!r} is not one of {', '.join(STORE_TYPES)}")
@@ -91,14 +91,17 @@ def make_store_options(store_type, persistent_path, capacity, cache_memory_budge
         raise ValueError(f"--persistent_path is required with OneEmbedding (store_type {store_type})")
     one_embedding = flow.one_embedding
     if store_type == "device_mem":
-        return one_embedding.make_device_mem_store_options(persistent_path=persistent_path, capacity=capacity)
+        return one_embedding.make_device_mem_store_options(persistent_path=persistent_path, capacity=capacity,
+                                                           size_factor=size_factor)
     if cache_memory_budget_mb <= 0:
         raise ValueError(f"--cache_memory_budget_mb must be > 0 with store_type {store_type}")
     if store_type == "cached_host_mem":
         return one_embedding.make_cached_host_mem_store_options(
-            cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity)
+            cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity,
+            size_factor=size_factor)
     return one_embedding.make_cached_ssd_store_options(
-        cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity)
+        cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity,
+        size_factor=size_factor)
 
 
 def make_table_options(table_size_array):
@@ -111,18 +114,17 @@ def make_table_options(table_size_array):
 class OneEmbedding(nn.Module):
     """flow.one_embedding.MultiTableEmbedding: column j of the ids is looked up in table j."""
 
-    def __init__(self, table_size_array, embedding_vec_size, key_type, store_type, persistent_path,
-                 cache_memory_budget_mb, seed=0):
+    def __init__(self, table_size_array, embedding_vec_size, store, seed=0):
         super().__init__()
-        self.key_type = getattr(flow, key_type)
+        self.key_type = getattr(flow, store.key_type)
         self.one_embedding = flow.one_embedding.MultiTableEmbedding(
             name="sparse_embedding",
             embedding_dim=embedding_vec_size,
             dtype=flow.float,
             key_type=self.key_type,
             tables=make_table_options(table_size_array),
-            store_options=make_store_options(store_type, persistent_path, sum(table_size_array),
-                                             cache_memory_budget_mb),
+            store_options=make_store_options(store.store_type, store.persistent_path, store.capacity,
+                                             store.cache_memory_budget_mb, store.size_factor),
             seed=seed,
         )
 
@@ -201,15 +203,22 @@ class DLRM(nn.Module):
         self.dense = DenseFeatures(pad=model.dense_input_padding)
         self.bottom_mlp = MLP(self.dense.out_features, model.bottom_mlp, model.fused_mlp, skip_final_activation=False)
         if device == "cuda":
-            self.embedding = OneEmbedding(model.table_sizes, model.embedding_vec_size, store.key_type,
-                                          store.store_type, store.persistent_path, store.cache_memory_budget_mb,
-                                          seed=seed)
+            self.embedding = OneEmbedding(model.table_sizes, model.embedding_vec_size, store, seed=seed)
         else:
             self.embedding = LocalEmbedding(model.table_sizes, model.embedding_vec_size)
         self.interaction = Interaction(model.embedding_vec_size, model.interaction_itself,
                                        padding=model.interaction_padding, use_fused_op=(device == "cuda"))
         self.top_mlp = MLP(self.interaction.output_size, list(model.top_mlp) + [1], model.fused_mlp,
                            skip_final_activation=True)
+
+    def embedding_parameters(self):
+        """The CPU embedding table (the sparse optimizer's); empty with OneEmbedding, whose store
+        the graph updates with the optimizer that holds its other parameters."""
+        return list(self.embedding.parameters()) if isinstance(self.embedding, LocalEmbedding) else []
+
+    def dense_parameters(self):
+        sparse = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
 
     def forward(self, dense, sparse):
         x = self.bottom_mlp(self.dense(dense))

@@ -6,14 +6,13 @@ import numpy as np
 import oneflow as flow
 import pytest
 
-from dlrm.checkpoint import (checkpoint_name, latest_checkpoint, load_weights, read_train_state, restore,
-                             save_checkpoint, train_state)
+from dlrm.checkpoint import (checkpoint_name, latest_checkpoint, load_weights, locate_checkpoint, mlp_key,
+                             read_train_state, restore, save_checkpoint, train_state)
 from dlrm.config import resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import cpu_placement
-from dlrm.graphs import TrainGraph, make_grad_scaler
+from dlrm.graphs import make_train_graph
 from dlrm.model import DLRM
-from dlrm.schedule import make_lr_scheduler
 from dlrm_train_eval import get_parser
 
 
@@ -62,9 +61,8 @@ def test_weights_round_trip_and_restore_sets_the_step(cfg, tmp_path):
     save_checkpoint(a, str(tmp_path), "step_30", train_state(30, cfg))
     b = model(cfg, seed=2)
     assert any((params(a)[k] != params(b)[k]).any() for k in params(a))
-    opt = flow.optim.SGD(b.parameters(), lr=cfg.schedule.learning_rate)
-    graph = TrainGraph(b, opt, make_lr_scheduler(opt, cfg.schedule), "cpu", False, make_grad_scaler("static"))
-    assert restore(b, graph, str(tmp_path / "step_30"), cfg, cpu_placement()) == 30
+    found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "step_30")))
+    assert restore(b, make_train_graph(b, cfg), found, cfg, cpu_placement()) == 30
     for k, v in params(a).items():
         np.testing.assert_array_equal(params(b)[k], v, err_msg=k)
 
@@ -76,12 +74,14 @@ def test_restore_refuses_other_ranks_or_batch_and_missing_tensors(cfg, tmp_path)
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_batch_size=40))
     with pytest.raises(ValueError, match="written by 1 processes with --train_batch_size 20; resume with the same "
                                          r"\(now 1, 40\)"):
-        restore(module, None, str(tmp_path / "step_30"), other, cpu_placement())
+        restore(module, None, locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(
+            tmp_path / "step_30"))), other, cpu_placement())
     bigger = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, top_mlp=(16, 8)))
     with pytest.raises(ValueError, match="lacks 2 of this model's tensors"):
         load_weights(model(bigger), str(tmp_path / "step_30"))
-    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
-        load_weights(module, str(tmp_path / "nope"))
+    found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="--model_load_dir .*nope: no such checkpoint directory"):
+        restore(module, None, found, cfg, cpu_placement())
 
 
 def test_weights_only_checkpoint_restores_no_step(cfg, tmp_path):
@@ -89,4 +89,34 @@ def test_weights_only_checkpoint_restores_no_step(cfg, tmp_path):
     module = model(cfg)
     save_checkpoint(module, str(tmp_path), "initial_checkpoint", train_state(0, cfg))
     os.remove(tmp_path / "initial_checkpoint" / "train_state.json")  # e.g. the original's checkpoint
-    assert restore(module, None, str(tmp_path / "initial_checkpoint"), cfg, cpu_placement()) == 0
+    found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "initial_checkpoint")))
+    assert found["state"] is None and restore(module, None, found, cfg, cpu_placement()) == 0
+
+
+def test_resume_takes_the_newest_checkpoint_of_the_save_dir(cfg, tmp_path):
+    module = model(cfg)
+    for step in (10, 20):
+        save_checkpoint(module, str(tmp_path), checkpoint_name(step), train_state(step, cfg))
+    ckpt = dataclasses.replace(cfg.checkpoint, model_save_dir=str(tmp_path), resume=True,
+                               model_load_dir=str(tmp_path / "step_10"))
+    assert locate_checkpoint(ckpt)["path"] == str(tmp_path / "step_20")
+    assert locate_checkpoint(dataclasses.replace(ckpt, model_save_dir=str(tmp_path / "empty")))["path"] == \
+        str(tmp_path / "step_10")  # nothing to resume yet: the weights to start from
+    assert locate_checkpoint(dataclasses.replace(ckpt, resume=False, model_load_dir=None)) is None
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+def test_fused_and_plain_mlp_checkpoints_load_into_each_other(cfg, tmp_path, saved_fused):
+    saved = model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fused_mlp=saved_fused)), seed=3)
+    save_checkpoint(saved, str(tmp_path), "w", train_state(0, cfg))
+    other = model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fused_mlp=not saved_fused)), seed=4)
+    load_weights(other, str(tmp_path / "w"))
+    a, b = params(saved), params(other)
+    assert sorted(a) != sorted(b) and len(a) == len(b)
+    by_layer = {mlp_key(k) or k: v for k, v in a.items()}
+    for k, v in b.items():
+        np.testing.assert_array_equal(v, by_layer[mlp_key(k) or k], err_msg=k)
+    dense = flow.tensor(np.random.default_rng(0).random((4, 13), dtype=np.float32)).to_global(
+        cpu_placement(), flow.sbp.broadcast)
+    ids = flow.tensor(np.arange(4 * 26).reshape(4, 26)).to_global(cpu_placement(), flow.sbp.broadcast)
+    np.testing.assert_allclose(saved(dense, ids).to_local().numpy(), other(dense, ids).to_local().numpy(), rtol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_tiny_dataset
 from dlrm import schema
-from dlrm.config import ArgError, check_args, resolve
+from dlrm.config import ArgError, OptimizerConfig, check_args, cpu_embedding_bytes, resolve
 from dlrm.data import DataError
 from dlrm_train_eval import get_parser
 
@@ -42,7 +42,9 @@ def test_table_sizes_from_dataset_info_or_the_originals_readme(tmp_path):
 def test_resolve_computes_the_run_once(tiny_dataset, tmp_path):
     cfg = resolve(flags(tiny_dataset, "--model_save_dir", str(tmp_path / "ckpt")), world_size=2, cuda_available=False)
     assert cfg.device == "cpu" and cfg.world_size == 2
-    assert cfg.model.table_sizes == (7,) * 26 and cfg.model.fused_mlp and cfg.model.bottom_mlp == (32, 16)
+    assert cfg.model.table_sizes == (7,) * 26 and cfg.model.bottom_mlp == (32, 16)
+    assert not cfg.model.fused_mlp  # plain layers are the fast path on CPU
+    assert cfg.optimizer == OptimizerConfig("sgd", sparse_embedding=True)
     assert (cfg.data.train_batch_per_rank, cfg.data.eval_batch_per_rank) == (20, 10)
     # 100 test rows, 50 per rank, batches of 10 per rank: 5 of the 100 asked for
     assert (cfg.data.eval_batches, cfg.data.requested_eval_batches) == (5, 100)
@@ -56,7 +58,8 @@ def test_resolve_computes_the_run_once(tiny_dataset, tmp_path):
 
 def test_resolve_picks_the_device_and_drops_amp_on_cpu(tiny_dataset, capsys):
     cfg = resolve(flags(tiny_dataset, "--amp", "--persistent_path", "/ssd/p"), 1, cuda_available=True)
-    assert cfg.device == "cuda" and cfg.amp and cfg.store.persistent_path == "/ssd/p"
+    assert cfg.device == "cuda" and cfg.amp and cfg.store.persistent_path == "/ssd/p" and cfg.model.fused_mlp
+    assert not cfg.optimizer.sparse_embedding  # OneEmbedding updates its own rows
     cfg = resolve(flags(tiny_dataset, "--amp", "--device", "cpu"), 1, cuda_available=True)
     assert cfg.device == "cpu" and not cfg.amp
     assert "--amp is CUDA-only" in capsys.readouterr().err
@@ -76,6 +79,19 @@ def test_resolve_refuses_in_one_line(tiny_dataset, extra, world, error):
         extra = ["--train_batch_size", "13", "--eval_batch_size", "13"]
     with pytest.raises((ArgError, DataError), match=error):
         resolve(flags(tiny_dataset, *extra), world, cuda_available=False)
+
+
+@pytest.mark.parametrize("optimizer,factor,sparse", [("sgd", 1, True), ("adagrad", 2, False), ("adam", 3, True)])
+def test_optimizer_sets_store_size_and_sparse_update(tiny_dataset, optimizer, factor, sparse):
+    cuda = resolve(flags(tiny_dataset, "--optimizer", optimizer, "--persistent_path", "/p", "--eval_batch_size", "40"),
+                   8, cuda_available=True)
+    assert cuda.store.size_factor == factor
+    # 182 distinct ids over 8 GPUs: 4 sigma of each GPU's hashed share plus 1024 rows of headroom each
+    assert cuda.store.capacity == int(182 + 8 * (4 * (182 / 8) ** 0.5 + 1024))
+    cpu = resolve(flags(tiny_dataset, "--optimizer", optimizer), 1, cuda_available=False)
+    assert cpu.optimizer.sparse_embedding == sparse and cpu.store.capacity == 182
+    assert not resolve(flags(tiny_dataset, "--dense_embedding_update"), 1, False).optimizer.sparse_embedding
+    assert cpu_embedding_bytes(1000, 16, cpu.optimizer) == 1000 * 16 * 4 * (factor + (0 if sparse else 2))
 
 
 def test_cuda_only_checks():
