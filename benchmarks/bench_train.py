@@ -14,19 +14,19 @@ One run prints figures (it is not a test):
    2048^3 square GEMM for reference;
 4. the model's FLOPs per sample (2*m*n*k per GEMM row, forward + backward = 3 x forward);
 5. training samples/s of dlrm_train_eval.py (subprocess, --device cpu) at 1 and 2 ranks with the
-   original architecture, parsed from the `Throughput` field of its log lines, skipping the first
-   interval (graph compilation);
+   original architecture, read from the `train` records of its --metrics_file (latency_ms,
+   throughput), skipping the first interval (graph compilation);
 6. a summary: compute bound = matmul GFLOP/s / FLOPs per sample, fraction of it reached, and
    whether the reader delivers >= 3x what training consumes.
 
 Every phase also prints the CPU it used and the CPU other processes used meanwhile ("others"):
 on a shared machine the latter says how much a figure is to be trusted.
 
-    python scripts/bench_train.py            # everything, default sizes: ~3.5 min (+~1.5 min the first time,
+    python benchmarks/bench_train.py         # everything, default sizes: ~3.5 min (+~1.5 min the first time,
                                              # to build the dataset under --work_dir)
-    python scripts/bench_train.py --data_dir D --ranks 1 --skip_petastorm
-    python scripts/bench_train.py --profile  # + where a train step's time goes (~4 min more)
-    python scripts/bench_train.py --openblas_coretype Haswell --train_args --disable_fusedmlp
+    python benchmarks/bench_train.py --data_dir D --ranks 1 --skip_petastorm
+    python benchmarks/bench_train.py --profile  # + where a train step's time goes (~4 min more)
+    python benchmarks/bench_train.py --openblas_coretype Haswell --train_args --disable_fusedmlp
                                              # try settings: an env var for every OneFlow run, and
                                              # extra dlrm_train_eval.py flags (--train_args goes last)
 
@@ -34,110 +34,30 @@ Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run
 --steps for steadier training figures.
 
 --profile times the train graph alone on pre-made global tensors (no reader, no conversion, no
-loss readout) in variants: as dlrm_train_eval.py builds it, with --disable_fusedmlp, with the
-embedding frozen (no dense embedding gradient / update), forward only; plus the to_global
-conversion of a batch and the loss readout.
+loss readout) in variants: as dlrm_train_eval.py builds it (dlrm.model / dlrm.graphs), with
+--disable_fusedmlp, with the embedding frozen (no dense embedding gradient / update), forward only
+(the eval graph); plus the to_global conversion of a batch and the loss readout.
 """
 import argparse
 import glob
-import json
 import math
 import os
 import platform
-import re
-import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_SCRIPT = os.path.join(REPO, "dlrm_train_eval.py")
-SYNTH = os.path.join(REPO, "tools", "make_synthetic_criteo.py")
-PREPROCESS = os.path.join(REPO, "tools", "criteo1t_parquet.py")
-NUM_DENSE, NUM_SPARSE = 13, 26
-RESULT_TAG = "BENCH_RESULT "
+import harness
+from harness import REPO, CpuSample, CpuWindow, emit, load_note, run_child
+from dlrm.config import int_list
+from dlrm.data import list_row_groups, split_files
+from dlrm.launch import train_command
+from dlrm.metrics import read_metrics
+from dlrm.schema import NUM_DENSE, NUM_SPARSE
+
 READER_WARMUP = 5
-LOG_RE = re.compile(r"Rank\[0\], Step (\d+), Loss [^,]+, Latency ([\d.]+) ms, Throughput ([\d.]+)")
-
-
-# ----------------------------------------------------------------------------- small helpers
-def pad8(n):
-    return (n + 7) // 8 * 8
-
-
-def int_list(text):
-    return [int(x) for x in str(text).split(",") if x.strip()]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_busy_s():
-    """CPU-seconds the whole machine has been busy (steal included), or None without psutil."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def self_cpu_s():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-class CpuWindow:
-    """Wall time, this process's CPU time and the machine's busy CPU time over a window."""
-
-    def __enter__(self):
-        self.t, self.cpu, self.busy = time.perf_counter(), self_cpu_s(), machine_busy_s()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t
-        self.cpu = self_cpu_s() - self.cpu
-        busy = machine_busy_s()
-        self.others = None if busy is None or self.busy is None else max(busy - self.busy - self.cpu, 0.0)
-
-    def record(self):
-        return {"wall_s": self.wall, "cpu_s": self.cpu,
-                "cores": self.cpu / self.wall, "others_cores": None if self.others is None else self.others / self.wall}
-
-
-def load_note(rec):
-    """' [ours 1.9 cores, others 0.3]' for a record with cores / others_cores."""
-    if rec.get("cores") is None:
-        return ""
-    others = rec.get("others_cores")
-    return f"  [ours {rec['cores']:.2f} cores, others {'?' if others is None else f'{others:.2f}'}]"
-
-
-def run_child(argv, env=None, timeout=1800):
-    """Run this script as a child phase; return its BENCH_RESULT JSON (stderr passes through)."""
-    cmd = [sys.executable, os.path.abspath(__file__), *argv]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          timeout=timeout)
-    results = [json.loads(line[len(RESULT_TAG):]) for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not results:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        raise RuntimeError(f"child {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{tail}")
-    return results[-1]
-
-
-def emit(record):
-    print(RESULT_TAG + json.dumps(record), flush=True)
 
 
 def quiet_oneflow_env(env=None):
@@ -163,12 +83,11 @@ def ensure_dataset(args):
     print(f"dataset: building {out} ({args.days} days x {args.rows_per_day} rows; Spark local[2], ~2-3 min)",
           flush=True)
     t = time.time()
-    subprocess.run([sys.executable, SYNTH, "--output_dir", raw, "--days", str(args.days), "--rows_per_day",
-                    str(args.rows_per_day), "--seed", str(args.seed), "--overwrite"],
-                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    cmd = [sys.executable, PREPROCESS, "--input_dir", raw, "--output_dir", out, "--spark_master", "local[2]",
-           "--spark_driver_memory_gb", "4", "--train_files", "8", "--eval_files", "2",
-           "--num_test_examples", str(args.rows_per_day // 2), "--shuffle_partitions", "4"]
+    harness.synthesize(raw, args.days, args.rows_per_day, args.seed)
+    cmd = harness.tool_command("criteo1t_parquet.py", "--input_dir", raw, "--output_dir", out,
+                               "--spark_master", "local[2]", "--spark_driver_memory_gb", 4, "--train_files", 8,
+                               "--eval_files", 2, "--num_test_examples", args.rows_per_day // 2,
+                               "--shuffle_partitions", 4)
     if os.path.exists(out):
         cmd.append("--overwrite")
     log = os.path.join(args.work_dir, name, "preprocess.log")
@@ -181,16 +100,8 @@ def ensure_dataset(args):
     return out
 
 
-def table_sizes(data_dir):
-    path = os.path.join(data_dir, "dataset_info.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("table_size_array")
-    return None
-
-
-def train_files(data_dir):
-    return sorted(glob.glob(os.path.join(data_dir, "train", "*.parquet")))
+def train_groups(data_dir):
+    return list_row_groups(split_files(data_dir, "train"))
 
 
 # ----------------------------------------------------------------------------- 2. readers (child)
@@ -198,20 +109,19 @@ def child_reader(a):
     """Time `batches` batches of `batch_size` rows from the train files; the first `warmup` are not timed."""
     import numpy as np
 
-    files = train_files(a.data_dir)
     B = a.batch_size
     if a.impl == "ours":
-        sys.path.insert(0, REPO)
         from dlrm.data import BatchReader
 
-        reader = BatchReader(files, B, 0, 1, train=True, seed=1234)
+        reader = BatchReader(train_groups(a.data_dir), B, 0, 1, train=True, seed=1234)
         batches, close = reader, reader.close
     else:
         from petastorm import make_batch_reader
 
+        files = split_files(a.data_dir, "train")
         reader = make_batch_reader(["file://" + os.path.abspath(f) for f in files], workers_count=1,
                                    shuffle_row_groups=True, num_epochs=None)
-        batches, close = petastorm_batches(reader, B, np), lambda: (reader.stop(), reader.join())
+        batches, close = petastorm_batches(reader, B), lambda: (reader.stop(), reader.join())
     label = dense = sparse = None
     try:
         for _ in range(a.warmup):
@@ -232,61 +142,41 @@ def child_reader(a):
     os._exit(0)  # petastorm's pool threads can abort the interpreter at shutdown
 
 
-def petastorm_batches(reader, B, np):
-    """The original OneFlow DLRM's batching of petastorm row groups, to (label, dense, sparse) arrays."""
-    dense_cols = [f"I{i}" for i in range(1, NUM_DENSE + 1)]
-    sparse_cols = [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
-    fields = ["label"] + dense_cols + sparse_cols
-    tail = None
+def petastorm_batches(reader, B):
+    """The original OneFlow DLRM's batching of petastorm row groups (a batch may span row groups), cut
+    and converted to (label, dense, sparse) arrays as dlrm.data.BatchReader does it."""
+    import pyarrow as pa
+
+    from dlrm.data import BatchReader
+
+    pending, have = [], 0
     for rg in reader:
-        d = rg._asdict()
-        cols = [d[f] for f in fields]
-        pos = 0
-        if tail is not None:  # complete the previous row group's tail
-            need = B - len(tail[0])
-            tail = [np.concatenate((t, c[:need])) for t, c in zip(tail, cols)]
-            pos = need
-            if len(tail[0]) < B:
-                continue
-            yield to_arrays(tail, np)
-            tail = None
-        n = len(cols[0])
-        while pos + B <= n:
-            yield to_arrays([c[pos:pos + B] for c in cols], np)
-            pos += B
-        if pos < n:
-            tail = [c[pos:] for c in cols]
-
-
-def to_arrays(cols, np):
-    label = cols[0].astype(np.float32, copy=False).reshape(-1, 1)
-    dense = np.stack(cols[1:1 + NUM_DENSE], axis=1).astype(np.float32, copy=False)
-    sparse = np.stack(cols[1 + NUM_DENSE:], axis=1)
-    return label, dense, sparse
+        table = pa.table(rg._asdict())  # zero-copy over petastorm's numpy columns
+        pending.append(table)
+        have += table.num_rows
+        while have >= B:
+            yield BatchReader._take(pending, B)
+            have -= B
 
 
 # ----------------------------------------------------------------------------- 3./4. GEMMs and FLOPs
-def model_gemms(bottom_mlp, top_mlp, embedding_vec_size, interaction_itself=False, dense_padding=True,
-                interaction_padding=True):
-    """The model's GEMMs per sample: (name, kind, rows-per-sample-free shape (k, n) or bmm (m, k, n))."""
-    layers = []
-    widths = [pad8(NUM_DENSE) if dense_padding else NUM_DENSE] + list(bottom_mlp)
-    for i in range(len(bottom_mlp)):
-        layers.append(("bottom", widths[i], widths[i + 1]))
-    F = NUM_SPARSE + 1
-    pairs = F * (F + 1) // 2 if interaction_itself else F * (F - 1) // 2
-    inter_out = embedding_vec_size + pairs
-    inter_out = pad8(inter_out) if interaction_padding else inter_out
-    widths = [inter_out] + list(top_mlp) + [1]
-    for i in range(len(widths) - 1):
-        layers.append(("top", widths[i], widths[i + 1]))
+def model_gemms(bottom_mlp, top_mlp, embedding_vec_size):
+    """The model's GEMMs per sample, widths taken from dlrm.model's own modules (default paddings):
+    ([(where, k, n)] per linear layer, interaction bmm (m, k, n))."""
+    from dlrm.model import DenseFeatures, Interaction
+
+    inter = Interaction(embedding_vec_size, interaction_itself=False, padding=True, use_fused_op=False)
+    widths = [DenseFeatures(pad=True).out_features] + list(bottom_mlp)
+    layers = [("bottom", widths[i], widths[i + 1]) for i in range(len(widths) - 1)]
+    widths = [inter.output_size] + list(top_mlp) + [1]
+    layers += [("top", widths[i], widths[i + 1]) for i in range(len(widths) - 1)]
+    F = inter.num_features
     return layers, (F, embedding_vec_size, F)
 
 
 def flops_per_sample(layers, bmm):
     """Forward GEMM FLOPs per sample (2*k*n per linear row, 2*m*k*n per interaction bmm)."""
-    fwd = sum(2 * k * n for _, k, n in layers) + 2 * bmm[0] * bmm[1] * bmm[2]
-    return fwd
+    return sum(2 * k * n for _, k, n in layers) + 2 * bmm[0] * bmm[1] * bmm[2]
 
 
 def gemm_shapes(B, layers, bmm):
@@ -300,11 +190,7 @@ def gemm_shapes(B, layers, bmm):
     m, k, n = bmm
     shapes.append((f"interaction bmm {m}x{k}x{n} fwd", "bmm", (B, m, k, n), 1))   # T @ T^T
     shapes.append((f"interaction bmm {m}x{n}x{k} bwd", "bmm", (B, m, n, k), 2))   # dZ @ T, dZ^T @ T
-    out = []
-    for label, kind, shape, count in shapes:
-        flops = 2 * math.prod(shape) * count
-        out.append((label, kind, shape, count, flops))
-    return out
+    return [(label, kind, shape, count, 2 * math.prod(shape) * count) for label, kind, shape, count in shapes]
 
 
 def child_matmul(a):
@@ -359,7 +245,7 @@ def child_matmul(a):
     view_row = cases[-1][0]
     model = [r for r in rows if not r["label"].startswith("square")]
     rec = w.record()
-    rec.update(threads=a.threads or None, rows=rows, view_row=view_row,
+    rec.update(threads=a.threads or None, rows=rows, view_row=view_row, layers=layers, bmm=bmm,
                model_flops=sum(r["flops"] for r in model), model_seconds=sum(r["seconds"] for r in model),
                blas=blas_info())
     rec["model_gflops"] = rec["model_flops"] / rec["model_seconds"] / 1e9
@@ -384,78 +270,67 @@ def blas_info():
 
 
 # ----------------------------------------------------------------------------- 5. training
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tree_cpu_s(proc):
-    """CPU-seconds of a process and all its live descendants."""
-    import psutil
-
-    total = 0.0
+def train_records(path):
+    """The `train` records of a metrics file being written, or None while it is absent or a line is half
+    written."""
     try:
-        root = psutil.Process(proc.pid)
-        for p in [root] + root.children(recursive=True):
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-    except psutil.Error:
-        pass
-    return total
+        return [r for r in read_metrics(path) if r.get("kind") == "train"]
+    except (FileNotFoundError, ValueError):
+        return None
 
 
-def run_training(args, data_dir, ranks, log_path, env):
+def run_training(args, data_dir, ranks, env):
+    """dlrm_train_eval.py at `ranks` ranks; samples/s from its metrics file, polled while it runs so that
+    every record gets the CPU use of the process tree and of the machine at that moment."""
     B, steps, interval = args.batch_size, args.steps, args.log_interval
-    train_args = ["--data_dir", data_dir, "--device", "cpu", "--train_batch_size", str(B),
-                  "--train_batches", str(steps), "--loss_print_interval", str(interval),
-                  "--eval_interval", "0", "--eval_batches", "1", "--eval_batch_size", str(B),
+    log_path = os.path.join(args.work_dir, f"train_{ranks}rank.log")
+    metrics_path = os.path.join(args.work_dir, f"train_{ranks}rank.metrics.jsonl")
+    if os.path.exists(metrics_path):
+        os.remove(metrics_path)  # the metrics file is appended to
+    train_args = ["--data_dir", data_dir, "--device", "cpu", "--train_batch_size", B,
+                  "--train_batches", steps, "--loss_print_interval", interval,
+                  "--eval_interval", 0, "--eval_batches", 1, "--eval_batch_size", B,
                   "--bottom_mlp", args.bottom_mlp, "--top_mlp", args.top_mlp,
-                  "--embedding_vec_size", str(args.embedding_vec_size), *args.train_args]
-    if ranks == 1:
-        cmd = [sys.executable, TRAIN_SCRIPT, *train_args]
-    else:
-        cmd = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(ranks),
-               "--master_port", str(free_port()), TRAIN_SCRIPT, *train_args]
+                  "--embedding_vec_size", args.embedding_vec_size, "--metrics_file", metrics_path,
+                  *args.train_args]
+    cmd = train_command(train_args, nproc=ranks)
     print(f"  $ {' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd)}", flush=True)
-    points = []  # (step, latency_ms, throughput, wall time, our tree CPU, machine busy)
+    points = []  # (train record, CpuSample when it was seen or None once the run had ended)
     t0 = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
-            for line in proc.stdout:
-                log.write(line)
-                m = LOG_RE.search(line)
-                if m:
-                    points.append((int(m.group(1)), float(m.group(2)), float(m.group(3)), time.perf_counter(),
-                                   tree_cpu_s(proc), machine_busy_s()))
-                    print(f"    step {m.group(1):>4}: {float(m.group(3)):9.1f} samples/s", flush=True)
-            rc = proc.wait(timeout=args.timeout)
+            while True:
+                running = proc.poll() is None
+                for rec in (train_records(metrics_path) or [])[len(points):]:
+                    points.append((rec, CpuSample(proc.pid) if running else None))
+                    print(f"    step {rec['step']:>4}: {rec['throughput']:9.1f} samples/s", flush=True)
+                if not running:
+                    break
+                if time.time() - t0 > args.timeout:
+                    raise RuntimeError(f"{ranks}-rank training still running after --timeout {args.timeout} s; "
+                                       f"see {log_path}")
+                time.sleep(0.1)
         except BaseException:
             os.killpg(proc.pid, 9)
             proc.wait()
             raise
     elapsed = time.time() - t0
-    if rc != 0:
-        raise RuntimeError(f"{ranks}-rank training failed (exit {rc}); see {log_path}")
-    measured = points[1:]  # the first interval includes graph compilation
+    if proc.returncode != 0:
+        raise RuntimeError(f"{ranks}-rank training failed (exit {proc.returncode}); see {log_path}")
+    records = [r for r, _ in points]
+    measured = records[1:]  # the first interval includes graph compilation
     if not measured:
-        raise RuntimeError(f"fewer than 2 log intervals in {log_path}; raise --steps or lower --log_interval")
-    prev_steps = [p[0] for p in points[:-1]]
-    seconds = sum(lat / 1000 * (s - s0) for (s, lat, *_), s0 in zip(measured, prev_steps))
-    samples = B * (measured[-1][0] - points[0][0])
-    rec = {"ranks": ranks, "samples_per_s": samples / seconds, "best_interval": max(p[2] for p in measured),
-           "intervals": [round(p[2], 1) for p in measured], "first_interval": points[0][2],
-           "elapsed_s": elapsed, "log": log_path}
-    span = measured[-1][3] - points[0][3]
-    if span > 0:
-        rec["cores"] = (measured[-1][4] - points[0][4]) / span
-        if measured[-1][5] is not None and points[0][5] is not None:
-            rec["others_cores"] = max((measured[-1][5] - points[0][5]) / span - rec["cores"], 0.0)
+        raise RuntimeError(f"fewer than 2 log intervals in {metrics_path}; raise --steps or lower --log_interval")
+    seconds = sum(r["latency_ms"] / 1000 * (r["step"] - prev["step"]) for prev, r in zip(records, measured))
+    samples = B * (measured[-1]["step"] - records[0]["step"])
+    rec = {"ranks": ranks, "samples_per_s": samples / seconds, "best_interval": max(r["throughput"] for r in measured),
+           "intervals": [round(r["throughput"], 1) for r in measured], "first_interval": records[0]["throughput"],
+           "elapsed_s": elapsed, "log": log_path, "metrics": metrics_path}
+    sampled = [s for _, s in points if s is not None]
+    if points[0][1] is not None and len(sampled) > 1:
+        rec.update(CpuSample.cores_between(points[0][1], sampled[-1]))
     return rec
 
 
@@ -465,46 +340,43 @@ def child_profile(a):
     import numpy as np
     import oneflow as flow
 
-    sys.path.insert(0, REPO)
-    import dlrm_train_eval as T
+    from dlrm.config import ModelConfig, ScheduleConfig
     from dlrm.data import BatchReader
+    from dlrm.distributed import cpu_placement, gather_to_all, to_global
+    from dlrm.graphs import EvalGraph, TrainGraph
     from dlrm.model import DLRM
+    from dlrm.schedule import make_lr_scheduler
+    from dlrm.schema import load_table_sizes
 
     B = a.batch_size
-    argv = ["--data_dir", a.data_dir, "--device", "cpu", "--train_batch_size", str(B),
-            "--bottom_mlp", a.bottom_mlp, "--top_mlp", a.top_mlp, "--embedding_vec_size", str(a.embedding_vec_size),
-            "--table_size_array", ",".join(map(str, table_sizes(a.data_dir)))]
     variant = set(a.variant.split("+"))
-    if "unfused" in variant:
-        argv.append("--disable_fusedmlp")
-    args = T.parse_args(argv)
-    cpu = flow.env.all_device_placement("cpu")
+    sizes = load_table_sizes(a.data_dir)
+    if sizes is None:
+        sys.exit(f"error: {a.data_dir} records no table sizes (dataset_info.json)")
+    model_cfg = ModelConfig(table_sizes=tuple(sizes), embedding_vec_size=a.embedding_vec_size,
+                            bottom_mlp=tuple(int_list(a.bottom_mlp)), top_mlp=tuple(int_list(a.top_mlp)),
+                            fused_mlp="unfused" not in variant, dense_input_padding=True, interaction_padding=True,
+                            interaction_itself=False)
+    schedule = ScheduleConfig(learning_rate=0.01, warmup_batches=0, decay_start=0, decay_batches=1000,
+                              train_batches=1000)  # its values do not change a step's time
+    cpu = cpu_placement()
     flow.manual_seed(1)
     np.random.seed(1)
-    module = DLRM(args, "cpu")
+    module = DLRM(model_cfg, None, "cpu")  # the store settings are CUDA-only
     module.to_global(cpu, flow.sbp.broadcast)
     if "frozen_embedding" in variant:
         module.embedding.weight.requires_grad = False
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = flow.optim.SGD(params, lr=0.01)
-    reader = BatchReader(train_files(a.data_dir), B, 0, 1, train=True)
+    optimizer = flow.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=schedule.learning_rate)
+    reader = BatchReader(train_groups(a.data_dir), B, 0, 1, train=True)
     label, dense, sparse = next(reader)
     reader.close()
     rec = {"variant": a.variant}
     if "forward" in variant:
-        class Forward(flow.nn.Graph):
-            def __init__(self):
-                super().__init__()
-                self.module = module
-
-            def build(self, d, s):
-                return self.module(d, s)
-
-        graph = Forward()
-        inputs = [T.to_global(x, cpu) for x in (dense, sparse)]
+        graph = EvalGraph(module, "cpu", False)
+        inputs = [to_global(x, cpu) for x in (dense, sparse)]
     else:
-        graph = T.TrainGraph(module, optimizer, T.make_lr_scheduler(optimizer, args), "cpu", False, None)
-        inputs = [T.to_global(x, cpu) for x in (label, dense, sparse)]
+        graph = TrainGraph(module, optimizer, make_lr_scheduler(optimizer, schedule), "cpu", False, None)
+        inputs = [to_global(x, cpu) for x in (label, dense, sparse)]
     t = time.perf_counter()
     out = graph(*inputs)
     out.numpy()
@@ -528,9 +400,8 @@ def child_profile(a):
                 ts.append(time.perf_counter() - t)
             return min(ts)
 
-        rec["to_global_s"] = best_of(lambda: [T.to_global(x, cpu).to_local().numpy()
-                                              for x in (label, dense, sparse)])
-        rec["loss_readout_s"] = best_of(lambda: float(T.gather_to_all(out).numpy()))
+        rec["to_global_s"] = best_of(lambda: [to_global(x, cpu).to_local().numpy() for x in (label, dense, sparse)])
+        rec["loss_readout_s"] = best_of(lambda: float(gather_to_all(out).numpy()))
     emit(rec)
 
 
@@ -594,11 +465,11 @@ def main(argv=None):
     if any(B % r for r in args.ranks):
         sys.exit(f"error: --batch_size {B} is not a multiple of every --ranks entry {args.ranks}")
     ncpu = os.cpu_count()
-    print(f"machine: {ncpu} CPUs, {cpu_model()}, python {platform.python_version()}")
+    print(f"machine: {ncpu} CPUs, {harness.cpu_model()}, python {platform.python_version()}")
     print(f"batch {B}, {args.steps} training steps per run, log every {args.log_interval} (first interval skipped)")
     os.makedirs(args.work_dir, exist_ok=True)
     data_dir = ensure_dataset(args)
-    files = train_files(data_dir)
+    files = split_files(data_dir, "train")
     env = quiet_oneflow_env()
     if args.openblas_coretype:
         env["OPENBLAS_CORETYPE"] = args.openblas_coretype
@@ -610,7 +481,7 @@ def main(argv=None):
           f"after {READER_WARMUP}; best of {args.reader_repeats} runs)")
     readers = {}
     for impl in ["ours"] + ([] if args.skip_petastorm else ["petastorm"]):
-        runs = [run_child(["--_child", "reader", "--impl", impl, "--batches", str(args.reader_batches),
+        runs = [run_child(__file__, ["--_child", "reader", "--impl", impl, "--batches", str(args.reader_batches),
                            "--warmup", str(READER_WARMUP), *common]) for _ in range(args.reader_repeats)]
         readers[impl] = r = max(runs, key=lambda x: x["samples_per_s"])
         print(f"  {impl:10s} {fmt(r['samples_per_s']):>12} samples/s  "
@@ -620,7 +491,8 @@ def main(argv=None):
         print(f"  ours / petastorm: {readers['ours']['samples_per_s'] / readers['petastorm']['samples_per_s']:.2f}x")
 
     # 3./4. matmul and FLOPs
-    layers, bmm = model_gemms(int_list(args.bottom_mlp), int_list(args.top_mlp), args.embedding_vec_size)
+    mm = run_child(__file__, ["--_child", "matmul", "--square", "2048", *common], env=env)
+    layers, bmm = mm["layers"], mm["bmm"]  # from dlrm.model's modules, in the child that imports OneFlow
     fwd = flops_per_sample(layers, bmm)
     train_flops = 3 * fwd
     print("\n== FLOPs per sample (2*m*n*k per GEMM; train = 3 x forward: fwd + dgrad + wgrad per layer)")
@@ -634,7 +506,6 @@ def main(argv=None):
           f"(not counted: embedding gather/scatter, SGD update, bias/ReLU/log, loss: memory-bound)")
 
     print(f"\n== OneFlow CPU matmul (flow.matmul / flow.bmm, float32, the model's GEMM shapes at batch {B})")
-    mm = run_child(["--_child", "matmul", "--square", "2048", *common], env=env)
     for r in mm["rows"]:
         print(f"  {r['label']:42s} {'x'.join(map(str, r['shape'])):>16} {r['seconds'] * 1e3:9.2f} ms "
               f"{r['gflops']:8.1f} GFLOP/s")
@@ -650,7 +521,7 @@ def main(argv=None):
     mm1 = None
     if any(r > 1 for r in args.ranks) and mm["cores"] > 1.3:
         env1 = dict(env, OMP_NUM_THREADS="1")
-        mm1 = run_child(["--_child", "matmul", "--threads", "1", *common], env=env1)
+        mm1 = run_child(__file__, ["--_child", "matmul", "--threads", "1", *common], env=env1)
         print(f"  model GEMMs together, 1 thread (OMP_NUM_THREADS=1, as each launched rank): "
               f"{mm1['model_gflops']:.1f} GFLOP/s{load_note(mm1)}")
     per_rank = (mm1 or mm)["model_gflops"]
@@ -666,9 +537,8 @@ def main(argv=None):
     print(f"\n== training (dlrm_train_eval.py --device cpu, global batch {B})")
     train = {}
     for r in args.ranks:
-        log = os.path.join(args.work_dir, f"train_{r}rank.log")
         try:
-            train[r] = rec = run_training(args, data_dir, r, log, env)
+            train[r] = rec = run_training(args, data_dir, r, env)
         except RuntimeError as e:
             print(f"  {r} rank(s): FAILED: {e}")
             continue
@@ -683,7 +553,7 @@ def main(argv=None):
         for variant in ["default", "frozen_embedding", "forward", "unfused", "unfused+frozen_embedding",
                         "unfused+forward"]:
             try:
-                p = run_child(["--_child", "profile", "--variant", variant, "--steps", str(args.profile_steps),
+                p = run_child(__file__, ["--_child", "profile", "--variant", variant, "--steps", str(args.profile_steps),
                                *common], env=env)
             except RuntimeError as e:
                 print(f"  {variant}: FAILED: {e}")
@@ -700,7 +570,7 @@ def main(argv=None):
     ours = readers["ours"]["samples_per_s"]
     pet = readers.get("petastorm", {}).get("samples_per_s")
     print("\n" + "=" * 96)
-    print(f"SUMMARY  {ncpu} x {cpu_model()}; batch {B}; model bottom {args.bottom_mlp}, top {args.top_mlp}, "
+    print(f"SUMMARY  {ncpu} x {harness.cpu_model()}; batch {B}; model bottom {args.bottom_mlp}, top {args.top_mlp}, "
           f"emb {args.embedding_vec_size}; {train_flops / 1e6:.2f} MFLOP/sample")
     print("-" * 96)
     print(f"{'reader samples/s, dlrm.data.BatchReader':58s} {fmt(ours):>16}")
