@@ -18,10 +18,11 @@ While each phase runs a thread samples, with psutil, the RSS of the Spark driver
 ``java`` process) and of its whole process tree (JVM + Python workers); the peaks are printed
 (target: flat from 1M to 4M rows; the JVM heap is capped by --driver_memory_gb). Example:
 
-    python scripts/bench_preprocess.py --rows 1000000,4000000
+    python benchmarks/bench_preprocess.py --rows 1000000,4000000
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -30,74 +31,61 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
-SYNTH = os.path.join(REPO, "tools", "make_synthetic_criteo.py")
-MOD_IDX = 40000000
+import psutil
+
+import harness
+from dlrm.preprocess.cli import build_parser as tool_parser
+from dlrm.schema import DENSE_COLUMNS, LABEL, NUM_DENSE, SPARSE_COLUMNS
+
+MOD_IDX = tool_parser().get_default("mod_idx")  # the tool's default categorical modulus
 
 
 class RssSampler:
-    """Peak RSS of the java processes under ``root_pid`` (JVM alone, and JVM + its children)."""
+    """Peak RSS of the java processes under ``root_pid`` (JVM alone, and JVM + its children), and
+    the CPU seconds of the JVM and its children (Python workers) while it samples."""
 
     def __init__(self, root_pid, interval=0.1):
-        import psutil
-
-        self.psutil = psutil
         self.root = psutil.Process(root_pid)
         self.interval = interval
         self.peak_jvm = 0
         self.peak_tree = 0
         self.cpu0 = None
-        self.cpu_s = 0.0  # CPU seconds of the JVM and its children (Python workers) meanwhile
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self):
-        ps = self.psutil
+    def _jvms(self):
         try:
             procs = self.root.children(recursive=True)
-        except ps.Error:
-            return
+        except psutil.Error:
+            return []
+        jvms = []
         for p in procs:
             try:
-                if p.name() != "java":
-                    continue
+                if p.name() == "java":
+                    jvms.append(p)
+            except psutil.Error:
+                pass
+        return jvms
+
+    def _sample(self):
+        for p in self._jvms():
+            try:
                 jvm = p.memory_info().rss
                 tree = jvm
                 for c in p.children(recursive=True):
                     try:
                         tree += c.memory_info().rss
-                    except ps.Error:
+                    except psutil.Error:
                         pass
-            except ps.Error:
+            except psutil.Error:
                 continue
             self.peak_jvm = max(self.peak_jvm, jvm)
             self.peak_tree = max(self.peak_tree, tree)
 
     def cpu_total(self):
-        """CPU seconds of the java processes under root and of their (live or reaped)
-        children."""
-        ps = self.psutil
-        total = 0.0
-        try:
-            procs = self.root.children(recursive=True)
-        except ps.Error:
-            return total
-        for p in procs:
-            try:
-                if p.name() != "java":
-                    continue
-                c = p.cpu_times()
-                total += c.user + c.system + c.children_user + c.children_system
-                for k in p.children(recursive=True):
-                    try:
-                        kc = k.cpu_times()
-                        total += kc.user + kc.system
-                    except ps.Error:
-                        pass
-            except ps.Error:
-                continue
-        return total
+        """CPU seconds of the java processes under root and of their (live or reaped) children."""
+        return sum(harness.tree_cpu_s(p.pid) for p in self._jvms())
 
     def _loop(self):
         while not self._stop.is_set():
@@ -121,15 +109,13 @@ def mib(n):
 
 
 def generate(rows, dest, seed):
-    t = time.time()
-    subprocess.run([sys.executable, SYNTH, "--output_dir", dest, "--days", "1",
-                    "--rows_per_day", str(rows), "--seed", str(seed), "--kaggle"],
-                   check=True, stdout=subprocess.DEVNULL)
-    return time.time() - t
+    """One train.txt of `rows` synthetic rows; the seconds it took."""
+    return harness.synthesize(dest, days=1, rows_per_day=rows, seed=seed, kaggle=True)
 
 
 def udf_columns(F, T, fields):
-    """The same transforms as tools/criteo1t_parquet.py, as per-column Python UDFs."""
+    """The same transforms as the tool's (dlrm.preprocess.spark.transform_exprs), as per-column
+    Python UDFs."""
 
     def label(s):
         return float(s)
@@ -147,23 +133,25 @@ def udf_columns(F, T, fields):
 
     label_udf = F.udf(label, T.FloatType())
     dense_udf = F.udf(dense, T.FloatType())
-    cols = [label_udf(fields[0]).alias("label")]
-    cols += [dense_udf(fields[1 + j]).alias("I%d" % (j + 1)) for j in range(13)]
-    cols += [F.udf(make_cat(i), T.LongType())(fields[14 + i]).alias("C%d" % (i + 1))
-             for i in range(26)]
+    cols = [label_udf(fields[0]).alias(LABEL)]
+    cols += [dense_udf(fields[1 + j]).alias(name) for j, name in enumerate(DENSE_COLUMNS)]
+    cols += [F.udf(make_cat(i), T.LongType())(fields[1 + NUM_DENSE + i]).alias(name)
+             for i, name in enumerate(SPARSE_COLUMNS)]
     return cols
 
 
-def transform_phase(spark, cp, path, out, kind):
+def transform_phase(spark, path, out, kind):
     """Read raw text, split, transform, write parquet (the tool's write pass on clean input:
     the row check runs in its separate check pass, which the UDF version would need too)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    from dlrm.preprocess.spark import transform_exprs
+
     v = F.col("value")
     df = spark.read.text("file://" + path).select(F.split(v, "\t", -1).alias("_f"))
     f = F.col("_f")
-    cols = cp.transform_exprs(f, MOD_IDX, "int64") if kind == "native" else udf_columns(F, T, f)
+    cols = transform_exprs(f, MOD_IDX, "int64") if kind == "native" else udf_columns(F, T, f)
     t = time.time()
     with RssSampler(os.getpid()) as mem:
         df.select(*cols).write.mode("overwrite").parquet("file://" + out)
@@ -181,12 +169,10 @@ def check_same(out_a, out_b):
 
 
 def full_tool(in_dir, out_dir, args):
-    import psutil
-
-    cmd = [sys.executable, TOOL, "--input_dir", in_dir, "--output_dir", out_dir,
-           "--spark_master", args.spark_master, "--spark_driver_memory_gb",
-           str(args.driver_memory_gb), "--train_files", "16", "--eval_files", "4",
-           "--shuffle_partitions", "16", "--overwrite"]
+    cmd = harness.tool_command("criteo1t_parquet.py", "--input_dir", in_dir, "--output_dir", out_dir,
+                               "--spark_master", args.spark_master, "--spark_driver_memory_gb",
+                               args.driver_memory_gb, "--train_files", 16, "--eval_files", 4,
+                               "--shuffle_partitions", 16, "--overwrite")
     t = time.time()
     p = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     with RssSampler(p.pid) as mem:
@@ -198,19 +184,12 @@ def full_tool(in_dir, out_dir, args):
 
 def child(args):
     """One row count in a fresh JVM: warm-up, then the timed native and UDF phases."""
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import json
+    from dlrm.preprocess.spark import start_spark
 
-    import criteo1t_parquet as cp
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master(args.spark_master)
-             .config("spark.driver.memory", "%dg" % args.driver_memory_gb)
-             .config("spark.sql.ansi.enabled", "false")
-             .config("spark.sql.codegen.hugeMethodLimit", "8000")  # as the tool sets it
-             .config("spark.ui.showConsoleProgress", "false")
-             .getOrCreate())
+    settings = argparse.Namespace(spark_master=args.spark_master, spark_driver_memory_gb=args.driver_memory_gb,
+                                  spark_tmp_dir=None, shuffle_partitions=None)
+    with contextlib.redirect_stdout(sys.stderr):  # its "[preprocess] starting Spark" line
+        spark = start_spark(settings)  # the tool's session and settings
     spark.sparkContext.setLogLevel("ERROR")
     work, n = args.work_dir, args.child
     kinds = ["native"] + ([] if args.skip_udf else ["udf"])
@@ -218,10 +197,10 @@ def child(args):
     try:
         # warm up the JIT on other rows so the timed phases run compiled code
         for kind in kinds:
-            transform_phase(spark, cp, os.path.join(work, "warm", "train.txt"),
+            transform_phase(spark, os.path.join(work, "warm", "train.txt"),
                             os.path.join(work, "warm_out_" + kind), kind)
         for kind in kinds:
-            secs, mem = transform_phase(spark, cp, os.path.join(work, "in", "train.txt"),
+            secs, mem = transform_phase(spark, os.path.join(work, "in", "train.txt"),
                                         os.path.join(work, "out_" + kind), kind)
             res[kind] = {"s": secs, "cpu_s": mem.cpu_s, "jvm": mib(mem.peak_jvm),
                          "tree": mib(mem.peak_tree)}
@@ -231,7 +210,7 @@ def child(args):
                      mib(mem.peak_jvm), mib(mem.peak_tree)), flush=True)
     finally:
         spark.stop()
-    print("BENCH_RESULT " + json.dumps(res), flush=True)
+    harness.emit(res)
     return 0
 
 
@@ -251,7 +230,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.child is not None:
         return child(args)
-    import json
 
     rows_list = [int(x) for x in args.rows.split(",") if x]
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_preprocess-")
@@ -267,19 +245,12 @@ def main(argv=None):
             print("[bench] %d rows, %.0f MiB of text (generated in %.1f s)" % (n, mib(size),
                                                                               gen_s), flush=True)
             # each row count in a fresh JVM, so the memory peaks are comparable
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n), "--work_dir",
-                   work, "--spark_master", args.spark_master, "--driver_memory_gb",
-                   str(args.driver_memory_gb)] + (["--skip_udf"] if args.skip_udf else [])
-            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
-            res = None
-            for line in p.stdout.splitlines():
-                if line.startswith("BENCH_RESULT "):
-                    res = json.loads(line[len("BENCH_RESULT "):])
-                else:
-                    print(line, flush=True)
-            if p.returncode != 0 or res is None:
-                raise SystemExit("the benchmark child failed for %d rows" % n)
+            argv = ["--child", n, "--work_dir", work, "--spark_master", args.spark_master,
+                    "--driver_memory_gb", args.driver_memory_gb] + (["--skip_udf"] if args.skip_udf else [])
+            try:
+                res = harness.run_child(__file__, argv, timeout=None, echo=True)
+            except RuntimeError as e:
+                raise SystemExit("the benchmark child failed for %d rows: %s" % (n, e))
             res["rows"] = n
             if "udf" in res and n <= 1000000:
                 same = check_same(os.path.join(work, "out_native"), os.path.join(work, "out_udf"))
