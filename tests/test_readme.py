@@ -2,14 +2,13 @@
 same default, and every argparse flag is in the table."""
 import os
 import re
-import sys
 
 import pytest
 
 from conftest import REPO
 
-import dlrm_train_eval  # noqa: E402
-from dlrm.preprocess.cli import build_parser as preprocess_parser  # noqa: E402
+import dlrm_train_eval
+from dlrm.preprocess.cli import build_parser as preprocess_parser
 
 # The original's defaults (its README table, corrected by its code), which ours must keep.
 ORIGINAL_TRAIN_DEFAULTS = {
