@@ -24,7 +24,7 @@ from dlrm.checkpoint import checkpoint_name, locate_checkpoint, restore, save_ch
 from dlrm.config import OPTIMIZERS, int_list, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
-from dlrm.evaluation import evaluate
+from dlrm.evaluation import EvalSet, evaluate
 from dlrm.graphs import EvalGraph, make_train_graph
 from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
@@ -78,6 +78,8 @@ def get_parser():
     a("--save_interval", type=int, default=0, help="also checkpoint every N steps (0: off)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --model_save_dir")
     a("--optimizer", type=str, default="sgd", choices=OPTIMIZERS, help="sgd (the original's), adagrad or adam")
+    a("--reader_threads", type=int, default=0,
+      help="parquet decode threads per rank (0: 1 on CPU, else the rank's share of the cores, at most 8)")
     a("--dense_embedding_update", action="store_true",
       help="CPU: update the whole embedding table every step instead of the rows a batch touches")
     return p
@@ -92,14 +94,17 @@ def print_arguments(args, cfg):
         print(f"{k} {'.' * (30 - len(k))} {v}")
     print(f"device ........................ {cfg.device} x {cfg.world_size} ranks")
     if cfg.data.eval_batches < cfg.data.requested_eval_batches:
-        print(f"note: the {cfg.data.eval_split} split holds {cfg.data.eval_batches} full eval batches per rank; "
-              f"evaluating on {cfg.data.eval_batches} instead of {cfg.data.requested_eval_batches}")
+        print(f"note: the {cfg.data.eval_split} split fills {cfg.data.eval_batches} eval batches per rank (the last "
+              f"one padded); evaluating on {cfg.data.eval_batches} instead of {cfg.data.requested_eval_batches}")
     print("-" * 59, flush=True)
 
 
 def build(cfg):
     """The model (replicated on every rank; OneEmbedding shards itself), the optimizers with their LR
     schedules, and the two graphs."""
+    if cfg.device == "cuda":
+        # OneEmbedding shuffles ids and rows between GPUs: NCCL all-to-all, as the original
+        flow.boxing.nccl.enable_all_to_all(True)
     flow.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # LocalEmbedding's init: identical on every rank
     module = DLRM(cfg.model, cfg.store, cfg.device, seed=cfg.seed)
@@ -124,11 +129,12 @@ def read_losses(losses, cfg):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
+    local_world = world // flow.env.get_node_size()  # ranks on this machine
     cpu = cpu_placement()
 
     # 1. Check everything cheap to check, and resolve the flags, before building anything.
     try:
-        cfg = resolve(args, world, flow.cuda.is_available())
+        cfg = resolve(args, world, flow.cuda.is_available(), local_world)
     except ValueError as e:  # ArgError, DataError and the store options' checks
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -152,7 +158,8 @@ def main(argv=None):
             return 2
         metrics.log(f"Loaded {found['path']}" + (f", resuming after step {start_step}" if start_step else ""))
     reader = BatchReader(data.train_groups, data.train_batch_per_rank, rank, world, train=True, seed=cfg.seed,
-                         start_batch=start_step)
+                         start_batch=start_step, workers=data.reader_threads)
+    eval_set = EvalSet(data, rank, world, local_world)
 
     def save(name, state):
         path = save_checkpoint(module, ckpt.model_save_dir, name, state, train_graph)
@@ -167,7 +174,7 @@ def main(argv=None):
     run_start, auc, step, saved_step = time.time(), None, start_step, None
     try:
         for step in range(start_step + 1, sched.train_batches + 1):
-            label, dense, sparse = next(reader)
+            label, dense, sparse, _ = next(reader)
             losses.append((step, train_graph(to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))))
 
             if step % cfg.log.loss_print_interval == 0 or step == sched.train_batches:
@@ -189,7 +196,7 @@ def main(argv=None):
             eval_due = (cfg.log.eval_interval > 0 and step % cfg.log.eval_interval == 0) or step == sched.train_batches
             if eval_due:
                 t0 = time.time()
-                auc, n = evaluate(eval_graph, module, data, cpu)
+                auc, n = evaluate(eval_graph, module, eval_set, cpu)
                 eval_time, gpu_mib, host_mib = time.time() - t0, gpu_memory_mib(cfg.device), host_memory_mib()
                 metrics.log(
                     f"Step {step}, AUC {auc:.5f}, Eval_time {eval_time:.2f} s, Eval_samples {n}, "

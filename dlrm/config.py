@@ -15,7 +15,8 @@ from typing import Optional, Tuple
 import psutil
 
 from dlrm import schema
-from dlrm.data import DataError, check_schema, list_row_groups, shardable_row_groups, split_files
+from dlrm.data import DataError, check_schema, eval_batches_per_rank, list_row_groups, shardable_row_groups, \
+    split_files
 
 STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 LOSS_SCALE_POLICIES = ("static", "dynamic")
@@ -73,8 +74,9 @@ class DataConfig:
     eval_batch_size: int           # global
     train_batch_per_rank: int
     eval_batch_per_rank: int
-    eval_batches: int              # what the split holds, at most --eval_batches
+    eval_batches: int              # the whole split (last batch padded), at most --eval_batches
     requested_eval_batches: int
+    reader_threads: int            # decode threads per rank
     train_groups: tuple = dataclasses.field(repr=False, compare=False)  # (file, row group, rows)
     eval_groups: tuple = dataclasses.field(repr=False, compare=False)
 
@@ -154,6 +156,8 @@ def check_args(args, world_size, device):
         value = getattr(args, flag)
         if value <= 0 or value % world_size:
             raise ArgError(f"--{flag} {value} is not a positive multiple of the number of ranks ({world_size})")
+    if args.reader_threads < 0:
+        raise ArgError(f"--reader_threads must be >= 0 (0: automatic), not {args.reader_threads}")
     for flag in ("train_batches", "decay_batches", "loss_print_interval"):
         if getattr(args, flag) <= 0:
             raise ArgError(f"--{flag} must be > 0, not {getattr(args, flag)}")
@@ -198,6 +202,16 @@ def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size, 
     return tuple(sizes)
 
 
+def reader_threads(requested, device, local_world_size):
+    """--reader_threads, or by default: 1 on CPU (training there is far slower than one decode
+    thread), else this rank's share of the host's cores, at most 8."""
+    if requested > 0:
+        return requested
+    if device == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) // max(local_world_size, 1)))
+
+
 def store_capacity(rows, world_size):
     """Rows to reserve across GPUs for `rows` distinct ids: OneEmbedding shards ids by hash, so a
     GPU may receive more than rows / world_size, and a full (device_mem) cache must hold its share
@@ -212,7 +226,7 @@ def full_batches_per_rank(groups, batch_size, world_size):
     return sum(n for _, _, n in groups) // world_size // (batch_size // world_size)
 
 
-def resolve(args, world_size, cuda_available):
+def resolve(args, world_size, cuda_available, local_world_size=1):
     """Parsed flags -> RunConfig, or ArgError / DataError (one line) before any model is built."""
     device = pick_device(args.device, cuda_available)
     check_args(args, world_size, device)
@@ -254,8 +268,9 @@ def resolve(args, world_size, cuda_available):
             train_batch_size=args.train_batch_size, eval_batch_size=args.eval_batch_size,
             train_batch_per_rank=args.train_batch_size // world_size,
             eval_batch_per_rank=args.eval_batch_size // world_size,
-            eval_batches=min(args.eval_batches, full_batches_per_rank(eval_groups, args.eval_batch_size, world_size)),
+            eval_batches=min(args.eval_batches, eval_batches_per_rank(eval_groups, args.eval_batch_size, world_size)),
             requested_eval_batches=args.eval_batches,
+            reader_threads=reader_threads(args.reader_threads, device, local_world_size),
             train_groups=tuple(train_groups), eval_groups=tuple(eval_groups)),
         schedule=ScheduleConfig(args.learning_rate, args.warmup_batches, args.decay_start, args.decay_batches,
                                 args.train_batches),

@@ -15,6 +15,8 @@ import glob
 import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -83,10 +85,10 @@ def train_segments(groups, rank, world_size, seed, epoch):
 
 
 def eval_segments(groups, rank, world_size):
-    """This rank's equal, contiguous slice of the split in file order (so every rank gets the same
-    number of eval batches and the union is the head of the split)."""
-    per_rank = sum(n for _, _, n in groups) // world_size
-    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    """This rank's contiguous slice of the split in file order: rows [r*n//w, (r+1)*n//w), so the
+    slices cover every row and differ in size by at most one."""
+    total = sum(n for _, _, n in groups)
+    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
     segments, first = [], 0
     for path, rg, n in groups:
         start, stop = max(lo - first, 0), min(hi - first, n)
@@ -96,22 +98,85 @@ def eval_segments(groups, rank, world_size):
     return segments
 
 
-class BatchReader:
-    """Full per-rank batches (label[B,1] f32, dense[B,13] f32, sparse[B,26] ids) from a shard
-    of a split's row groups (list_row_groups).
+def eval_batches_per_rank(groups, batch_size, world_size):
+    """Batches every rank runs to evaluate the whole split: the largest slice, the last batch padded."""
+    largest_slice = -(-sum(n for _, _, n in groups) // world_size)  # ceil
+    return -(-largest_slice // (batch_size // world_size))
 
-    train=True: endless, row groups reshuffled per epoch; start_batch skips already-consumed
-    batches without reading them. train=False: one pass over this rank's contiguous slice of the
-    split, at most max_batches.
-    A background thread decodes ahead (pyarrow releases the GIL) so the step never waits on I/O.
+
+class Batch(NamedTuple):
+    label: np.ndarray   # [B, 1] float32
+    dense: np.ndarray   # [B, 13] float32
+    sparse: np.ndarray  # [B, 26] int32/int64 ids
+    rows: int           # real rows; the rest (eval's last batches) is zero padding
+
+
+def decode_segment(segment):
+    """Read and convert one row-group slice (file, row_group, start, stop) into a Batch.
+
+    Runs on the reader's worker threads: pyarrow decodes and numpy copies without the GIL."""
+    path, rg, start, stop = segment
+    table = pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS, use_threads=False).slice(start, stop - start)
+    n = table.num_rows
+    dense = np.empty((n, len(DENSE_COLUMNS)), dtype=np.float32)
+    for j, c in enumerate(DENSE_COLUMNS):
+        dense[:, j] = table.column(c).to_numpy()
+    ids = [table.column(c).to_numpy() for c in SPARSE_COLUMNS]
+    sparse = np.empty((n, len(ids)), dtype=ids[0].dtype)
+    for j, col in enumerate(ids):
+        sparse[:, j] = col
+    label = table.column(LABEL).to_numpy().astype(np.float32, copy=False).reshape(-1, 1)
+    return Batch(label, dense, sparse, n)
+
+
+def concat(parts):
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("label", "dense", "sparse")),
+                 sum(p.rows for p in parts))
+
+
+def take(parts, n):
+    """The first n rows of a list of Batches (a view when they lie in one), removed from the list."""
+    out, need = [], n
+    while need:
+        head = parts[0]
+        if head.rows <= need:
+            out.append(parts.pop(0))
+            need -= head.rows
+        else:
+            out.append(Batch(head.label[:need], head.dense[:need], head.sparse[:need], need))
+            parts[0] = Batch(head.label[need:], head.dense[need:], head.sparse[need:], head.rows - need)
+            need = 0
+    return concat(out)
+
+
+def padded(batch, size):
+    """batch with zero rows appended up to size rows (rows keeps the real count)."""
+    pad = size - len(batch.label)
+    return Batch(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+                   for a in (batch.label, batch.dense, batch.sparse)), batch.rows)
+
+
+class BatchReader:
+    """Per-rank Batches from a shard of a split's row groups (list_row_groups).
+
+    train=True: endless full batches, row groups reshuffled per epoch; start_batch skips
+    already-consumed batches without reading them. train=False: one pass over this rank's slice
+    of the split, the last batch zero-padded (Batch.rows says how many rows are real); with
+    max_batches, exactly that many batches (padding batches after the data, so every rank runs
+    the same number of steps), or the first max_batches if the slice holds more.
+    `workers` threads decode row groups ahead in parallel (pyarrow and numpy release the GIL); a
+    background thread cuts them into batches in order, so the batches do not depend on `workers`.
     """
 
     def __init__(self, groups, batch_size, rank, world_size, train, seed=1234,
-                 start_batch=0, max_batches=None, prefetch=4):
+                 start_batch=0, max_batches=None, prefetch=4, workers=1):
         self.groups = list(groups)  # [(file, row_group, rows)]: list_row_groups / shardable_row_groups
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.train, self.seed = train, seed
         self.start_batch, self.max_batches = start_batch, max_batches
+        self.workers = max(1, workers)
         self._queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, daemon=True)
@@ -137,51 +202,57 @@ class BatchReader:
                 return epoch, 0, 0
             epoch += 1
 
-    def _chunks(self):
-        """Tables of consecutive segments, starting where batch start_batch starts."""
+    def _segments_from_start(self):
+        """(file, row_group, start, stop) in reading order, from where batch start_batch starts."""
         epoch, first, offset = self.position(self.start_batch)
         while True:
             segments = self.segments(epoch)
             if not segments:
                 return
             for path, rg, start, stop in segments[first:]:
-                table = pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS)
-                yield table.slice(start + offset, stop - start - offset)
+                yield path, rg, start + offset, stop
                 offset = 0
             epoch, first = epoch + 1, 0
 
+    def _decoded(self):
+        """decode_segment of each segment in order, `workers` of them in flight."""
+        if self.workers == 1:
+            yield from map(decode_segment, self._segments_from_start())
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="dlrm-reader") as pool:
+            pending = queue.deque()
+            for segment in self._segments_from_start():
+                pending.append(pool.submit(decode_segment, segment))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+                    if self._stop.is_set():
+                        return
+            while pending:
+                yield pending.popleft().result()
+
     def _batches(self):
-        B = self.batch_size
-        pending, have, emitted = [], 0, 0
-        for table in self._chunks():
-            pending.append(table)
-            have += table.num_rows
+        B, emitted = self.batch_size, 0
+        parts, have = [], 0
+        for chunk in self._decoded():
+            parts.append(chunk)
+            have += chunk.rows
             while have >= B:
                 if self.max_batches is not None and emitted >= self.max_batches:
                     return
-                yield self._take(pending, B)
-                have -= B
-                emitted += 1
-        # A tail shorter than a batch is never emitted (as the original reader).
+                yield take(parts, B)
+                have, emitted = have - B, emitted + 1
+        if self.train:
+            return  # (only an empty shard ends a training stream)
+        # Evaluation covers every row: the tail, zero-padded, then empty batches up to max_batches.
+        tail = concat(parts) if parts else None
+        while (emitted < self.max_batches) if self.max_batches is not None else tail is not None:
+            yield padded(tail or self._empty(), B)
+            tail, emitted = None, emitted + 1
 
-    @staticmethod
-    def _take(pending, n):
-        """Pop the first n rows from the list of tables and convert them to arrays."""
-        parts, need = [], n
-        while need:
-            t = pending[0]
-            if t.num_rows <= need:
-                parts.append(pending.pop(0))
-                need -= t.num_rows
-            else:
-                parts.append(t.slice(0, need))
-                pending[0] = t.slice(need)
-                need = 0
-        cols = {c: np.concatenate([p.column(c).to_numpy() for p in parts]) for c in COLUMNS}
-        label = cols[LABEL].astype(np.float32, copy=False).reshape(-1, 1)
-        dense = np.stack([cols[c] for c in DENSE_COLUMNS], axis=1).astype(np.float32, copy=False)
-        sparse = np.stack([cols[c] for c in SPARSE_COLUMNS], axis=1)
-        return label, dense, sparse
+    def _empty(self):
+        ids = pq.ParquetFile(self.groups[0][0]).schema_arrow.field(SPARSE_COLUMNS[0]).type.to_pandas_dtype()
+        return Batch(np.zeros((0, 1), np.float32), np.zeros((0, len(DENSE_COLUMNS)), np.float32),
+                     np.zeros((0, len(SPARSE_COLUMNS)), ids), 0)
 
     def _produce(self):
         try:

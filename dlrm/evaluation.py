@@ -1,5 +1,11 @@
-"""Evaluation: every rank scores its slice of the eval split, rank 0 computes one AUC over all."""
+"""Evaluation: every rank scores its slice of the eval split, rank 0 computes one AUC over all.
+
+The eval batches are read once and kept in memory for the later evaluations (as the original
+does) when this rank's share fits in EVAL_CACHE_FRACTION of the host's memory; else re-read.
+"""
+import numpy as np
 import oneflow as flow
+import psutil
 
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_float, gather_to_all, to_global
@@ -10,21 +16,54 @@ def roc_auc(labels, preds):
     return float(flow.roc_auc_score(labels.reshape(-1), preds.reshape(-1)).numpy()[0])
 
 
-def evaluate(eval_graph, module, data, placement):
-    """(AUC, samples) over data.eval_batches batches of the eval split, on every rank."""
-    rank, world = flow.env.get_rank(), flow.env.get_world_size()
+EVAL_CACHE_FRACTION = 0.25
+
+
+class EvalSet:
+    """This rank's eval batches (dlrm.data.Batch), read on first use and cached when they fit."""
+
+    def __init__(self, data, rank, world_size, local_world_size=1):
+        self.data, self.rank, self.world_size = data, rank, world_size
+        rows = sum(n for *_, n in data.eval_groups) / world_size
+        row_bytes = 4 * (1 + 13) + 8 * 26
+        self.cache_enabled = rows * row_bytes * local_world_size < EVAL_CACHE_FRACTION * psutil.virtual_memory().total
+        self.cached = None
+
+    def __iter__(self):
+        if self.cached is not None:
+            return iter(self.cached)
+        reader = BatchReader(self.data.eval_groups, self.data.eval_batch_per_rank, self.rank, self.world_size,
+                             train=False, max_batches=self.data.eval_batches, workers=self.data.reader_threads)
+        return self._read(reader)
+
+    def _read(self, reader):
+        batches = []
+        try:
+            for batch in reader:
+                if self.cache_enabled:
+                    batches.append(batch)
+                yield batch
+        finally:
+            reader.close()
+        if self.cache_enabled:
+            self.cached = batches
+
+
+def evaluate(eval_graph, module, eval_set, placement):
+    """(AUC, samples) over the eval batches of every rank (padding rows left out), on every rank."""
+    rank = flow.env.get_rank()
     module.eval()
-    reader = BatchReader(data.eval_groups, data.eval_batch_per_rank, rank, world, train=False,
-                         max_batches=data.eval_batches)
-    labels, preds = [], []
-    try:
-        for label, dense, sparse in reader:
-            pred = eval_graph(to_global(dense, placement), to_global(sparse, placement))
-            preds.append(gather_to_all(pred))
-            labels.append(gather_to_all(to_global(label, placement)))
-    finally:
-        reader.close()
+    labels, preds, real = [], [], []
+    for batch in eval_set:
+        pred = eval_graph(to_global(batch.dense, placement), to_global(batch.sparse, placement))
+        preds.append(gather_to_all(pred))
+        labels.append(gather_to_all(to_global(batch.label, placement)))
+        mask = np.arange(len(batch.label)) < batch.rows
+        real.append(gather_to_all(to_global(mask, placement)))
     module.train()
-    auc = roc_auc(flow.cat(labels), flow.cat(preds)) if rank == 0 else 0.0
+    keep = flow.cat(real).numpy()
+    auc = 0.0
+    if rank == 0:
+        auc = roc_auc(flow.tensor(flow.cat(labels).numpy()[keep]), flow.tensor(flow.cat(preds).numpy()[keep]))
     flow.comm.barrier()
-    return broadcast_float(auc, placement), sum(len(x) for x in labels)
+    return broadcast_float(auc, placement), int(keep.sum())

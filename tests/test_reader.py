@@ -4,7 +4,7 @@ In write_tiny_dataset every row's I1 is its global row number, so a batch says w
 import numpy as np
 import pytest
 
-from dlrm.data import BatchReader, list_row_groups, split_files
+from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups, split_files
 
 
 def groups(root, split="train"):
@@ -19,11 +19,13 @@ def take(reader, n):
 
 
 def rows_of(batches):
-    return [int(x) for _, dense, _ in batches for x in dense[:, 0]]
+    """The global row numbers of the real (not padding) rows."""
+    return [int(x) for b in batches for x in b.dense[:b.rows, 0]]
 
 
 def test_batches_have_the_model_layout(tiny_dataset):
-    (label, dense, sparse), = take(BatchReader(groups(tiny_dataset), 8, 0, 1, train=True), 1)
+    (label, dense, sparse, rows), = take(BatchReader(groups(tiny_dataset), 8, 0, 1, train=True), 1)
+    assert rows == 8
     assert label.shape == (8, 1) and label.dtype == np.float32
     assert dense.shape == (8, 13) and dense.dtype == np.float32
     assert sparse.shape == (8, 26) and sparse.dtype == np.int64
@@ -43,11 +45,11 @@ def test_epochs_reshuffle_and_repeat_every_row(tiny_dataset):
     assert sorted(first) == sorted(second) == list(range(240)) and first != second
 
 
-@pytest.mark.parametrize("consumed", [0, 1, 7, 13, 30])
-def test_resume_position_gives_the_same_batches(tiny_dataset, consumed):
+@pytest.mark.parametrize("consumed,workers", [(0, 1), (1, 3), (7, 1), (13, 2), (30, 4)])
+def test_resume_position_gives_the_same_batches(tiny_dataset, consumed, workers):
     g = groups(tiny_dataset)
     straight = rows_of(take(BatchReader(g, 9, 1, 2, train=True, seed=3), consumed + 4))
-    resumed = rows_of(take(BatchReader(g, 9, 1, 2, train=True, seed=3, start_batch=consumed), 4))
+    resumed = rows_of(take(BatchReader(g, 9, 1, 2, train=True, seed=3, start_batch=consumed, workers=workers), 4))
     assert resumed == straight[consumed * 9:]
     reader = BatchReader(g, 9, 1, 2, train=True, seed=3)
     epoch, segment, row = reader.position(consumed)
@@ -55,9 +57,27 @@ def test_resume_position_gives_the_same_batches(tiny_dataset, consumed):
     assert (epoch, segment, row) == divmod(consumed * 9, 120)[:1] + divmod(consumed * 9 % 120, 20)
 
 
-def test_eval_slices_are_equal_contiguous_and_bounded(tiny_dataset):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_batches_do_not_depend_on_the_number_of_decode_threads(tiny_dataset, workers):
+    g = groups(tiny_dataset)
+    one = take(BatchReader(g, 7, 0, 1, train=True, seed=2), 70)
+    many = take(BatchReader(g, 7, 0, 1, train=True, seed=2, workers=workers), 70)
+    for a, b in zip(one, many):
+        for x, y in zip(a[:3], b[:3]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_eval_covers_every_row_with_a_padded_tail(tiny_dataset):
     g = groups(tiny_dataset, "test")  # 100 rows, numbered 240..339
-    slices = [rows_of(list(BatchReader(g, 10, r, 3, train=False))) for r in range(3)]
-    assert [len(s) for s in slices] == [30, 30, 30]  # 33 rows each, full batches only
-    assert slices[0] == list(range(240, 270)) and slices[1][0] == 273 and slices[2][0] == 306
-    assert len(list(BatchReader(g, 10, 0, 1, train=False, max_batches=4))) == 4
+    assert eval_batches_per_rank(g, 30, 3) == 4  # slices of 33, 33, 34 rows in batches of 10
+    slices = [list(BatchReader(g, 10, r, 3, train=False, max_batches=4)) for r in range(3)]
+    assert [len(s) for s in slices] == [4, 4, 4]
+    assert [[b.rows for b in s] for s in slices] == [[10, 10, 10, 3], [10, 10, 10, 3], [10, 10, 10, 4]]
+    assert sorted(x for s in slices for x in rows_of(s)) == list(range(240, 340))
+    last = slices[0][-1]
+    assert last.dense.shape == (10, 13) and (last.dense[3:] == 0).all() and (last.sparse[3:] == 0).all()
+    # Ranks with less data run empty batches, so that every rank takes the same number of steps.
+    padded_out = list(BatchReader(g, 10, 0, 3, train=False, max_batches=6))
+    assert [b.rows for b in padded_out] == [10, 10, 10, 3, 0, 0] and padded_out[-1].sparse.dtype == np.int64
+    assert [b.rows for b in BatchReader(g, 10, 0, 1, train=False, max_batches=4)] == [10] * 4
+    assert [b.rows for b in BatchReader(g, 40, 0, 1, train=False)] == [40, 40, 20]
