@@ -139,8 +139,9 @@ physical_memory_gb() { awk '/^MemTotal:/ {printf "%d\n", $2 / 1048576}' /proc/me
 # launch_dlrm DATA_DIR PERSISTENT_PATH NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT [ARGS...]:
 # one dlrm_train_eval.py process per GPU via oneflow.distributed.launch; AMP=1 and
 # MODEL_SAVE_DIR add --amp / --model_save_dir; ARGS go last (so they override). An empty
-# PERSISTENT_PATH leaves --persistent_path out; an empty MASTER_PORT picks a free one. It execs
-# (run_cmd): run it in a subshell or a pipeline to go on afterwards.
+# PERSISTENT_PATH leaves --persistent_path out; an empty MASTER_PORT picks a free one;
+# LAUNCH_PREFIX (words, e.g. "ip netns exec ns0") goes before the python. It execs (run_cmd): run
+# it in a subshell or a pipeline to go on afterwards.
 launch_dlrm() {
   local data_dir="$1" persistent="$2" nproc="$3" nnodes="$4" node_rank="$5" addr="$6" port="$7"
   shift 7
@@ -150,7 +151,8 @@ launch_dlrm() {
   [[ "${AMP:-0}" == "1" ]] && extra+=(--amp)
   [[ -n "${MODEL_SAVE_DIR:-}" ]] && extra+=(--model_save_dir "$MODEL_SAVE_DIR")
   [[ -n "$port" ]] || port="$(free_port "$py")"
-  run_cmd "$py" -m oneflow.distributed.launch --nproc_per_node "$nproc" --nnodes "$nnodes" \
+  # shellcheck disable=SC2086  # LAUNCH_PREFIX is words
+  run_cmd ${LAUNCH_PREFIX:-} "$py" -m oneflow.distributed.launch --nproc_per_node "$nproc" --nnodes "$nnodes" \
     --node_rank "$node_rank" --master_addr "$addr" --master_port "$port" \
     "$REPO/dlrm_train_eval.py" --data_dir "$data_dir" "${extra[@]}" "$@"
 }
