@@ -12,7 +12,9 @@ For each row count N (``--rows 1000000,4000000``):
    and print rows/s (wall and per CPU second of the JVM + Python workers) and the ratio
    (target: native >= 10x);
 3. run the whole tool end to end (``python tools/criteo1t_parquet.py``, kaggle layout: line
-   count, row check, shuffled train, test, val, table sizes).
+   count, row check, shuffled train, test, val, table sizes), with mod ids and, unless
+   ``--vocab_min_frequency 0``, again with vocabulary ids (``--min_frequency``: the vocabulary
+   pass and the id joins instead of the distinct-id count).
 
 While each phase runs a thread samples, with psutil, the RSS of the Spark driver JVM (the
 ``java`` process) and of its whole process tree (JVM + Python workers); the peaks are printed
@@ -168,11 +170,11 @@ def check_same(out_a, out_b):
     return a.num_rows == b.num_rows and a.sort_by(keys).equals(b.sort_by(keys))
 
 
-def full_tool(in_dir, out_dir, args):
+def full_tool(in_dir, out_dir, args, *extra):
     cmd = harness.tool_command("criteo1t_parquet.py", "--input_dir", in_dir, "--output_dir", out_dir,
                                "--spark_master", args.spark_master, "--spark_driver_memory_gb",
                                args.driver_memory_gb, "--train_files", 16, "--eval_files", 4,
-                               "--shuffle_partitions", 16, "--overwrite")
+                               "--shuffle_partitions", 16, "--overwrite", *extra)
     t = time.time()
     p = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     with RssSampler(p.pid) as mem:
@@ -223,6 +225,8 @@ def main(argv=None):
     ap.add_argument("--work_dir", default=None, help="scratch dir (default: a temp dir)")
     ap.add_argument("--skip_udf", action="store_true", help="native phase only")
     ap.add_argument("--skip_tool", action="store_true", help="no end-to-end tool run")
+    ap.add_argument("--vocab_min_frequency", type=int, default=3,
+                    help="also run the whole tool with --min_frequency this (0: mod ids only)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--warmup_rows", type=int, default=200000,
                     help="rows of the untimed warm-up run of each phase (JIT compilation)")
@@ -258,8 +262,15 @@ def main(argv=None):
             if not args.skip_tool:
                 secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args)
                 res["tool"] = {"s": secs, "jvm": mib(mem.peak_jvm)}
-                print("[bench]   whole tool: %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
+                print("[bench]   whole tool (mod ids): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
                       % (secs, n / secs, mib(mem.peak_jvm)), flush=True)
+                if args.vocab_min_frequency > 0:
+                    secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args,
+                                             "--min_frequency", args.vocab_min_frequency)
+                    res["vocab"] = {"s": secs, "jvm": mib(mem.peak_jvm)}
+                    print("[bench]   whole tool (vocabulary ids, --min_frequency %d): %.1f s, %.0f "
+                          "rows/s, JVM peak RSS %.0f MiB" % (args.vocab_min_frequency, secs, n / secs,
+                                                              mib(mem.peak_jvm)), flush=True)
             results.append(res)
     finally:
         if not args.work_dir:
@@ -272,19 +283,21 @@ def main(argv=None):
     hdr = ["rows", "native rows/s", "UDF rows/s", "native/UDF (wall)",
            "native rows/CPU-s", "UDF rows/CPU-s", "native/UDF (CPU)",
            "JVM peak native MiB", "JVM peak UDF MiB", "whole tool s", "whole tool rows/s",
-           "JVM peak whole tool MiB"]
+           "JVM peak whole tool MiB", "whole tool vocab s", "whole tool vocab rows/s",
+           "JVM peak whole tool vocab MiB"]
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in results:
-        n, nat, udf, tool = r["rows"], r["native"], r.get("udf"), r.get("tool")
+        n, nat, udf = r["rows"], r["native"], r.get("udf")
         cells = [str(n), "%.0f" % (n / nat["s"])]
         cells += ["%.0f" % (n / udf["s"]), "%.1fx" % (udf["s"] / nat["s"])] if udf else ["-"] * 2
         cells += ["%.0f" % (n / nat["cpu_s"])]
         cells += (["%.0f" % (n / udf["cpu_s"]), "%.1fx" % (udf["cpu_s"] / nat["cpu_s"])] if udf
                   else ["-"] * 2)
         cells += ["%.0f" % nat["jvm"], "%.0f" % udf["jvm"] if udf else "-"]
-        cells += (["%.1f" % tool["s"], "%.0f" % (n / tool["s"]), "%.0f" % tool["jvm"]] if tool
-                  else ["-"] * 3)
+        for tool in (r.get("tool"), r.get("vocab")):
+            cells += (["%.1f" % tool["s"], "%.0f" % (n / tool["s"]), "%.0f" % tool["jvm"]] if tool
+                      else ["-"] * 3)
         print("| " + " | ".join(cells) + " |")
     return 0
 

@@ -34,9 +34,10 @@ Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run
 --steps for steadier training figures.
 
 --profile times the train graph alone on pre-made global tensors (no reader, no conversion, no
-loss readout) in variants: as dlrm_train_eval.py builds it (dlrm.model / dlrm.graphs), with
---disable_fusedmlp, with the embedding frozen (no dense embedding gradient / update), forward only
-(the eval graph); plus the to_global conversion of a batch and the loss readout.
+loss readout) in variants: as dlrm_train_eval.py builds it (dlrm.model / dlrm.graphs: SGD, on CPU
+the sparse embedding update), with the whole table updated (dense_update: --dense_embedding_update),
+with --disable_fusedmlp (unfused), with the embedding frozen (no embedding gradient / update),
+forward only (the eval graph); plus the to_global conversion of a batch and the loss readout.
 """
 import argparse
 import glob
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import harness
 from harness import REPO, CpuSample, CpuWindow, emit, load_note, run_child
@@ -122,15 +124,16 @@ def child_reader(a):
         reader = make_batch_reader(["file://" + os.path.abspath(f) for f in files], workers_count=1,
                                    shuffle_row_groups=True, num_epochs=None)
         batches, close = petastorm_batches(reader, B), lambda: (reader.stop(), reader.join())
-    label = dense = sparse = None
+    batch = None
     try:
         for _ in range(a.warmup):
             next(batches)
         with CpuWindow() as w:
             for _ in range(a.batches):
-                label, dense, sparse = next(batches)
+                batch = next(batches)
     finally:
         close()
+    label, dense, sparse = batch.label, batch.dense, batch.sparse
     assert label.shape == (B, 1) and dense.shape == (B, NUM_DENSE) and sparse.shape == (B, NUM_SPARSE), \
         (label.shape, dense.shape, sparse.shape)
     assert label.dtype == np.float32 and dense.dtype == np.float32 and sparse.dtype.kind == "i"
@@ -143,19 +146,23 @@ def child_reader(a):
 
 
 def petastorm_batches(reader, B):
-    """The original OneFlow DLRM's batching of petastorm row groups (a batch may span row groups), cut
-    and converted to (label, dense, sparse) arrays as dlrm.data.BatchReader does it."""
-    import pyarrow as pa
+    """Petastorm row groups as the original OneFlow DLRM batched them (np.stack of the columns; a batch
+    may span row groups), cut into dlrm.data.Batch like BatchReader's."""
+    import numpy as np
 
-    from dlrm.data import BatchReader
+    from dlrm.data import Batch, take
+    from dlrm.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS
 
-    pending, have = [], 0
+    parts, have = [], 0
     for rg in reader:
-        table = pa.table(rg._asdict())  # zero-copy over petastorm's numpy columns
-        pending.append(table)
-        have += table.num_rows
+        d = rg._asdict()
+        n = len(d[LABEL])
+        parts.append(Batch(d[LABEL].astype(np.float32, copy=False).reshape(-1, 1),
+                           np.stack([d[c] for c in DENSE_COLUMNS], axis=1).astype(np.float32, copy=False),
+                           np.stack([d[c] for c in SPARSE_COLUMNS], axis=1), n))
+        have += n
         while have >= B:
-            yield BatchReader._take(pending, B)
+            yield take(parts, B)
             have -= B
 
 
@@ -340,10 +347,10 @@ def child_profile(a):
     import numpy as np
     import oneflow as flow
 
-    from dlrm.config import ModelConfig, ScheduleConfig
+    from dlrm.config import ModelConfig, OptimizerConfig, ScheduleConfig
     from dlrm.data import BatchReader
     from dlrm.distributed import cpu_placement, gather_to_all, to_global
-    from dlrm.graphs import EvalGraph, TrainGraph
+    from dlrm.graphs import EvalGraph, TrainGraph, make_train_graph
     from dlrm.model import DLRM
     from dlrm.schedule import make_lr_scheduler
     from dlrm.schema import load_table_sizes
@@ -364,18 +371,22 @@ def child_profile(a):
     np.random.seed(1)
     module = DLRM(model_cfg, None, "cpu")  # the store settings are CUDA-only
     module.to_global(cpu, flow.sbp.broadcast)
-    if "frozen_embedding" in variant:
-        module.embedding.weight.requires_grad = False
-    optimizer = flow.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=schedule.learning_rate)
     reader = BatchReader(train_groups(a.data_dir), B, 0, 1, train=True)
-    label, dense, sparse = next(reader)
+    label, dense, sparse, _ = next(reader)
     reader.close()
     rec = {"variant": a.variant}
     if "forward" in variant:
         graph = EvalGraph(module, "cpu", False)
         inputs = [to_global(x, cpu) for x in (dense, sparse)]
-    else:
-        graph = TrainGraph(module, optimizer, make_lr_scheduler(optimizer, schedule), "cpu", False, None)
+    elif "frozen_embedding" in variant:
+        module.embedding.weight.requires_grad = False
+        optimizer = flow.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=schedule.learning_rate)
+        graph = TrainGraph(module, [(optimizer, make_lr_scheduler(optimizer, schedule), False)], "cpu", False, None)
+    else:  # what dlrm_train_eval.py builds from its RunConfig (the fields make_train_graph reads)
+        run = SimpleNamespace(device="cpu", amp=False, loss_scale_policy="static", schedule=schedule,
+                              optimizer=OptimizerConfig("sgd", sparse_embedding="dense_update" not in variant))
+        graph = make_train_graph(module, run)
+    if "forward" not in variant:
         inputs = [to_global(x, cpu) for x in (label, dense, sparse)]
     t = time.perf_counter()
     out = graph(*inputs)
@@ -550,8 +561,8 @@ def main(argv=None):
     if args.profile:
         print(f"\n== profile: the train graph alone on pre-made global tensors, 1 rank, batch {B} "
               f"(best of {args.profile_steps} steps)")
-        for variant in ["default", "frozen_embedding", "forward", "unfused", "unfused+frozen_embedding",
-                        "unfused+forward"]:
+        for variant in ["default", "dense_update", "frozen_embedding", "forward", "unfused",
+                        "unfused+frozen_embedding", "unfused+forward"]:
             try:
                 p = run_child(__file__, ["--_child", "profile", "--variant", variant, "--steps", str(args.profile_steps),
                                *common], env=env)
