@@ -116,7 +116,12 @@ def decode_segment(segment):
 
     Runs on the reader's worker threads: pyarrow decodes and numpy copies without the GIL."""
     path, rg, start, stop = segment
-    table = pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS, use_threads=False).slice(start, stop - start)
+    return table_to_batch(pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS, use_threads=False)
+                          .slice(start, stop - start))
+
+
+def table_to_batch(table):
+    """A pyarrow table (or record batch) with the schema's columns -> a Batch of all its rows."""
     n = table.num_rows
     dense = np.empty((n, len(DENSE_COLUMNS)), dtype=np.float32)
     for j, c in enumerate(DENSE_COLUMNS):

@@ -17,21 +17,28 @@ def make_grad_scaler(policy):
     return flow.amp.GradScaler(init_scale=2 ** 30, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
 
 
-def make_optimizers(module, cfg):
-    """[(optimizer, is_sparse)]: one optimizer for everything, or on CPU with a sparse update, a
-    second one of the same kind for the embedding table alone, updated as IndexedSlices (only the
-    rows a batch touches are read, updated and communicated)."""
-    make = OPTIMIZER_CLASSES[cfg.optimizer.name]
-    lr = cfg.schedule.learning_rate
-    if not cfg.optimizer.sparse_embedding:
-        return [(make(module.parameters(), lr=lr), False)]
-    return [(make(module.dense_parameters(), lr=lr), False), (make(module.embedding_parameters(), lr=lr), True)]
+def make_optimizers(module, optimizer, learning_rate):
+    """[(optimizer, is_sparse)] for an OptimizerConfig: one optimizer for everything, or on CPU with a
+    sparse update, a second one of the same kind for the embedding table alone, updated as
+    IndexedSlices (only the rows a batch touches are read, updated and communicated)."""
+    make = OPTIMIZER_CLASSES[optimizer.name]
+    if not optimizer.sparse_embedding:
+        return [(make(module.parameters(), lr=learning_rate), False)]
+    return [(make(module.dense_parameters(), lr=learning_rate), False),
+            (make(module.embedding_parameters(), lr=learning_rate), True)]
 
 
 def make_train_graph(module, cfg):
-    """The training step for a RunConfig: optimizers, their LR schedules, AMP settings."""
-    optimizers = [(opt, make_lr_scheduler(opt, cfg.schedule), sparse) for opt, sparse in make_optimizers(module, cfg)]
-    return TrainGraph(module, optimizers, cfg.device, cfg.amp, make_grad_scaler(cfg.loss_scale_policy))
+    """The training step for a RunConfig (see build_train_graph)."""
+    return build_train_graph(module, cfg.optimizer, cfg.schedule, cfg.device, cfg.amp, cfg.loss_scale_policy)
+
+
+def build_train_graph(module, optimizer, schedule, device, amp=False, loss_scale_policy="static"):
+    """The training step: the optimizers of an OptimizerConfig with the LR schedule of a
+    ScheduleConfig, on `device`, with AMP and its loss scaling when asked."""
+    optimizers = [(opt, make_lr_scheduler(opt, schedule), sparse)
+                  for opt, sparse in make_optimizers(module, optimizer, schedule.learning_rate)]
+    return TrainGraph(module, optimizers, device, amp, make_grad_scaler(loss_scale_policy))
 
 
 class TrainGraph(flow.nn.Graph):
