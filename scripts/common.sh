@@ -98,13 +98,14 @@ probe_gpus() {
   return 0
 }
 
-# require_gpus N: fail unless at least N GPUs are usable; note when more are (only N are used).
+# require_gpus N [quiet]: fail unless at least N GPUs are usable; note when more are (only N are
+# used), unless quiet.
 require_gpus() {
   probe_gpus
   if (( GPU_COUNT < $1 )); then
     die "asked for $1 GPU(s) but found $GPU_COUNT ($GPU_PROBE_NOTE)" 2
   fi
-  if (( GPU_COUNT > $1 )); then
+  if (( GPU_COUNT > $1 )) && [[ "${2:-}" != quiet ]]; then
     note "note: $GPU_COUNT GPUs visible, using the first $1 (set CUDA_VISIBLE_DEVICES to choose)"
   fi
   return 0
