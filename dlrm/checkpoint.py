@@ -17,7 +17,6 @@ The folder is written as .tmp-<name> and renamed when complete, so a killed run 
 checkpoint that looks whole; --resume takes the newest complete one.
 """
 import glob
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ import shutil
 import oneflow as flow
 
 from dlrm.distributed import sum_over_ranks
+from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
 
 STATE_FILE = "train_state.json"
@@ -59,8 +59,7 @@ def save_checkpoint(module, save_dir, name, train_state, graph=None):
     if variables:
         flow.save(variables, os.path.join(tmp, GRAPH_STATE_DIR), global_dst_rank=0)
     if rank == 0:
-        with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            json.dump(train_state, f, indent=1)
+        write_json(os.path.join(tmp, STATE_FILE), train_state, indent=1)
         if os.path.exists(final):  # e.g. a rerun reaching the same step: replace it whole
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -69,11 +68,7 @@ def save_checkpoint(module, save_dir, name, train_state, graph=None):
 
 
 def read_train_state(path):
-    state_file = os.path.join(path, STATE_FILE)
-    if not os.path.exists(state_file):
-        return None
-    with open(state_file) as f:
-        return json.load(f)
+    return read_json(os.path.join(path, STATE_FILE))
 
 
 def latest_checkpoint(save_dir):

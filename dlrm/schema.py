@@ -5,9 +5,10 @@ tool writes parquet with the same column names (label and I* float32, C* int32/i
 ``dataset_info.json`` beside the splits; training reads the table sizes back from it (or from the
 ``table_size_array = [...]`` line of the README.md the original OneFlow tool writes).
 """
-import json
 import os
 import re
+
+from dlrm.jsonfile import read_json, write_json
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -36,20 +37,12 @@ def column_dtypes(key_type):
 
 
 def write_dataset_info(out_dir, info):
-    path = os.path.join(out_dir, DATASET_INFO_FILE)
-    with open(path, "w") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
-    return path
+    return write_json(os.path.join(out_dir, DATASET_INFO_FILE), info)
 
 
 def read_dataset_info(data_dir):
     """The dataset's dataset_info.json as a dict, or None when it has none."""
-    path = os.path.join(data_dir, DATASET_INFO_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json(os.path.join(data_dir, DATASET_INFO_FILE))
 
 
 def original_readme_text(rows, table_sizes):

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from dlrm.jsonfile import read_json
 from dlrm.schema import DENSE_COLUMNS, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS
 
 GENERATOR_VERSION = 1
@@ -395,11 +396,7 @@ def generate(output_dir, days=3, rows_per_day=100_000, seed=0, cardinalities=Non
 
 def read_planted_model(data_dir):
     """The planted_model.json of a generated data directory as a dict, or None when it has none."""
-    try:
-        with open(os.path.join(data_dir, PLANTED_MODEL_FILE)) as f:
-            return json.load(f)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    return read_json(os.path.join(data_dir, PLANTED_MODEL_FILE))
 
 
 def build_parser():

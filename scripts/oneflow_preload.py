@@ -29,7 +29,7 @@ _LIBS = [
 def tune_openblas():
     """OneFlow 0.9.0 bundles an OpenBLAS that does not recognise recent x86 CPUs and falls back to
     its SSE3 'Prescott' GEMM kernel (~18 GFLOP/s here vs ~50 with the Haswell one; see
-    scripts/bench_train.py). Pick the AVX2/FMA kernel when the CPU has both, unless the user chose."""
+    benchmarks/bench_train.py). Pick the AVX2/FMA kernel when the CPU has both, unless the user chose."""
     if "OPENBLAS_CORETYPE" in os.environ:
         return
     try:

@@ -1,0 +1,19 @@
+"""JSON files the package writes beside its outputs (dataset_info.json, train_state.json,
+planted_model.json): read as a dict, None when absent; written whole."""
+import json
+import os
+
+
+def read_json(path):
+    """The file's object, or None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj, indent=2):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+    return path
