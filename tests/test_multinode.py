@@ -18,7 +18,7 @@ import numpy as np
 import oneflow as flow
 import pytest
 
-from conftest import REPO, read_metrics, write_tiny_dataset
+from conftest import REPO, read_metrics
 from dlrm.launch import train_command
 
 pytestmark = pytest.mark.slow  # real 2-node training subprocesses
@@ -138,19 +138,17 @@ def final_checkpoint(run_dir):
     return {k: v.numpy() for k, v in flow.load(str(ckpt / name[0])).items()}
 
 
-def test_two_nodes_killed_and_resumed_with_node_local_checkpoints(nodes, tmp_path):
-    # 10240 train rows in 40 row groups (20 per node); column C1's id is the label (r % 2), so the
-    # model has something to learn; the other 25 columns are noise (r % 37).
-    data = write_tiny_dataset(str(tmp_path / "data"), rows_per_file=(2560,) * 4, rows_per_group=256,
-                              eval_rows=1000, table_sizes=(2,) + (37,) * 25)
-    args = ["--data_dir", data, *TRAIN]
+def test_two_nodes_killed_and_resumed_with_node_local_checkpoints(nodes, synthetic_parquet, tmp_path):
+    # conftest's synthetic Criteo days through the real Spark tool: clicks from a planted model, so
+    # the losses are those of real learning (200 steps: 51200 of the 60000 train rows).
+    args = ["--data_dir", str(synthetic_parquet / "parquet"), *TRAIN]
 
     log = train_two_nodes(nodes, tmp_path / "straight", args)
     assert "cpu x 2 ranks" in log and "done: 200 steps" in log
     straight, straight_evals = losses(tmp_path / "straight")
     assert sorted(straight) == list(range(1, 201)) and all(np.isfinite(list(straight.values())))
-    assert np.mean([straight[s] for s in range(191, 201)]) < 0.5 * np.mean([straight[s] for s in range(1, 11)])
-    assert straight_evals[-1]["auc"] > 0.9, straight_evals
+    assert np.mean([straight[s] for s in range(181, 201)]) < np.mean([straight[s] for s in range(1, 21)]) - 0.05
+    assert straight_evals[-1]["auc"] > 0.6, straight_evals  # chance is 0.5
     assert not (tmp_path / "straight" / "node1" / "checkpoints").exists(), "only rank 0 (node 0) writes"
 
     killed = tmp_path / "killed"
