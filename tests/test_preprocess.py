@@ -44,6 +44,24 @@ def tool(args, timeout=600, env=None):
                     env=dict(os.environ, **env) if env else None)
 
 
+def tool_ok(args, out, env=None):
+    """Run the tool, which must succeed; (its process, the dataset_info.json it wrote in out)."""
+    r = tool(args, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(os.path.join(out, "dataset_info.json")) as f:
+        return r, json.load(f)
+
+
+def kaggle_input(d):
+    """d/train.txt -> the real Kaggle rows (the test is skipped when they are missing)."""
+    if not os.path.exists(KAGGLE_HEAD):
+        pytest.skip("real Criteo rows not found at %s (shared/criteo is not checked out next "
+                    "to the repo)" % os.path.normpath(KAGGLE_HEAD))
+    os.makedirs(str(d), exist_ok=True)
+    os.symlink(os.path.abspath(KAGGLE_HEAD), os.path.join(str(d), "train.txt"))
+    return str(d)
+
+
 def edge_cases(line, rng):
     """Rewrite a few fields of a valid line into other valid forms the tool must handle:
     1-3 digit and upper-case hex, big and negative integers."""
@@ -222,10 +240,7 @@ def run_mod(days_input, tmp_path_factory):
             "--seed", "5", "--export_dataset_info"] + SPARK
     stale = _killed_run(args, parent)
     after_kill = sorted(os.listdir(parent))
-    r = tool(args)
-    assert r.returncode == 0, r.stdout + r.stderr
-    with open(os.path.join(out, "dataset_info.json")) as f:
-        info = json.load(f)
+    r, info = tool_ok(args, out)
     return {"out": out, "args": args, "proc": r, "info": info, "stale": stale,
             "after_kill": after_kill, "after_rerun": sorted(os.listdir(parent))}
 
@@ -480,21 +495,14 @@ def test_hash_ids_under_spark_submit_with_overwrite(run_hash, days_input):
 
 @pytest.fixture(scope="module")
 def run_kaggle(tmp_path_factory):
-    if not os.path.exists(KAGGLE_HEAD):
-        pytest.skip("real Criteo rows not found at %s (shared/criteo is not checked out next "
-                    "to the repo)" % os.path.normpath(KAGGLE_HEAD))
-    d = tmp_path_factory.mktemp("kaggle")
-    os.symlink(os.path.abspath(KAGGLE_HEAD), str(d / "train.txt"))
-    out = str(d / "out")
+    d = kaggle_input(tmp_path_factory.mktemp("kaggle"))
+    out = os.path.join(d, "out")
     # small file splits: train.txt is read as ~10 partitions, so line positions must be
     # stitched across partitions
     env = {"PYSPARK_SUBMIT_ARGS": "--conf spark.sql.files.maxPartitionBytes=262144 "
                                   "pyspark-shell"}
-    r = tool(["--input_dir", str(d), "--output_dir", out, "--train_files", "4",
-              "--eval_files", "3", "--key_type", "int32"] + SPARK, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    with open(os.path.join(out, "dataset_info.json")) as f:
-        info = json.load(f)
+    r, info = tool_ok(["--input_dir", d, "--output_dir", out, "--train_files", "4",
+                       "--eval_files", "3", "--key_type", "int32"] + SPARK, out, env=env)
     return {"out": out, "proc": r, "info": info}
 
 

@@ -11,9 +11,9 @@ import sys
 import time
 
 from dlrm.preprocess.passes import reasons_text, run
-from dlrm.preprocess.plan import (CRITEO1T_RULE, KAGGLE_RULE, PreprocessError, check_args,
-                                  check_output_outside_input, log, plan_inputs, prepare_output,
-                                  publish_output)
+from dlrm.preprocess.plan import (CRITEO1T_RULE, DEFAULT_MOD_IDX, KAGGLE_RULE, PreprocessError,
+                                  check_args, check_output_outside_input, log, plan_inputs,
+                                  prepare_output, publish_output)
 
 
 def build_parser():
@@ -35,8 +35,16 @@ def build_parser():
                    help="Spark scratch directory (spark.local.dir); None keeps Spark's default")
     p.add_argument("--spark_driver_memory_gb", type=int, default=360,
                    help="spark.driver.memory in GB; in local mode capped at 80%% of physical RAM")
-    p.add_argument("--mod_idx", type=int, default=40000000,
+    p.add_argument("--mod_idx", type=int, default=DEFAULT_MOD_IDX,
                    help="categorical id modulus; <= 0 means hash ids (xxhash64)")
+    p.add_argument("--min_frequency", type=int, default=0,
+                   help="> 0: vocabulary ids instead of mod/hash ids: per column, the values seen "
+                   "at least this often in train get ids 1.. (most frequent first), all others "
+                   "(rare, missing, not in train) share id 0; ids offset by the earlier "
+                   "columns' table sizes (exact sizes in dataset_info.json). 0: off")
+    p.add_argument("--broadcast_vocab_rows", type=int, default=1000000,
+                   help="--min_frequency: a column whose vocabulary has at most this many values "
+                   "is joined by broadcast, a larger one by a shuffle join")
     p.add_argument("--num_test_examples", type=int, default=89137319,
                    help="criteo1t: number of first lines of the last day that go to test")
     p.add_argument("--export_dataset_info", action="store_true",
@@ -52,13 +60,17 @@ def build_parser():
                    help="number of parquet files for test and for val (fewer if fewer rows)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the train shuffle")
     p.add_argument("--key_type", choices=["int64", "int32"], default="int64",
-                   help="dtype of C1..C26; int32 only with --mod_idx > 0 and if the max id fits")
+                   help="dtype of C1..C26; int32 only with mod or vocabulary ids and if the max "
+                   "id fits")
     p.add_argument("--bad_rows", choices=["skip", "fail"], default="skip",
                    help="malformed rows: skip and count them, or stop before writing anything")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output_dir (once the new one is complete)")
     p.add_argument("--shuffle_partitions", type=int, default=None,
                    help="spark.sql.shuffle.partitions (None keeps Spark's default)")
+    p.add_argument("--progress_interval", type=float, default=30.0,
+                   help="seconds between the progress lines of a running pass (tasks done, "
+                   "rows/s, ETA)")
     return p
 
 

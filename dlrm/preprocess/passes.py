@@ -3,23 +3,32 @@
 1. count_split_file: lines of the split file (day K, or train.txt) -> the split bounds
 2. check_rows: one aggregation over every input line -> lines per split, malformed rows per
    reason, split and file, the first malformed row (stops here with --bad_rows fail)
-3. write_split (train, test, val): transform one split, write its parquet, check its row count
-4. count_distinct_ids: exact distinct ids per categorical column -> the table sizes
-5. build_dataset_info: the dataset_info.json content
+3. build_vocabulary (--min_frequency only): per column, the train values seen at least N times,
+   ranked -> output_dir/vocabulary/ and the exact table sizes
+4. write_split (train, test, val): transform one split, write its parquet, check its row count
+5. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
+   table sizes
+6. build_dataset_info: the dataset_info.json content
 """
 import os
 import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from dlrm.preprocess.plan import PreprocessError, log, split_bounds, split_rule
+from dlrm.preprocess.plan import (PreprocessError, check_int32_ids, log, split_bounds,
+                                  split_rule)
+from dlrm.preprocess.progress import Progress
 from dlrm.preprocess.spark import (DENSE_TRANSFORM, REASONS, Inputs, categorical_transform_text,
-                                   reason_expr, start_spark, transform_exprs, union, uri,
-                                   valid_expr)
-from dlrm.schema import (DATASET_INFO_VERSION, NUM_SPARSE, SPARSE_COLUMNS, SPLITS, column_dtypes,
-                         write_dataset_info, write_original_readme)
+                                   hex_value, reason_expr, start_spark, transform_exprs, union,
+                                   uri, valid_expr)
+from dlrm.schema import (DATASET_INFO_VERSION, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS, SPLITS,
+                         column_dtypes, write_dataset_info, write_original_readme)
 
 TOOL = "tools/criteo1t_parquet.py"  # recorded in dataset_info.json
+VOCAB_DIR = "vocabulary"  # output_dir/vocabulary/column=i/*.parquet with --min_frequency
+VOCAB_COLUMNS = ("column (0..25 for C1..C26, a directory level), value (the hex value as an "
+                 "integer), count (its rows in train), rank (id = rank + the column's offset; "
+                 "rank 0, shared by all other values, is not listed)")
 
 
 @dataclass
@@ -129,6 +138,93 @@ def _files_of(split, inputs, bounds):
     return [inputs.split_file]
 
 
+def _split_lines(inputs, split, split_file, check):
+    """The raw lines of a split in ``value`` (plus ``_line`` from the split file), malformed
+    lines dropped (only if check_rows found any)."""
+    from pyspark.sql import functions as F
+
+    sf = inputs.split_file
+    parts = []
+    for i in _files_of(split, inputs, split_file.bounds):
+        d = inputs.tagged(i, split_file.bounds, positions=i == sf)
+        if i == sf:
+            d = d.filter(F.col("_split") == split)  # cheap test first
+        if check.total_bad:  # the check pass found malformed rows: drop them
+            d = d.filter(valid_expr(F.col("value")))
+        parts.append(d)
+    return union(parts)
+
+
+@dataclass
+class Vocabulary:
+    """The frequent train values of each column, as written by build_vocabulary."""
+    path: str  # the vocabulary parquet directory
+    sizes: list  # table sizes: 1 + frequent values, per column
+    broadcast_rows: int  # --broadcast_vocab_rows
+
+    @property
+    def offsets(self):
+        return [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+
+    def apply(self, spark, df, key_type):
+        """df with its C1..C26 (hex values, from transform_exprs(vocab=True)) replaced by the
+        vocabulary ids: one left join per column with that column's vocabulary, broadcast when
+        it has at most broadcast_rows values, a shuffle join otherwise."""
+        from pyspark.sql import functions as F
+
+        vocab = spark.read.parquet(uri(self.path))
+        key = "int" if key_type == "int32" else "long"
+        for i, (name, offset) in enumerate(zip(SPARSE_COLUMNS, self.offsets)):
+            cols = df.columns
+            frequent = self.sizes[i] - 1
+            if frequent:
+                k, r = "_vk%d" % i, "_vr%d" % i
+                v = vocab.filter(F.col("column") == i).select(F.col("value").alias(k),
+                                                               F.col("rank").alias(r))
+                if frequent <= self.broadcast_rows:
+                    v = F.broadcast(v)
+                df = df.join(v, F.col(name) == F.col(k), "left")
+                rank = F.coalesce(F.col(r), F.lit(0))
+            else:
+                rank = F.lit(0)
+            new = (rank.cast("long") + F.lit(offset).cast("long")).cast(key).alias(name)
+            df = df.select(*[new if c == name else c for c in cols])
+        return df
+
+
+def build_vocabulary(spark, inputs, split_file, check, args, tmp_dir):
+    """Pass 3 (--min_frequency only): count each column's non-missing values over train (one
+    aggregation), keep those seen at least --min_frequency times, rank them per column (a
+    window per column: descending count, then value) and write tmp_dir/vocabulary/; the table
+    sizes come from its per-column row counts. Nothing is collected but 26 counts. Returns a
+    Vocabulary."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    t = time.time()
+    n = args.min_frequency
+    log("building the vocabularies (values seen >= %d times in train)..." % n)
+    fields = F.split(F.col("value"), "\t", -1)
+    values = F.array(*[hex_value(fields[1 + NUM_DENSE + i]) for i in range(NUM_SPARSE)])
+    counts = (_split_lines(inputs, "train", split_file, check)
+              .select(F.posexplode(values).alias("column", "value"))
+              .filter(F.col("value").isNotNull())
+              .groupBy("column", "value").count()
+              .filter(F.col("count") >= n))
+    order = Window.partitionBy("column").orderBy(F.desc("count"), F.asc("value"))
+    dest = os.path.join(tmp_dir, VOCAB_DIR)
+    (counts.select("column", "value", "count", F.row_number().over(order).alias("rank"))
+     .write.partitionBy("column").mode("errorifexists").parquet(uri(dest)))
+    sizes = [1] * NUM_SPARSE
+    for r in spark.read.parquet(uri(dest)).groupBy("column").count().collect():
+        sizes[int(r["column"])] += int(r["count"])
+    log("table_size_array = %s (%d frequent values; %.1f s)"
+        % (sizes, sum(sizes) - NUM_SPARSE, time.time() - t))
+    if args.key_type == "int32":
+        check_int32_ids(sizes)
+    return Vocabulary(dest, sizes, args.broadcast_vocab_rows)
+
+
 def _transformed(df, out_cols, *extra):
     """The output columns of the raw lines in ``value`` (split once per row), plus extra."""
     from pyspark.sql import functions as F
@@ -145,36 +241,36 @@ def _parquet_rows(path):
     return sum(pq.ParquetFile(os.path.join(path, f)).metadata.num_rows for f in files), len(files)
 
 
-def write_split(inputs, split, split_file, check, args, tmp_dir):
-    """Pass 3 (once per split): write tmp_dir/split/ as parquet and return its row count.
+def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
+    """Pass 4 (once per split): write tmp_dir/split/ as parquet and return its row count.
 
     train is shuffled (seed --seed) into --train_files files; test and val keep the file order
     in up to --eval_files files. Malformed rows are dropped (only if check_rows found any).
-    Raises PreprocessError unless rows written + malformed skipped == lines read.
+    With a Vocabulary the ids are joined in before the rows are ordered (same order as
+    without). Raises PreprocessError unless rows written + malformed skipped == lines read.
     """
     from pyspark.sql import functions as F
 
     t = time.time()
-    sf = inputs.split_file
-    parts = []
-    for i in _files_of(split, inputs, split_file.bounds):
-        d = inputs.tagged(i, split_file.bounds, positions=i == sf)
-        if i == sf:
-            d = d.filter(F.col("_split") == split)  # cheap test first
-        if check.total_bad:  # the check pass found malformed rows: drop them
-            d = d.filter(valid_expr(F.col("value")))
-        parts.append(d)
-    df = union(parts)
-    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type)
+    df = _split_lines(inputs, split, split_file, check)
+    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
+    with_ids = (lambda d: vocab.apply(inputs.spark, d, args.key_type)) if vocab else (lambda d: d)
     if split == "train":
         log("writing train (shuffled, seed %d) into %d files..." % (args.seed, args.train_files))
-        # both random keys are drawn before the shuffle, so the result does not depend on
-        # the order in which shuffle blocks arrive: deterministic for a seed and input
-        df = (_transformed(df.select("value"), out_cols)
-              .select("*", F.rand(args.seed).alias("_r1"), F.rand(args.seed + 1).alias("_r2"))
+        # both random keys are drawn before the shuffle (and the joins), so the result does
+        # not depend on the order in which shuffle blocks arrive: deterministic for a seed
+        # and input
+        df = (with_ids(_transformed(df.select("value"), out_cols)
+                       .select("*", F.rand(args.seed).alias("_r1"),
+                               F.rand(args.seed + 1).alias("_r2")))
               .repartition(args.train_files, "_r1")
               .sortWithinPartitions("_r2", "_r1")
               .drop("_r1", "_r2"))
+    elif vocab:
+        log("writing %s (file order) into up to %d files..." % (split, args.eval_files))
+        df = (with_ids(_transformed(df.select("value", "_line"), out_cols, "_line"))
+              .repartitionByRange(args.eval_files, "_line")
+              .sortWithinPartitions("_line").drop("_line"))
     else:
         log("writing %s (file order) into up to %d files..." % (split, args.eval_files))
         # range-partition the raw lines (the sampling pass then skips the transforms)
@@ -195,7 +291,7 @@ def write_split(inputs, split, split_file, check, args, tmp_dir):
 
 
 def count_distinct_ids(spark, tmp_dir):
-    """Pass 4: the exact number of distinct ids of each of C1..C26 over the written train +
+    """Pass 5 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the written train +
     test + val (the table sizes)."""
     from pyspark.sql import functions as F
 
@@ -212,6 +308,7 @@ def count_distinct_ids(spark, tmp_dir):
 
 def build_dataset_info(args, fmt, names, rows, check, sizes):
     """The dataset_info.json content: counts, table sizes, transforms, split rule, arguments."""
+    vocab = args.min_frequency > 0
     return {
         "format_version": DATASET_INFO_VERSION,
         "input_format": fmt,
@@ -221,12 +318,16 @@ def build_dataset_info(args, fmt, names, rows, check, sizes):
         "malformed": check.malformed(),
         "bad_rows_policy": args.bad_rows,
         "table_size_array": sizes,
-        "id_mode": "mod" if args.mod_idx > 0 else "hash",
-        "mod_idx": args.mod_idx,
+        "id_mode": "vocab" if vocab else "mod" if args.mod_idx > 0 else "hash",
+        "mod_idx": None if vocab else args.mod_idx,
+        "min_frequency": args.min_frequency,
+        "vocabulary": {"dir": VOCAB_DIR, "columns": VOCAB_COLUMNS,
+                       "frequent_values": [n - 1 for n in sizes],
+                       "broadcast_vocab_rows": args.broadcast_vocab_rows} if vocab else None,
         "key_type": args.key_type,
         "columns": column_dtypes(args.key_type),
         "dense_transform": DENSE_TRANSFORM,
-        "categorical_transform": categorical_transform_text(args.mod_idx),
+        "categorical_transform": categorical_transform_text(args.mod_idx, args.min_frequency),
         "split_rule": split_rule(fmt),
         "num_test_examples": args.num_test_examples if fmt == "criteo1t" else None,
         "seed": args.seed,
@@ -240,12 +341,26 @@ def run(args, fmt, paths, tmp_dir):
     """All passes: the dataset in tmp_dir (created here), its dataset_info dict returned."""
     spark = start_spark(args)
     try:
-        inputs = Inputs(spark, paths)
-        split_file = count_split_file(inputs, fmt, args.num_test_examples)
-        check = check_rows(inputs, split_file, args.bad_rows)
-        os.makedirs(tmp_dir)
-        rows = {s: write_split(inputs, s, split_file, check, args, tmp_dir) for s in SPLITS}
-        sizes = count_distinct_ids(spark, tmp_dir)
+        with Progress(spark, args.progress_interval) as progress:
+            inputs = Inputs(spark, paths)
+            with progress.named("count_split_file"):
+                split_file = count_split_file(inputs, fmt, args.num_test_examples)
+            with progress.named("check_rows"):
+                check = check_rows(inputs, split_file, args.bad_rows)
+            os.makedirs(tmp_dir)
+            vocab = None
+            if args.min_frequency > 0:
+                with progress.named("build_vocabulary"):
+                    vocab = build_vocabulary(spark, inputs, split_file, check, args, tmp_dir)
+            rows = {}
+            for s in SPLITS:
+                with progress.named("write_split %s" % s):
+                    rows[s] = write_split(inputs, s, split_file, check, args, tmp_dir, vocab)
+            if vocab:
+                sizes = vocab.sizes
+            else:
+                with progress.named("count_distinct_ids"):
+                    sizes = count_distinct_ids(spark, tmp_dir)
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
         if args.export_dataset_info:
             write_original_readme(tmp_dir, rows, sizes)

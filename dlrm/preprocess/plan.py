@@ -13,6 +13,7 @@ import sys
 from dlrm.schema import NUM_SPARSE
 
 INT32_MAX = 2**31 - 1
+DEFAULT_MOD_IDX = 40000000  # --mod_idx's default
 
 KAGGLE_RULE = (
     "kaggle layout (train.txt, n lines): the first floor(6n/7) lines -> train (shuffled), the "
@@ -62,6 +63,17 @@ def check_args(args):
         raise PreprocessError("--train_files and --eval_files must be >= 1", 2)
     if args.shuffle_partitions is not None and args.shuffle_partitions < 1:
         raise PreprocessError("--shuffle_partitions must be >= 1", 2)
+    if args.min_frequency < 0:
+        raise PreprocessError("--min_frequency must be >= 0 (0: mod or hash ids)", 2)
+    if args.broadcast_vocab_rows < 0:
+        raise PreprocessError("--broadcast_vocab_rows must be >= 0", 2)
+    if args.progress_interval <= 0:
+        raise PreprocessError("--progress_interval must be > 0", 2)
+    if args.min_frequency > 0:
+        if args.mod_idx != DEFAULT_MOD_IDX:
+            raise PreprocessError("--min_frequency gives vocabulary ids, which replace the mod "
+                                  "and hash ids of --mod_idx; drop one of the two", 2)
+        return  # --key_type int32: checked once the table sizes are known (check_int32_ids)
     if args.key_type == "int32":
         if args.mod_idx <= 0:
             raise PreprocessError("--key_type int32 needs mod ids (--mod_idx > 0); hash ids "
@@ -72,6 +84,14 @@ def check_args(args):
                 "--mod_idx <= %d or --key_type int64"
                 % (max_categorical_id(args.mod_idx), args.mod_idx,
                    (INT32_MAX - (NUM_SPARSE - 1)) // NUM_SPARSE), 2)
+
+
+def check_int32_ids(table_sizes):
+    """--key_type int32 with vocabulary ids: the largest id (sum of table sizes - 1) must fit."""
+    if sum(table_sizes) - 1 > INT32_MAX:
+        raise PreprocessError("--key_type int32: the vocabulary ids go up to %d, which does not "
+                              "fit int32; use a larger --min_frequency or --key_type int64"
+                              % (sum(table_sizes) - 1), 1)
 
 
 def physical_memory_bytes():

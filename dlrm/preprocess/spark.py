@@ -27,8 +27,15 @@ DENSE_TRANSFORM = (
 )
 
 
-def categorical_transform_text(mod_idx):
-    """What transform_exprs does to C1..C26, in words (for dataset_info.json)."""
+def categorical_transform_text(mod_idx, min_frequency=0):
+    """What transform_exprs (and, for vocabulary ids, passes.Vocabulary) does to C1..C26, in
+    words (for dataset_info.json)."""
+    if min_frequency > 0:
+        return ("vocab: per column C(i+1), i = 0..25, the values (hex, compared as integers) seen "
+                "at least %d times in train get ranks 1, 2, ... by descending train count (ties: "
+                "smaller value first); every other value (rare, missing, or not in train) gets "
+                "rank 0; id = rank + the sum of the table sizes of columns C1..Ci; table size = 1 "
+                "+ the number of frequent values" % min_frequency)
     if mod_idx > 0:
         return ("mod: id = int(hex, 16) %% %d + i * %d for column C(i+1), i = 0..25; missing -> "
                 "i * %d + %d (distinct from every real id)"
@@ -69,6 +76,7 @@ def start_spark(args):
         log("starting Spark: master %s, driver memory %d GB" % (master, mem))
     builder = (builder
                .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
+               .config("spark.sql.autoBroadcastJoinThreshold", "-1")
                .config("spark.sql.ansi.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false"))
     if args.shuffle_partitions:
@@ -77,6 +85,8 @@ def start_spark(args):
     # runtime SQL settings also apply to a session that spark-submit created
     spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
     spark.conf.set("spark.sql.ansi.enabled", "false")
+    # the vocabulary joins broadcast by --broadcast_vocab_rows only (never by a size estimate)
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
     # The 40-column projection compiles to one big method; HotSpot does not JIT methods over
     # 8000 bytes, so let Spark split it instead (measured ~1.7x faster here).
     spark.conf.set("spark.sql.codegen.hugeMethodLimit", "8000")
@@ -221,9 +231,19 @@ def reason_expr(value):
             .otherwise(F.lit("categorical")))
 
 
-def transform_exprs(fields, mod_idx, key_type):
+def hex_value(field):
+    """The integer value of a categorical field of 1-8 hex digits, null when it is empty."""
+    from pyspark.sql import functions as F
+
+    return F.conv(field, 16, 10).cast("long")  # "" -> null
+
+
+def transform_exprs(fields, mod_idx, key_type, vocab=False):
     """label, I1..I13, C1..C26 as native column expressions of the split fields of a
-    well-formed line (an empty field is missing; casts of "" give null)."""
+    well-formed line (an empty field is missing; casts of "" give null).
+
+    vocab: C1..C26 are the hex values as long (null when missing), which
+    passes.Vocabulary.apply then replaces with the vocabulary ids."""
     from pyspark.sql import functions as F
 
     # label "0"/"1" -> 0.0/1.0 without a string-to-float parse
@@ -238,10 +258,13 @@ def transform_exprs(fields, mod_idx, key_type):
     key = "int" if key_type == "int32" else "long"
     for i, name in enumerate(SPARSE_COLUMNS):
         f = fields[1 + NUM_DENSE + i]
+        if vocab:
+            out.append(hex_value(f).alias(name))
+            continue
         if mod_idx > 0:
             # conv(1-8 hex digits) is in [0, 2^32): % is the non-negative modulus here
             base = i * (mod_idx + 1)
-            val = F.conv(f, 16, 10).cast("long") % F.lit(mod_idx).cast("long")  # "" -> null
+            val = hex_value(f) % F.lit(mod_idx).cast("long")
             c = F.coalesce(val + F.lit(base).cast("long"), F.lit(base + mod_idx).cast("long"))
         else:
             c = F.xxhash64(F.when(f == "", F.lit(None).cast("string")).otherwise(f), F.lit(i))

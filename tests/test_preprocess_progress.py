@@ -1,0 +1,53 @@
+"""Progress lines of tools/criteo1t_parquet.py's passes (dlrm.preprocess.progress): the line
+format (fast), and a real Spark run (local[2]) with a short --progress_interval."""
+import re
+
+import pytest
+
+from conftest import SPARK, SYNTH_TOOL, requires_java, run_tool
+from dlrm.preprocess.progress import eta_text, human, progress_line
+from test_preprocess import tool
+
+LINE_RE = re.compile(r"^\[preprocess\] (?P<name>[a-z_]+(?: [a-z]+)?): (?P<done>\d+)/(?P<total>\d+) "
+                     r"tasks, (?:[\d.]+ [kMGT]?B/s, [\d.]+[kMGT]? rows/s, )?ETA "
+                     r"(?P<eta>\d+:\d\d:\d\d|\?) \(stages? [\d,]+\)$")
+
+
+def test_progress_line_format():
+    stages = [{"id": 3, "tasks": 120, "done": 30, "started": 100.0, "bytes": 6e9,
+               "rows": 3e7}]
+    line = progress_line("check_rows", stages, now=110.0)
+    assert line == "check_rows: 30/120 tasks, 600.0 MB/s, 3.0M rows/s, ETA 0:00:30 (stage 3)"
+    assert LINE_RE.match("[preprocess] " + line)
+    two = [{"id": 5, "tasks": 10, "done": 0, "started": 0.0},
+           {"id": 6, "tasks": 4, "done": 2, "started": 0.0}]
+    line = progress_line("write_split train", two, now=5.0)
+    assert line == "write_split train: 2/14 tasks, ETA ? (stages 5,6)"  # no UI: no rates
+    assert LINE_RE.match("[preprocess] " + line)
+    assert (human(999), human(1234567, "B"), eta_text(3725.4)) == ("999", "1.2 MB", "1:02:05")
+
+
+@pytest.mark.slow
+@requires_java
+def test_progress_lines_during_a_run(tmp_path):
+    """Small file splits (~170 tasks per input scan) and a 0.5 s interval: every pass that
+    runs long enough reports, and a pass's task counts grow from line to line."""
+    run_tool(SYNTH_TOOL, "--output_dir", tmp_path / "in", "--days", "2", "--rows_per_day", "20000",
+             "--seed", "3", timeout=300)
+    env = {"PYSPARK_SUBMIT_ARGS": "--conf spark.sql.files.maxPartitionBytes=65536 pyspark-shell"}
+    r = tool(["--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+              "--num_test_examples", "5000", "--train_files", "2", "--eval_files", "2",
+              "--progress_interval", "0.5"] + SPARK, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [m.groupdict() for m in map(LINE_RE.match, r.stdout.splitlines()) if m]
+    names = {d["name"] for d in lines}
+    assert {"check_rows", "write_split train"} <= names, r.stdout
+    assert names <= {"count_split_file", "check_rows", "write_split train", "write_split test",
+                     "write_split val", "count_distinct_ids"}
+    check = [(int(d["done"]), int(d["total"])) for d in lines if d["name"] == "check_rows"]
+    assert len(check) >= 3 and all(done <= total for done, total in check), check
+    assert [d for d, _ in check] == sorted(d for d, _ in check)  # one stage: never goes back
+    assert check[-1][0] > check[0][0]
+    assert any(d["eta"] != "?" for d in lines if d["name"] == "check_rows")
+    # the rates come from the driver's UI
+    assert any("rows/s" in ln for ln in r.stdout.splitlines() if "check_rows:" in ln)
