@@ -16,6 +16,22 @@ One run prints figures (it is not a test):
 5. training samples/s of dlrm_train_eval.py (subprocess, --device cpu) at 1 and 2 ranks with the
    original architecture, read from the `train` records of its --metrics_file (latency_ms,
    throughput), skipping the first interval (graph compilation);
+5b. table size (unless --skip_tables): 1-rank training with the dataset's tables and with 26 x
+   --tables_rows (1.3M, Kaggle-sized; the dataset's ids fit in both), dim 16 (--tables_bottom_mlp,
+   --tables_top_mlp: facebookresearch/dlrm's Kaggle architecture), with the sparse embedding update
+   (the default) and with --dense_embedding_update: samples/s, large/small ratio (goal >= 0.7 with
+   the sparse update), and each run's RSS (peak: the tree's largest process, from wait4; at the end:
+   rank 0's host_memory_mib at its last evaluation) next to dlrm.config.cpu_embedding_bytes;
+5c. with --peer_dlrm PATH --peer_python PY: facebookresearch/dlrm's dlrm_s_pytorch.py on CPU (its own
+   random data, --num-indices-per-lookup=1 --num-indices-per-lookup-fixed=True: one id per feature;
+   BCE loss, SGD) at the same architecture and table sizes as each of our 1-rank sparse-update runs,
+   one after the other, its samples/s from its "ms/it" lines (the step alone; its data generation is
+   not timed, our figure includes reading), the first interval skipped; ours/peer (goal >= 1.0).
+   The peer is not a dependency: check it out outside the repository and give it an interpreter
+   with torch (2.13: torch >= 2.14's profiler no longer takes the use_cuda= it passes), numpy,
+   scikit-learn, tensorboard and tqdm, e.g.
+       python3.11 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 numpy \
+           scikit-learn tensorboard tqdm
 6. a summary: compute bound = matmul GFLOP/s / FLOPs per sample, fraction of it reached, and
    whether the reader delivers >= 3x what training consumes.
 
@@ -25,6 +41,8 @@ on a shared machine the latter says how much a figure is to be trusted.
     python benchmarks/bench_train.py         # everything, default sizes: ~3.5 min (+~1.5 min the first time,
                                              # to build the dataset under --work_dir)
     python benchmarks/bench_train.py --data_dir D --ranks 1 --skip_petastorm
+    python benchmarks/bench_train.py --peer_dlrm /tmp/fbdlrm --peer_python /tmp/torchenv/bin/python
+                                             # + facebookresearch/dlrm next to ours (~3 min more)
     python benchmarks/bench_train.py --profile  # + where a train step's time goes (~4 min more)
     python benchmarks/bench_train.py --openblas_coretype Haswell --train_args --disable_fusedmlp
                                              # try settings: an env var for every OneFlow run, and
@@ -44,15 +62,15 @@ import glob
 import math
 import os
 import platform
+import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from types import SimpleNamespace
 
 import harness
-from harness import REPO, CpuSample, CpuWindow, emit, load_note, run_child
+from harness import REPO, CpuWindow, emit, interval_rate, load_note, run_child, run_watched
 from dlrm.config import int_list
 from dlrm.data import list_row_groups, split_files
 from dlrm.launch import train_command
@@ -86,17 +104,7 @@ def ensure_dataset(args):
           flush=True)
     t = time.time()
     harness.synthesize(raw, args.days, args.rows_per_day, args.seed)
-    cmd = harness.tool_command("criteo1t_parquet.py", "--input_dir", raw, "--output_dir", out,
-                               "--spark_master", "local[2]", "--spark_driver_memory_gb", 4, "--train_files", 8,
-                               "--eval_files", 2, "--num_test_examples", args.rows_per_day // 2,
-                               "--shuffle_partitions", 4)
-    if os.path.exists(out):
-        cmd.append("--overwrite")
-    log = os.path.join(args.work_dir, name, "preprocess.log")
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        sys.exit(f"error: preprocessing failed (exit {proc.returncode}); see {log}")
+    harness.preprocess(raw, out, os.path.join(args.work_dir, name, "preprocess.log"), args.rows_per_day // 2)
     shutil.rmtree(raw, ignore_errors=True)
     print(f"dataset: built in {time.time() - t:.0f} s", flush=True)
     return out
@@ -286,59 +294,174 @@ def train_records(path):
         return None
 
 
-def run_training(args, data_dir, ranks, env):
+def run_training(args, data_dir, ranks, env, name=None, arch=None, extra=()):
     """dlrm_train_eval.py at `ranks` ranks; samples/s from its metrics file, polled while it runs so that
-    every record gets the CPU use of the process tree and of the machine at that moment."""
+    every record gets the CPU use of the process tree and of the machine at that moment; its peak RSS.
+    arch: (bottom_mlp, top_mlp, embedding_vec_size), default the command line's; extra: more flags."""
     B, steps, interval = args.batch_size, args.steps, args.log_interval
-    log_path = os.path.join(args.work_dir, f"train_{ranks}rank.log")
-    metrics_path = os.path.join(args.work_dir, f"train_{ranks}rank.metrics.jsonl")
+    bottom, top, dim = arch or (args.bottom_mlp, args.top_mlp, args.embedding_vec_size)
+    name = name or f"train_{ranks}rank"
+    log_path = os.path.join(args.work_dir, f"{name}.log")
+    metrics_path = os.path.join(args.work_dir, f"{name}.metrics.jsonl")
     if os.path.exists(metrics_path):
         os.remove(metrics_path)  # the metrics file is appended to
     train_args = ["--data_dir", data_dir, "--device", "cpu", "--train_batch_size", B,
                   "--train_batches", steps, "--loss_print_interval", interval,
                   "--eval_interval", 0, "--eval_batches", 1, "--eval_batch_size", B,
-                  "--bottom_mlp", args.bottom_mlp, "--top_mlp", args.top_mlp,
-                  "--embedding_vec_size", args.embedding_vec_size, "--metrics_file", metrics_path,
-                  *args.train_args]
+                  "--bottom_mlp", bottom, "--top_mlp", top, "--embedding_vec_size", dim,
+                  "--metrics_file", metrics_path, *extra, *args.train_args]
     cmd = train_command(train_args, nproc=ranks)
-    print(f"  $ {' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd)}", flush=True)
-    points = []  # (train record, CpuSample when it was seen or None once the run had ended)
-    t0 = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            while True:
-                running = proc.poll() is None
-                for rec in (train_records(metrics_path) or [])[len(points):]:
-                    points.append((rec, CpuSample(proc.pid) if running else None))
-                    print(f"    step {rec['step']:>4}: {rec['throughput']:9.1f} samples/s", flush=True)
-                if not running:
-                    break
-                if time.time() - t0 > args.timeout:
-                    raise RuntimeError(f"{ranks}-rank training still running after --timeout {args.timeout} s; "
-                                       f"see {log_path}")
-                time.sleep(0.1)
-        except BaseException:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            raise
-    elapsed = time.time() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{ranks}-rank training failed (exit {proc.returncode}); see {log_path}")
-    records = [r for r, _ in points]
-    measured = records[1:]  # the first interval includes graph compilation
-    if not measured:
-        raise RuntimeError(f"fewer than 2 log intervals in {metrics_path}; raise --steps or lower --log_interval")
-    seconds = sum(r["latency_ms"] / 1000 * (r["step"] - prev["step"]) for prev, r in zip(records, measured))
-    samples = B * (measured[-1]["step"] - records[0]["step"])
-    rec = {"ranks": ranks, "samples_per_s": samples / seconds, "best_interval": max(r["throughput"] for r in measured),
-           "intervals": [round(r["throughput"], 1) for r in measured], "first_interval": records[0]["throughput"],
-           "elapsed_s": elapsed, "log": log_path, "metrics": metrics_path}
-    sampled = [s for _, s in points if s is not None]
-    if points[0][1] is not None and len(sampled) > 1:
-        rec.update(CpuSample.cores_between(points[0][1], sampled[-1]))
+    print(f"  $ {' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in map(str, cmd))}", flush=True)
+    try:
+        points, code, peak_rss, run = run_watched(
+            cmd, log_path, lambda: train_records(metrics_path), env=env, timeout=args.timeout,
+            on_record=lambda r: print(f"    step {r['step']:>4}: {r['throughput']:9.1f} samples/s", flush=True))
+    except RuntimeError as e:
+        raise RuntimeError(f"{name}: {e}") from None
+    if code != 0:
+        raise RuntimeError(f"{name} failed (exit {code}); see {log_path}")
+    try:
+        rec = interval_rate(points, B)
+    except RuntimeError as e:
+        raise RuntimeError(f"{name}: {e} ({metrics_path})") from None
+    rec.update(ranks=ranks, elapsed_s=run["wall_s"], peak_rss=peak_rss, log=log_path, metrics=metrics_path)
+    evals = [r for r in read_metrics(metrics_path) if r.get("kind") == "eval" and r.get("host_memory_mib")]
+    rec["end_rss"] = evals[-1]["host_memory_mib"] * 2**20 if evals else None  # rank 0's RSS at its last evaluation
     return rec
+
+
+# ----------------------------------------------------------------------------- 5b. table size
+def tables_arch(args):
+    """(bottom_mlp, top_mlp, embedding_vec_size) of the table-size phase: the embedding width is the
+    bottom MLP's last."""
+    return args.tables_bottom_mlp, args.tables_top_mlp, int_list(args.tables_bottom_mlp)[-1]
+
+
+def table_size_phase(args, data_dir, env):
+    """1-rank training with the dataset's tables and with NUM_SPARSE x --tables_rows (the dataset's ids all
+    fit in either), with the sparse (default) and the dense embedding update: samples/s, peak RSS."""
+    from dlrm.config import OptimizerConfig, cpu_embedding_bytes
+    from dlrm.schema import load_table_sizes
+
+    bottom, top, dim = arch = tables_arch(args)
+    small = load_table_sizes(data_dir)
+    large = [args.tables_rows] * NUM_SPARSE
+    print(f"\n== table size (1 rank, batch {args.batch_size}, bottom {bottom}, top {top}, dim {dim}; "
+          f"the dataset's tables ({sum(small):,} rows) vs {NUM_SPARSE} x {args.tables_rows:,})")
+    runs = {}
+    for update in ("sparse", "dense"):
+        for size, sizes in (("small", small), ("large", large)):
+            extra = ["--table_size_array", ",".join(map(str, sizes))]
+            extra += ["--dense_embedding_update"] if update == "dense" else []
+            try:
+                rec = run_training(args, data_dir, 1, env, name=f"tables_{update}_{size}", arch=arch, extra=extra)
+            except RuntimeError as e:
+                print(f"  {update} update, {size} tables: FAILED: {e}")
+                continue
+            rec["expected_bytes"] = cpu_embedding_bytes(sum(sizes), dim, OptimizerConfig("sgd", update == "sparse"))
+            rec["table_rows"] = sum(sizes)
+            runs[update, size] = rec
+            end = "-" if rec["end_rss"] is None else f"{rec['end_rss'] / 2**30:.2f}"
+            print(f"  {update} update, {size} tables: {rec['samples_per_s']:,.0f} samples/s; RSS peak "
+                  f"{rec['peak_rss'] / 2**30:.2f} GiB, at the end {end} GiB (embedding + optimizer: "
+                  f"{rec['expected_bytes'] / 2**30:.2f} GiB, dlrm.config.cpu_embedding_bytes)"
+                  f"{load_note(rec)}", flush=True)
+    print(f"  {'update':8s} {'small samples/s':>16} {'large samples/s':>16} {'large/small':>12} "
+          f"{'peak RSS l-s':>16} {'end RSS l-s':>12} {'expected':>10}")
+    for update in ("sparse", "dense"):
+        s_, l_ = runs.get((update, "small")), runs.get((update, "large"))
+        if not (s_ and l_):
+            continue
+        goal = "  (goal >= 0.70)" if update == "sparse" else ""
+        print(f"  {update:8s} {fmt(s_['samples_per_s']):>16} {fmt(l_['samples_per_s']):>16} "
+              f"{l_['samples_per_s'] / s_['samples_per_s']:>11.2f}x "
+              f"{(l_['peak_rss'] - s_['peak_rss']) / 2**30:>12.2f} GiB "
+              f"{(l_['end_rss'] - s_['end_rss']) / 2**30 if l_['end_rss'] and s_['end_rss'] else float('nan'):>8.2f} GiB "
+              f"{(l_['expected_bytes'] - s_['expected_bytes']) / 2**30:>6.2f} GiB{goal}")
+    return runs
+
+
+# ----------------------------------------------------------------------------- 5c. facebookresearch/dlrm
+PEER_LINE = re.compile(r"Finished training it (\d+)/\d+ of epoch \d+, ([0-9.]+) ms/it")
+
+
+def peer_records(log_path):
+    """The peer's progress lines as {step, latency_ms} records."""
+    try:
+        with open(log_path) as f:
+            return [{"step": int(m.group(1)), "latency_ms": float(m.group(2))} for m in PEER_LINE.finditer(f.read())]
+    except FileNotFoundError:
+        return None
+
+
+def peer_script(path):
+    script = os.path.join(path, "dlrm_s_pytorch.py") if os.path.isdir(path) else path
+    if not os.path.isfile(script):
+        sys.exit(f"error: --peer_dlrm {path}: no dlrm_s_pytorch.py")
+    return os.path.abspath(script)
+
+
+def run_peer(args, name, arch, table_sizes):
+    """facebookresearch/dlrm's dlrm_s_pytorch.py on CPU with its random data generator, one id per
+    feature, the given architecture and tables; samples/s from its 'ms/it' lines (which time the
+    step alone: its data generation is outside), the first interval skipped."""
+    bottom, top, dim = arch
+    B = args.batch_size
+    log_path = os.path.join(args.work_dir, f"{name}.log")
+    cwd = os.path.join(args.work_dir, "peer")  # it writes a tensorboard runs/ directory there
+    os.makedirs(cwd, exist_ok=True)
+    cmd = [args.peer_python, peer_script(args.peer_dlrm), f"--arch-sparse-feature-size={dim}",
+           f"--arch-mlp-bot={NUM_DENSE}-{bottom.replace(',', '-')}", f"--arch-mlp-top={top.replace(',', '-')}-1",
+           f"--arch-embedding-size={'-'.join(map(str, table_sizes))}", "--data-generation=random",
+           f"--mini-batch-size={B}", f"--num-batches={args.steps}", "--num-indices-per-lookup=1",
+           "--num-indices-per-lookup-fixed=True", "--loss-function=bce", "--nepochs=1",
+           f"--print-freq={args.log_interval}", "--print-time"]
+    print(f"  $ {' '.join(cmd)}", flush=True)
+    points, code, peak_rss, run = run_watched(
+        cmd, log_path, lambda: peer_records(log_path), cwd=cwd, timeout=args.timeout,
+        on_record=lambda r: print(f"    it {r['step']:>4}: {B / r['latency_ms'] * 1000:9.1f} samples/s", flush=True))
+    if code != 0:
+        with open(log_path) as f:
+            hint = ("; torch >= 2.14's profiler no longer takes use_cuda= (use torch 2.13)"
+                    if "use_cuda" in f.read() else "")
+        raise RuntimeError(f"{name} failed (exit {code}); see {log_path}{hint}")
+    rec = interval_rate(points, B)
+    rec.update(elapsed_s=run["wall_s"], peak_rss=peak_rss, log=log_path)
+    return rec
+
+
+def peer_phase(args, data_dir, train, tables):
+    """The peer next to each of our 1-rank runs with the sparse update: the main architecture at the
+    dataset's tables, the table-size architecture at the dataset's and at the large tables."""
+    from dlrm.schema import load_table_sizes
+
+    small = load_table_sizes(data_dir)
+    main_arch = (args.bottom_mlp, args.top_mlp, args.embedding_vec_size)
+    cases = [("main", main_arch, small, train.get(1))]
+    if tables:
+        cases += [("tables_small", tables_arch(args), small, tables.get(("sparse", "small"))),
+                  ("tables_large", tables_arch(args), [args.tables_rows] * NUM_SPARSE, tables.get(("sparse", "large")))]
+    print(f"\n== facebookresearch/dlrm (dlrm_s_pytorch.py, CPU, its random data: ids uniform over each table) "
+          f"vs ours (1 rank), batch {args.batch_size}")
+    rows = []
+    for name, arch, sizes, ours in cases:
+        if ours is None:
+            continue
+        try:
+            peer = run_peer(args, f"peer_{name}", arch, sizes)
+        except RuntimeError as e:
+            print(f"  {name}: FAILED: {e}")
+            continue
+        print(f"  peer: {peer['samples_per_s']:,.0f} samples/s (step only; peak RSS {peer['peak_rss'] / 2**30:.2f} GiB)"
+              f"{load_note(peer)}", flush=True)
+        rows.append((name, arch, sum(sizes), ours, peer))
+    if rows:
+        print(f"  {'case':14s} {'bottom / top / dim':30s} {'table rows':>12} {'ours':>10} {'peer':>10} {'ours/peer':>10}")
+        for name, (bottom, top, dim), n, ours, peer in rows:
+            print(f"  {name:14s} {f'{bottom} / {top} / {dim}':30s} {n:>12,} {fmt(ours['samples_per_s']):>10} "
+                  f"{fmt(peer['samples_per_s']):>10} {ours['samples_per_s'] / peer['samples_per_s']:>9.2f}x  "
+                  f"(goal >= 1.0; ours{load_note(ours)}; peer{load_note(peer)})")
+    return rows
 
 
 # ----------------------------------------------------------------------------- profiling (child)
@@ -441,6 +564,14 @@ def get_parser():
     a("--reader_repeats", type=int, default=2, help="runs per reader (the best is kept)")
     a("--openblas_coretype", default=None,
       help="set OPENBLAS_CORETYPE (e.g. Haswell) for the matmul, training and profile runs")
+    a("--skip_tables", action="store_true", help="do not run the table-size phase")
+    a("--tables_rows", type=int, default=1300000, help="rows of each of the 26 tables in the table-size phase")
+    a("--tables_bottom_mlp", default="512,256,64,16",
+      help="bottom MLP of the table-size phase (its last width is the embedding width)")
+    a("--tables_top_mlp", default="512,256", help="top MLP of the table-size phase")
+    a("--peer_dlrm", default=None,
+      help="facebookresearch/dlrm checkout (or its dlrm_s_pytorch.py): run it next to ours, see the docstring")
+    a("--peer_python", default="python3", help="the interpreter (with torch) that runs --peer_dlrm")
     a("--profile", action="store_true", help="also time the train graph alone in variants (see the docstring)")
     a("--profile_steps", type=int, default=3, help="timed steps per profile variant (the best is kept)")
     a("--timeout", type=int, default=1800, help="seconds allowed per training run")
@@ -557,6 +688,9 @@ def main(argv=None):
               f"(best interval {rec['best_interval']:,.0f}; first, with compilation, {rec['first_interval']:,.0f}); "
               f"run {rec['elapsed_s']:.0f} s{load_note(rec)}", flush=True)
 
+    tables = {} if args.skip_tables else table_size_phase(args, data_dir, env)
+    peers = peer_phase(args, data_dir, train, tables) if args.peer_dlrm else []
+
     prof = []
     if args.profile:
         print(f"\n== profile: the train graph alone on pre-made global tensors, 1 rank, batch {B} "
@@ -620,6 +754,17 @@ def main(argv=None):
     ]
     for name, f in rows:
         print(f"{name:58s} " + " ".join(f"{f(r) if r in train else 'failed':>16}" for r in args.ranks))
+    for update in ("sparse", "dense"):
+        s_, l_ = tables.get((update, "small")), tables.get((update, "large"))
+        if s_ and l_:
+            print(f"{f'{update} update: large / small tables samples/s' + (' (goal >= 0.7x)' if update == 'sparse' else ''):58s} "
+                  f"{l_['samples_per_s'] / s_['samples_per_s']:>15.2f}x  ({fmt(l_['samples_per_s'])} / "
+                  f"{fmt(s_['samples_per_s'])}; peak RSS {l_['peak_rss'] / 2**30:.2f} GiB, embedding "
+                  f"{l_['expected_bytes'] / 2**30:.2f} GiB)")
+    for name, _, _, ours, peer in peers:
+        print(f"{f'ours / facebookresearch/dlrm, {name} (goal >= 1.0x)':58s} "
+              f"{ours['samples_per_s'] / peer['samples_per_s']:>15.2f}x  ({fmt(ours['samples_per_s'])} / "
+              f"{fmt(peer['samples_per_s'])})")
     print("=" * 96)
     busy = [f"{r} rank(s) {train[r]['others_cores']:.2f}" for r in train if (train[r].get("others_cores") or 0) > 0.25]
     if busy:

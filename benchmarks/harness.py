@@ -5,7 +5,11 @@
 - CPU accounting: `CpuWindow` (wall time, this process's CPU time, what the rest of the machine
   used meanwhile), `tree_cpu_s` (a process tree's CPU time), `load_note` (" [ours 1.90 cores,
   others 0.30]": on a shared machine, how much a figure is to be trusted), `cpu_model`;
-- the repository's tools as subprocesses: `tool_command`, `synthesize` (raw synthetic Criteo data).
+- watched runs: `run_watched` (a command in its own session, its progress records polled with the CPU
+  use of its process tree and of the machine at each, its peak RSS), `interval_rate` (samples/s over
+  logged intervals, the first one skipped);
+- the repository's tools as subprocesses: `tool_command`, `synthesize` (raw synthetic Criteo data),
+  `preprocess` (raw data -> parquet with tools/criteo1t_parquet.py on local Spark).
 """
 import json
 import os
@@ -129,6 +133,64 @@ def load_note(rec):
     return f"  [ours {rec['cores']:.2f} cores, others {'?' if others is None else f'{others:.2f}'}]"
 
 
+# ----------------------------------------------------------------------------- watched runs
+def run_watched(cmd, log_path, read_records, cwd=REPO, env=None, timeout=1800, on_record=None):
+    """Run cmd (own session, output to log_path) until it exits; poll read_records() (the progress
+    records written so far, or None) every 0.1 s and pair each new record with a CpuSample of the
+    process tree taken when it was seen (None once the run had ended); on_record(record) is called for
+    each. Returns (points, exit code, peak RSS bytes of the tree's largest process, whole-run record:
+    wall_s, cores (the tree's CPU, reaped descendants included) and others_cores)).
+    Timeout: the tree is killed and RuntimeError raised."""
+    points = []
+    t0, busy0 = time.time(), machine_busy_s()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            while True:
+                # wait4: the rusage's ru_maxrss is the largest peak RSS among the process and its reaped descendants
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                running = pid == 0
+                for rec in (read_records() or [])[len(points):]:
+                    points.append((rec, CpuSample(proc.pid) if running else None))
+                    if on_record:
+                        on_record(rec)
+                if not running:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                if time.time() - t0 > timeout:
+                    raise RuntimeError(f"still running after {timeout} s; see {log_path}")
+                time.sleep(0.1)
+        except BaseException:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
+    wall = time.time() - t0
+    cpu = usage.ru_utime + usage.ru_stime
+    run = {"wall_s": wall, "cores": cpu / wall, "others_cores": max((machine_busy_s() - busy0 - cpu) / wall, 0.0)}
+    return points, proc.returncode, usage.ru_maxrss * 1024, run
+
+
+def interval_rate(points, batch_size):
+    """Samples/s over the logged intervals of run_watched points whose records hold `step` (batches
+    done) and `latency_ms` (mean ms per batch over the interval), the first interval (compilation,
+    warm-up) skipped; plus the best and first intervals and the CPU use over the measured span."""
+    records = [r for r, _ in points]
+    measured = records[1:]
+    if not measured:
+        raise RuntimeError("fewer than 2 logged intervals; raise the steps or lower the log interval")
+    seconds = sum(r["latency_ms"] / 1000 * (r["step"] - prev["step"]) for prev, r in zip(records, measured))
+    samples = batch_size * (measured[-1]["step"] - records[0]["step"])
+    rate = lambda r, prev: batch_size / (r["latency_ms"] / 1000)  # noqa: E731
+    rec = {"samples_per_s": samples / seconds,
+           "best_interval": max(rate(r, p) for p, r in zip(records, measured)),
+           "intervals": [round(rate(r, p), 1) for p, r in zip(records, measured)],
+           "first_interval": batch_size / (records[0]["latency_ms"] / 1000)}
+    sampled = [s for _, s in points if s is not None]
+    if points[0][1] is not None and len(sampled) > 1:
+        rec.update(CpuSample.cores_between(points[0][1], sampled[-1]))
+    return rec
+
+
 # ----------------------------------------------------------------------------- the repository's tools
 def tool_command(name, *args):
     """argv running tools/<name> with this interpreter."""
@@ -142,4 +204,21 @@ def synthesize(output_dir, days, rows_per_day, seed, kaggle=False):
     cmd = tool_command("make_synthetic_criteo.py", "--output_dir", output_dir, "--days", days,
                        "--rows_per_day", rows_per_day, "--seed", seed, "--overwrite")
     subprocess.run(cmd + (["--kaggle"] if kaggle else []), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return time.time() - t
+
+
+def preprocess(raw_dir, out_dir, log_path, num_test_examples, extra=(), train_files=8, eval_files=2):
+    """tools/criteo1t_parquet.py raw_dir -> out_dir on local Spark (2 threads, 4 GB driver), output to
+    log_path; extra: more flags for the tool (last). Exits with a message if it fails; returns seconds."""
+    t = time.time()
+    cmd = tool_command("criteo1t_parquet.py", "--input_dir", raw_dir, "--output_dir", out_dir,
+                       "--spark_master", "local[2]", "--spark_driver_memory_gb", 4, "--train_files", train_files,
+                       "--eval_files", eval_files, "--num_test_examples", num_test_examples,
+                       "--shuffle_partitions", 4, *extra)
+    if os.path.exists(out_dir):
+        cmd.append("--overwrite")
+    with open(log_path, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"error: preprocessing failed (exit {proc.returncode}); see {log_path}")
     return time.time() - t
