@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Quality benchmark: our DLRM against a hashed logistic regression on the same split, test AUC of each.
+
+One run prints figures (it is not a test):
+
+1. raw data: --raw (a directory of day_0.. files, or a Kaggle train.txt, or any file in that format,
+   linked as train.txt), or by default synthetic days written by tools/make_synthetic_criteo.py
+   (--days x --rows_per_day, --seed; with its planted click model);
+2. our preprocessing: tools/criteo1t_parquet.py (local Spark; --preprocess_args passed through, e.g.
+   "--min_frequency 2"), cached under --work_dir by the raw files' identity and the flags;
+3. our DLRM: dlrm_train_eval.py (--nproc ranks, CPU) with the recipe --train_args (default: the
+   quickstart's, TRAIN_ARGS below), evaluated on the whole test split at the end; its AUC is the
+   last `eval` record of its metrics file;
+4. the baseline: scikit-learn LogisticRegression (liblinear, dual: fewer rows than buckets) on the same parquet rows: a one-hot of
+   each categorical id hashed with its column into 2^--hash_bits buckets, plus log1p(max(raw, 0)) of
+   each dense value (the parquet stores raw + 1); C from --lr_c chosen by the AUC on the val split,
+   never on test; its test AUC at that C;
+5. a table: method, test AUC, seconds (and, on synthetic data, the planted model's AUC on the test
+   day, planted_model.json per_day[-1]: the optimum a model can reach there).
+
+Goals: on real rows, our AUC >= the logistic regression's; on the quickstart's synthetic data, within
+0.01 of the planted AUC.
+
+    python benchmarks/bench_quality.py                    # synthetic 3 x 100k (~5 min: Spark, training, LR)
+    python benchmarks/bench_quality.py --raw ../shared/criteo/kaggle_train_head10k.tsv
+    python benchmarks/bench_quality.py --preprocess_args "--min_frequency 2" --train_args "--learning_rate 0.5 ..."
+"""
+import argparse
+import hashlib
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+import harness
+from harness import CpuWindow, load_note, run_watched
+from dlrm.launch import train_command
+from dlrm.metrics import read_metrics
+from dlrm.schema import NUM_SPARSE
+
+# The quickstart's recipe (scripts/quickstart.sh on CPU: 2 ranks, its default settings).
+TRAIN_ARGS = ("--bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32 --train_batch_size 256 "
+              "--eval_batch_size 1000 --learning_rate 1.0 --warmup_batches 50 --decay_start 600 "
+              "--decay_batches 400 --train_batches 1000 --eval_interval 250 --eval_batches 20 "
+              "--loss_print_interval 50")
+WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every test row is evaluated
+
+
+# ----------------------------------------------------------------------------- 1./2. data
+def raw_input(args):
+    """(raw directory, number of test rows for the tool, planted test-day AUC or None)."""
+    from dlrm.synthetic import read_planted_model
+
+    if args.raw is None:
+        raw = os.path.join(args.work_dir, f"synthetic_{args.days}x{args.rows_per_day}_seed{args.seed}")
+        if read_planted_model(raw) is None:
+            print(f"raw data: writing {args.days} synthetic days x {args.rows_per_day:,} rows (seed {args.seed})",
+                  flush=True)
+            harness.synthesize(raw, args.days, args.rows_per_day, args.seed)
+    elif os.path.isdir(args.raw):
+        raw = os.path.abspath(args.raw)
+    else:  # a file in Kaggle's format: linked as train.txt in a directory of its own
+        path = os.path.abspath(args.raw)
+        raw = os.path.join(args.work_dir, "raw_" + hashlib.sha256(path.encode()).hexdigest()[:12])
+        os.makedirs(raw, exist_ok=True)
+        link = os.path.join(raw, "train.txt")
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(path, link)
+    days = sorted((f for f in os.listdir(raw) if f.startswith("day_")), key=lambda f: int(f[4:].split(".")[0]))
+    if not days:
+        return raw, 0, None  # Kaggle layout: the tool's own 6/7 : 1/14 : 1/14 split
+    if args.num_test_examples is not None:
+        test = args.num_test_examples
+    else:
+        test = count_lines(os.path.join(raw, days[-1])) // 2  # as the quickstart: half the last day
+    planted = read_planted_model(raw)
+    return raw, test, planted["per_day"][-1]["planted_auc"] if planted else None
+
+
+def count_lines(path):
+    import gzip
+
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def ensure_parquet(args, raw, num_test):
+    """The preprocessed dataset of raw with --preprocess_args, built once per raw files + flags."""
+    stamp = [args.preprocess_args, str(num_test)]
+    for f in sorted(os.listdir(raw)):
+        st = os.stat(os.path.join(raw, f))
+        stamp.append(f"{f} {st.st_size} {int(st.st_mtime)}")
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:12]
+    out = os.path.join(args.work_dir, f"parquet_{key}")
+    if os.path.exists(os.path.join(out, "dataset_info.json")):
+        print(f"dataset: reusing {out}")
+        return out, 0.0
+    print(f"dataset: preprocessing {raw} -> {out} (tools/criteo1t_parquet.py {args.preprocess_args})", flush=True)
+    seconds = harness.preprocess(raw, out, out + ".log", num_test, shlex.split(args.preprocess_args),
+                                 train_files=16, eval_files=4)
+    return out, seconds
+
+
+# ----------------------------------------------------------------------------- 3. our DLRM
+def train_dlrm(args, data_dir):
+    run_dir = os.path.join(args.work_dir, "train")
+    os.makedirs(run_dir, exist_ok=True)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        os.remove(metrics)
+    train_args = ["--data_dir", data_dir, "--device", "cpu", "--metrics_file", metrics,
+                  *shlex.split(args.train_args),
+                  "--eval_split", "test", "--eval_batches", str(WHOLE_SPLIT_EVAL_BATCHES)]
+    cmd = train_command(train_args, nproc=args.nproc)
+    print(f"  $ {' '.join(map(str, cmd))}", flush=True)
+    env = dict(os.environ)
+    env.setdefault("GLOG_minloglevel", "3")
+
+    def evals():
+        try:
+            return [r for r in read_metrics(metrics) if r.get("kind") == "eval"]
+        except (FileNotFoundError, ValueError):
+            return None
+
+    points, code, _, run = run_watched(
+        cmd, os.path.join(run_dir, "train.log"), evals, env=env, timeout=args.timeout,
+        on_record=lambda r: print(f"    step {r['step']:>5}: {r['split']} AUC {r['auc']:.4f} "
+                                  f"({r['eval_samples']:,} rows)", flush=True))
+    if code != 0 or not points:
+        sys.exit(f"error: training failed (exit {code}); see {os.path.join(run_dir, 'train.log')}")
+    last = points[-1][0]
+    return {"auc": last["auc"], "rows": last["eval_samples"], **run}
+
+
+# ----------------------------------------------------------------------------- 4. logistic regression
+def read_split(data_dir, split):
+    import pyarrow.parquet as pq
+
+    from dlrm.data import split_files, table_to_batch
+    from dlrm.schema import COLUMNS
+
+    return table_to_batch(pq.read_table(split_files(data_dir, split), columns=COLUMNS))
+
+
+def hashed_features(batch, bits):
+    """Sparse rows: one-hot of hash(column, id) into 2^bits buckets, then log1p(max(raw, 0)) of the 13
+    dense values (parquet dense = raw + 1)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    n = batch.rows
+    ids = batch.sparse.astype(np.uint64)
+    cols = np.arange(NUM_SPARSE, dtype=np.uint64)
+    h = (ids * np.uint64(0x9E3779B97F4A7C15)) ^ (cols * np.uint64(0xC2B2AE3D27D4EB4F))
+    h = (h * np.uint64(0xFF51AFD7ED558CCD)) >> np.uint64(64 - bits)
+    onehot = sp.csr_matrix((np.ones(h.size, np.float32), h.ravel().astype(np.int64),
+                            np.arange(0, h.size + 1, NUM_SPARSE)), shape=(n, 1 << bits))
+    onehot.sum_duplicates()
+    dense = np.log1p(np.maximum(batch.dense - 1, 0)).astype(np.float32)
+    return sp.hstack([onehot, sp.csr_matrix(dense)], format="csr")
+
+
+def logistic_regression(args, data_dir):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    with CpuWindow() as w:
+        data = {s: read_split(data_dir, s) for s in ("train", "val", "test")}
+        X = {s: hashed_features(b, args.hash_bits) for s, b in data.items()}
+        y = {s: b.label.ravel() for s, b in data.items()}
+        fits = []
+        for C in args.lr_c:
+            t = time.time()
+            m = LogisticRegression(C=C, solver="liblinear", dual=True, max_iter=200).fit(X["train"], y["train"])
+            val = roc_auc_score(y["val"], m.predict_proba(X["val"])[:, 1])
+            print(f"    C={C:g}: val AUC {val:.4f} ({time.time() - t:.1f} s)", flush=True)
+            fits.append((val, C, m))
+        val, C, m = max(fits, key=lambda f: f[0])
+        test = roc_auc_score(y["test"], m.predict_proba(X["test"])[:, 1])
+    rec = w.record()
+    rec.update(auc=test, val_auc=val, C=C, rows={s: b.rows for s, b in data.items()})
+    return rec
+
+
+# ----------------------------------------------------------------------------- main
+def float_list(s):
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--raw", default=None, help="raw data: a directory of day_N files, or a Kaggle-format file (train.txt); "
+                                  "default: synthetic days")
+    a("--work_dir", default=os.path.join(tempfile.gettempdir(), "dlrm_bench_quality"),
+      help="where the raw synthetic data, the parquet datasets and the training run go")
+    a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
+    a("--rows_per_day", type=int, default=100000, help="synthetic rows per day")
+    a("--seed", type=int, default=0, help="synthetic data seed")
+    a("--num_test_examples", type=int, default=None,
+      help="rows of the last day that go to test (default: half of it, as the quickstart)")
+    a("--preprocess_args", default="", help="extra tools/criteo1t_parquet.py flags, one string")
+    a("--train_args", default=TRAIN_ARGS, help="the dlrm_train_eval.py recipe, one string")
+    a("--nproc", type=int, default=2, help="training ranks (the quickstart's on CPU)")
+    a("--hash_bits", type=int, default=22, help="logistic regression: 2^bits hashed buckets")
+    a("--lr_c", type=float_list, default="0.01,0.03,0.1,0.3,1",
+      help="logistic regression: inverse regularisation strengths tried (chosen on val)")
+    a("--timeout", type=int, default=3600, help="seconds allowed for training")
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    t_start = time.time()
+    os.makedirs(args.work_dir, exist_ok=True)
+    print(f"machine: {os.cpu_count()} CPUs, {harness.cpu_model()}")
+    raw, num_test, planted = raw_input(args)
+    data_dir, prep_s = ensure_parquet(args, raw, num_test)
+    from dlrm.schema import read_dataset_info
+
+    rows = read_dataset_info(data_dir)["rows"]
+    print(f"rows: {', '.join(f'{s} {n:,}' for s, n in rows.items())}")
+
+    print(f"\n== our DLRM (dlrm_train_eval.py, {args.nproc} rank(s), CPU; recipe: {args.train_args})")
+    ours = train_dlrm(args, data_dir)
+    print(f"  test AUC {ours['auc']:.4f} on {ours['rows']:,} rows; {ours['wall_s']:.0f} s{load_note(ours)}")
+
+    print(f"\n== logistic regression (scikit-learn liblinear; 2^{args.hash_bits} hashed one-hot + log1p dense; "
+          f"C from {args.lr_c} on val)")
+    lr = logistic_regression(args, data_dir)
+    print(f"  C={lr['C']:g}: test AUC {lr['auc']:.4f}; {lr['wall_s']:.0f} s{load_note(lr)}")
+
+    print("\n" + "=" * 80)
+    print(f"SUMMARY  {raw}; test split {rows['test']:,} rows")
+    print("-" * 80)
+    print(f"{'method':46s} {'test AUC':>10} {'seconds':>10}")
+    print(f"{'our DLRM (' + str(args.nproc) + ' ranks, the recipe)':46s} {ours['auc']:>10.4f} {ours['wall_s']:>10.0f}")
+    print(f"{'hashed logistic regression (C=' + format(lr['C'], 'g') + ')':46s} {lr['auc']:>10.4f} "
+          f"{lr['wall_s']:>10.0f}")
+    if planted is not None:
+        print(f"{'planted model (test day, synthetic optimum)':46s} {planted:>10.4f} {'':>10}")
+    print("-" * 80)
+    print(f"ours - logistic regression: {ours['auc'] - lr['auc']:+.4f} "
+          f"({'OK' if ours['auc'] >= lr['auc'] else 'BELOW'}: goal >= 0 on real rows)")
+    if planted is not None:
+        gap = planted - ours["auc"]
+        print(f"planted - ours: {gap:+.4f} ({'OK' if gap <= 0.01 else 'ABOVE 0.01'}: goal <= 0.01 on synthetic data)")
+    print("=" * 80)
+    noisy = [n for n, r in (("DLRM", ours), ("LR", lr)) if (r.get("others_cores") or 0) > 0.25]
+    if noisy:
+        print(f"note: other processes kept cores busy during {', '.join(noisy)}: the seconds are noisy")
+    print(f"total {time.time() - t_start:.0f} s (preprocessing {prep_s:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
