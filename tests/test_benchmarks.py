@@ -1,0 +1,68 @@
+"""Fast checks of the benchmarks/ scripts (they print figures, nothing here times anything): each one
+starts (--help), and their parsing and feature helpers give what they claim. The scripts import their
+sibling `harness`, so the helpers are exercised in a subprocess started in benchmarks/."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+
+BENCH = os.path.join(REPO, "benchmarks")
+
+
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_reader.py", "bench_quality.py", "bench_preprocess.py"])
+def test_help(script):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout
+
+
+def run_in_bench(code, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path)], cwd=BENCH,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_peer_lines_and_interval_rate(tmp_path):
+    out = run_in_bench("""
+        import os, sys
+        import bench_train, harness
+        log = os.path.join(sys.argv[1], "peer.log")
+        with open(log, "w") as f:
+            f.write("Using CPU...\\n"
+                    "Finished training it 2/6 of epoch 0, 900.00 ms/it, loss 0.5\\n"
+                    "Finished training it 4/6 of epoch 0, 400.00 ms/it, loss 0.5\\n"
+                    "Finished training it 6/6 of epoch 0, 100.00 ms/it, loss 0.5\\n")
+        recs = bench_train.peer_records(log)
+        assert recs == [{"step": 2, "latency_ms": 900.0}, {"step": 4, "latency_ms": 400.0},
+                        {"step": 6, "latency_ms": 100.0}], recs
+        rate = harness.interval_rate([(r, None) for r in recs], 1000)
+        # 4 batches of 1000 in 2 x 0.4 s + 2 x 0.1 s; the first interval (0.9 s a batch) skipped
+        assert abs(rate["samples_per_s"] - 4000 / 1.0) < 1e-6, rate
+        assert rate["best_interval"] == 10000 and rate["first_interval"] == 1000 / 0.9
+        assert bench_train.peer_records(os.path.join(sys.argv[1], "absent.log")) is None
+        print("ok")
+    """, tmp_path)
+    assert "ok" in out
+
+
+def test_hashed_features(tmp_path):
+    out = run_in_bench("""
+        import numpy as np
+        import bench_quality
+        from dlrm.data import Batch
+        sparse = np.array([[5] * 26, [5] * 26], dtype=np.int64)
+        dense = np.array([[1.0] * 13, [np.e] * 13], dtype=np.float32)  # parquet dense = raw + 1
+        X = bench_quality.hashed_features(Batch(np.zeros((2, 1), np.float32), dense, sparse, 2), 22)
+        assert X.shape == (2, (1 << 22) + 13)
+        row = X[0].toarray().ravel()
+        assert (row[:1 << 22] > 0).sum() == 26, "the same id in 26 columns: 26 buckets"
+        assert np.allclose(row[1 << 22:], 0) and np.allclose(X[1].toarray().ravel()[1 << 22:], np.log(np.e))
+        print("ok")
+    """, tmp_path)
+    assert "ok" in out
