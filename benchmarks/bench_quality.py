@@ -249,9 +249,7 @@ def main(argv=None):
         gap = planted - ours["auc"]
         print(f"planted - ours: {gap:+.4f} ({'OK' if gap <= 0.01 else 'ABOVE 0.01'}: goal <= 0.01 on synthetic data)")
     print("=" * 80)
-    noisy = [n for n, r in (("DLRM", ours), ("LR", lr)) if (r.get("others_cores") or 0) > 0.25]
-    if noisy:
-        print(f"note: other processes kept cores busy during {', '.join(noisy)}: the seconds are noisy")
+    harness.busy_note([("DLRM", ours), ("LR", lr)], "the seconds are")
     print(f"total {time.time() - t_start:.0f} s (preprocessing {prep_s:.0f} s)")
     return 0
 

@@ -234,9 +234,8 @@ def main(argv=None):
     print(f"{f'projection: {NODE_CORES_PER_RANK} cores per rank x per-core rate':58s} {node:>16,.0f}  "
           f"({node / demand:.1f}x the demand; {'meets' if node >= args.goal else 'misses'} the goal if it scales linearly)")
     print("=" * 96)
-    noisy = [r["workers"] for r in results if (r.get("others_cores") or 0) > 0.25]
-    if noisy:
-        print(f"note: other processes kept cores busy during the widths {noisy}: those figures are noisy")
+    harness.busy_note([(f"width {r['workers']}", r) for r in results] + [("the breakdown", b)],
+                     "those figures are")
     print(f"total {time.time() - t_start:.0f} s")
     return 0
 

@@ -4,7 +4,7 @@
   (`run_child`); the child prints its result as one tagged JSON line (`emit`);
 - CPU accounting: `CpuWindow` (wall time, this process's CPU time, what the rest of the machine
   used meanwhile), `tree_cpu_s` (a process tree's CPU time), `load_note` (" [ours 1.90 cores,
-  others 0.30]": on a shared machine, how much a figure is to be trusted), `cpu_model`;
+  others 0.30]": on a shared machine, how much a figure is to be trusted), `busy_note`, `cpu_model`;
 - watched runs: `run_watched` (a command in its own session, its progress records polled with the CPU
   use of its process tree and of the machine at each, its peak RSS), `interval_rate` (samples/s over
   logged intervals, the first one skipped);
@@ -123,6 +123,13 @@ class CpuSample:
             return {}
         cores = (b.tree - a.tree) / span
         return {"cores": cores, "others_cores": max((b.busy - a.busy) / span - cores, 0.0)}
+
+
+def busy_note(labelled, what):
+    """Print a note naming the labels whose records saw other processes keep > 0.25 cores busy."""
+    noisy = [str(label) for label, rec in labelled if (rec.get("others_cores") or 0) > 0.25]
+    if noisy:
+        print(f"note: other processes kept cores busy during {', '.join(noisy)}: {what} noisy")
 
 
 def load_note(rec):
