@@ -455,12 +455,15 @@ def peer_phase(args, data_dir, train, tables):
         print(f"  peer: {peer['samples_per_s']:,.0f} samples/s (step only; peak RSS {peer['peak_rss'] / 2**30:.2f} GiB)"
               f"{load_note(peer)}", flush=True)
         rows.append((name, arch, sum(sizes), ours, peer))
+    def cores(r):
+        return f"{r['cores']:.2f}/{r['others_cores']:.2f}" if r.get("cores") is not None else "?"
+
     if rows:
         print(f"  {'case':14s} {'bottom / top / dim':30s} {'table rows':>12} {'ours':>10} {'peer':>10} {'ours/peer':>10}")
         for name, (bottom, top, dim), n, ours, peer in rows:
             print(f"  {name:14s} {f'{bottom} / {top} / {dim}':30s} {n:>12,} {fmt(ours['samples_per_s']):>10} "
                   f"{fmt(peer['samples_per_s']):>10} {ours['samples_per_s'] / peer['samples_per_s']:>9.2f}x  "
-                  f"(goal >= 1.0; ours{load_note(ours)}; peer{load_note(peer)})")
+                  f"(goal >= 1.0; cores used / others': ours {cores(ours)}, peer {cores(peer)})")
     return rows
 
 
