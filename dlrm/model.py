@@ -143,11 +143,15 @@ class LocalEmbedding(nn.Module):
         super().__init__()
         sizes = np.asarray(table_size_array, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        weight = np.concatenate([
-            np.random.uniform(-b, b, size=(n, embedding_vec_size))
-            for n, b in zip(sizes, embedding_init_bounds(table_size_array))
-        ]).astype(np.float32)
-        self.weight = nn.Parameter(flow.tensor(weight))
+        # Filled in float32 a block of rows at a time (the same random stream as one draw per
+        # table) and shared with the parameter (from_numpy): the table is in memory once.
+        weight = np.empty((int(sizes.sum()), embedding_vec_size), dtype=np.float32)
+        block = max(1, (1 << 22) // embedding_vec_size)
+        for start, n, b in zip(offsets, sizes, embedding_init_bounds(table_size_array)):
+            for lo in range(start, start + n, block):
+                hi = min(lo + block, start + n)
+                weight[lo:hi] = np.random.uniform(-b, b, size=(hi - lo, embedding_vec_size))
+        self.weight = nn.Parameter(flow.from_numpy(weight))
         self.register_buffer("sizes", flow.tensor(sizes).reshape(1, -1), persistent=False)
         self.register_buffer("offsets", flow.tensor(offsets).reshape(1, -1), persistent=False)
 

@@ -54,6 +54,16 @@ def dataset(args):
           "table sizes", info["table_size_array"])
 
 
+def batches(args):
+    """Print how many batches of BATCH_SIZE rows cover SPLIT of the dataset EPOCHS times (rounded up)."""
+    info = read_dataset_info(args.parquet_dir)
+    if info is None:
+        raise QuickstartError(f"{os.path.join(args.parquet_dir, DATASET_INFO_FILE)} does not exist")
+    if args.batch_size <= 0 or args.epochs <= 0:
+        raise QuickstartError("BATCH_SIZE and EPOCHS must be > 0")
+    print(max(1, math.ceil(info["rows"][args.split] * args.epochs / args.batch_size)))
+
+
 def planted_test_day(raw_dir):
     """planted_model.json's record of the last (test) day {day, rows, click_rate, planted_auc}, or None
     without a planted model (e.g. RAW_DIR data) or AUC."""
@@ -192,6 +202,7 @@ def build_parser():
     command(versions)
     command(same_raw, "raw_dir", "days", "rows_per_day", "seed", days=int, rows_per_day=int, seed=int)
     command(dataset, "parquet_dir")
+    command(batches, "parquet_dir", "split", "batch_size", "epochs", batch_size=int, epochs=float)
     command(planted_auc, "raw_dir")
     command(summary, "run_dir", "raw_dir")
     command(gpu_report, "work_dir", "steps", steps=int).add_argument("checks", metavar="CHECK", nargs="+")

@@ -17,25 +17,30 @@
 #                     (the dataset), train/<time>/ (one directory per training run: checkpoints,
 #                     metrics.jsonl, metrics.png, summary.json, train.log), train/latest -> newest
 #   RAW_DIR           use these raw files instead of generating synthetic ones
-#   DAYS, ROWS_PER_DAY, SEED   synthetic data shape [3, 100000, 0]: days 0..DAYS-2 train, the
+#   DAYS, ROWS_PER_DAY, SEED   synthetic data shape [3, 300000, 0]: days 0..DAYS-2 train, the
 #                     last day is split into test and val
 #   NUM_TEST_EXAMPLES rows of the last day that go to test [half of it]
 #   TRAIN_FILES, EVAL_FILES    parquet files per split [16, 4]
 #   DRIVER_MEMORY_GB  Spark driver memory [4]
+#   MIN_FREQUENCY     vocabulary ids: values seen fewer times in train share one id per column [3]
 #   SHUFFLE_PARTITIONS  Spark shuffle partitions [4; Spark's 200 only add overhead at this size]
 #   OVERWRITE=1       regenerate raw/ and rebuild parquet/ even if they exist. Without it an existing
 #                     dataset is reused when it was built from the same raw files and settings
 #                     (recorded in WORK_DIR/parquet.stamp), and anything else in the way stops the
 #                     script with a message -- nothing is replaced silently.
 #   NPROC             training processes [number of GPUs nvidia-smi -L lists, else 2 on CPU]
-#   TRAIN_BATCHES [1000], EVAL_INTERVAL [250], EVAL_BATCHES [20], LOSS_PRINT_INTERVAL [50],
-#   TRAIN_BATCH_SIZE [256], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
-#   LEARNING_RATE [1.0], WARMUP_BATCHES [50], DECAY_START [60% of TRAIN_BATCHES],
-#   DECAY_BATCHES [the rest]
+#   EPOCHS [1], TRAIN_BATCHES [EPOCHS passes over train], EVAL_INTERVAL [a quarter of the run],
+#   EVAL_BATCHES [the whole test split], LOSS_PRINT_INTERVAL [50],
+#   TRAIN_BATCH_SIZE [512], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
+#   OPTIMIZER [adam], LEARNING_RATE [0.001], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
+#   DECAY_BATCHES [1]
 #   PY                python to use [the venv of scripts/setup_env.sh]
-# The model is small (embedding 16, bottom MLP 64,32,16, top MLP 64,32); on GPUs OneEmbedding gets
-# --persistent_path RUN_DIR/persistent --store_type device_mem. Extra arguments go to
-# dlrm_train_eval.py last, so they override anything here.
+# The recipe, chosen for real click data (README, "A recipe for small real data"): vocabulary ids
+# with rare values folded (MIN_FREQUENCY 3, as NVIDIA's frequency_limit), one epoch (CTR models
+# overfit from the second epoch on), Adam at its usual 0.001 (on CPU only the rows a batch touches
+# are updated), evaluation on the whole test split. The model is small (embedding 16, bottom MLP
+# 64,32,16, top MLP 64,32); on GPUs OneEmbedding gets --persistent_path RUN_DIR/persistent
+# --store_type device_mem. Extra arguments go to dlrm_train_eval.py last, so they override anything here.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 wants_help "$@" && usage
@@ -50,21 +55,16 @@ banner() {
 elapsed() { local t=$((SECONDS - T0)); printf '%dm%02ds' $((t / 60)) $((t % 60)); }
 
 WORK_DIR="$(abspath "${WORK_DIR:-./runs/quickstart}")"
-DAYS="${DAYS:-3}" ROWS_PER_DAY="${ROWS_PER_DAY:-100000}" SEED="${SEED:-0}"
+DAYS="${DAYS:-3}" ROWS_PER_DAY="${ROWS_PER_DAY:-300000}" SEED="${SEED:-0}"
 TRAIN_FILES="${TRAIN_FILES:-16}" EVAL_FILES="${EVAL_FILES:-4}" DRIVER_MEMORY_GB="${DRIVER_MEMORY_GB:-4}"
-SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}"
-TRAIN_BATCHES="${TRAIN_BATCHES:-1000}" EVAL_INTERVAL="${EVAL_INTERVAL:-250}" EVAL_BATCHES="${EVAL_BATCHES:-20}"
-LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}" LEARNING_RATE="${LEARNING_RATE:-1.0}"
-WARMUP_BATCHES="${WARMUP_BATCHES:-50}"
-for v in DAYS ROWS_PER_DAY SEED TRAIN_FILES EVAL_FILES DRIVER_MEMORY_GB SHUFFLE_PARTITIONS TRAIN_BATCHES EVAL_INTERVAL \
-         EVAL_BATCHES LOSS_PRINT_INTERVAL WARMUP_BATCHES; do
+SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}" MIN_FREQUENCY="${MIN_FREQUENCY:-3}"
+EPOCHS="${EPOCHS:-1}" LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}"
+OPTIMIZER="${OPTIMIZER:-adam}" LEARNING_RATE="${LEARNING_RATE:-0.001}" WARMUP_BATCHES="${WARMUP_BATCHES:-0}"
+for v in DAYS ROWS_PER_DAY SEED TRAIN_FILES EVAL_FILES DRIVER_MEMORY_GB SHUFFLE_PARTITIONS MIN_FREQUENCY \
+         LOSS_PRINT_INTERVAL WARMUP_BATCHES; do
   need_int "$v" "${!v}"
 done
-need_int TRAIN_BATCHES "$TRAIN_BATCHES" 1
-DECAY_START="${DECAY_START:-$((TRAIN_BATCHES * 6 / 10))}"
-DECAY_BATCHES="${DECAY_BATCHES:-$((TRAIN_BATCHES - DECAY_START))}"
-need_int DECAY_START "$DECAY_START"
-need_int DECAY_BATCHES "$DECAY_BATCHES" 1
+[[ "$EPOCHS" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "EPOCHS must be a positive number, not '$EPOCHS'" 2
 OVERWRITE="${OVERWRITE:-0}"
 if [[ -n "${RAW_DIR:-}" ]]; then
   need_dir RAW_DIR "$RAW_DIR"
@@ -119,12 +119,13 @@ if [[ -z "${NUM_TEST_EXAMPLES:-}" ]]; then
 fi
 need_int NUM_TEST_EXAMPLES "$NUM_TEST_EXAMPLES"
 # The dataset's identity: the raw files (name, size, mtime) and every setting that changes the output.
-stamp="$( { echo "num_test=$NUM_TEST_EXAMPLES train_files=$TRAIN_FILES eval_files=$EVAL_FILES"
+stamp="$( { echo "num_test=$NUM_TEST_EXAMPLES train_files=$TRAIN_FILES eval_files=$EVAL_FILES min_frequency=$MIN_FREQUENCY"
             (cd "$raw" && ls | { grep -E '^(day_[0-9]+(\.gz)?|train\.txt(\.gz)?)$' || true; } | sort | xargs -r stat -L -c '%n %s %Y'); } \
           | sha256sum | cut -c1-16)"
 pre=(--input_dir "$raw" --output_dir "$parquet" --spark_master "local[$(nproc 2>/dev/null || echo 2)]"
      --spark_driver_memory_gb "$DRIVER_MEMORY_GB" --train_files "$TRAIN_FILES" --eval_files "$EVAL_FILES"
      --num_test_examples "$NUM_TEST_EXAMPLES" --shuffle_partitions "$SHUFFLE_PARTITIONS" --export_dataset_info)
+(( MIN_FREQUENCY > 0 )) && pre+=(--min_frequency "$MIN_FREQUENCY")
 if [[ -f "$parquet/dataset_info.json" && -f "$WORK_DIR/parquet.stamp" && "$(cat "$WORK_DIR/parquet.stamp")" == "$stamp" \
       && "$OVERWRITE" != 1 ]]; then
   echo "reusing the dataset in $parquet (built from the same raw files and settings; OVERWRITE=1 rebuilds it)"
@@ -152,8 +153,15 @@ else
   nproc_train=2
 fi
 round_up() { echo $(( ($1 + $2 - 1) / $2 * $2 )); }
-TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-$(round_up 256 "$nproc_train")}"
+TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-$(round_up 512 "$nproc_train")}"
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-$(round_up 1000 "$nproc_train")}"
+TRAIN_BATCHES="${TRAIN_BATCHES:-$(quickstart batches "$parquet" train "$TRAIN_BATCH_SIZE" "$EPOCHS")}"
+EVAL_BATCHES="${EVAL_BATCHES:-$(quickstart batches "$parquet" test "$EVAL_BATCH_SIZE" 1)}"
+need_int TRAIN_BATCHES "$TRAIN_BATCHES" 1
+EVAL_INTERVAL="${EVAL_INTERVAL:-$(( (TRAIN_BATCHES + 3) / 4 ))}"
+DECAY_START="${DECAY_START:-$TRAIN_BATCHES}" DECAY_BATCHES="${DECAY_BATCHES:-1}"
+for v in EVAL_BATCHES EVAL_INTERVAL DECAY_START; do need_int "$v" "${!v}"; done
+need_int DECAY_BATCHES "$DECAY_BATCHES" 1
 run_dir="$WORK_DIR/train/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 ln -sfn "$(basename "$run_dir")" "$WORK_DIR/train/latest"
@@ -161,7 +169,7 @@ where="CPU ($GPU_PROBE_NOTE)"
 train=(--model_save_dir "$run_dir" --metrics_file "$run_dir/metrics.jsonl"
        --bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32
        --train_batch_size "$TRAIN_BATCH_SIZE" --eval_batch_size "$EVAL_BATCH_SIZE"
-       --learning_rate "$LEARNING_RATE" --warmup_batches "$WARMUP_BATCHES"
+       --optimizer "$OPTIMIZER" --learning_rate "$LEARNING_RATE" --warmup_batches "$WARMUP_BATCHES"
        --decay_start "$DECAY_START" --decay_batches "$DECAY_BATCHES" --train_batches "$TRAIN_BATCHES"
        --eval_interval "$EVAL_INTERVAL" --eval_batches "$EVAL_BATCHES" --loss_print_interval "$LOSS_PRINT_INTERVAL")
 persistent=""  # CPU: no --persistent_path
