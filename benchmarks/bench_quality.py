@@ -21,12 +21,13 @@ One run prints figures (it is not a test):
 Goals: on real rows, our AUC >= the logistic regression's; on the quickstart's synthetic data, within
 0.01 of the planted AUC.
 
-    python benchmarks/bench_quality.py                    # synthetic 3 x 100k (~5 min: Spark, training, LR)
+    python benchmarks/bench_quality.py                    # synthetic 3 x 300k (~10 min: Spark, training, LR)
     python benchmarks/bench_quality.py --raw ../shared/criteo/kaggle_train_head10k.tsv
-    python benchmarks/bench_quality.py --preprocess_args "--min_frequency 2" --train_args "--learning_rate 0.5 ..."
+    python benchmarks/bench_quality.py --preprocess_args "--min_frequency 2" --epochs 2 --train_args "..."
 """
 import argparse
 import hashlib
+import math
 import os
 import shlex
 import sys
@@ -37,13 +38,14 @@ import harness
 from harness import CpuWindow, load_note, run_watched
 from dlrm.launch import train_command
 from dlrm.metrics import read_metrics
-from dlrm.schema import NUM_SPARSE
+from dlrm.schema import NUM_SPARSE, read_dataset_info
 
-# The quickstart's recipe (scripts/quickstart.sh on CPU: 2 ranks, its default settings).
-TRAIN_ARGS = ("--bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32 --train_batch_size 256 "
-              "--eval_batch_size 1000 --learning_rate 1.0 --warmup_batches 50 --decay_start 600 "
-              "--decay_batches 400 --train_batches 1000 --eval_interval 250 --eval_batches 20 "
-              "--loss_print_interval 50")
+# The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; README "A recipe for small real
+# data"): vocabulary ids with rare values folded, Adam 0.001 at a flat rate, batch 512, --epochs passes.
+PREPROCESS_ARGS = "--min_frequency 3"
+TRAIN_ARGS = ("--bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32 --train_batch_size 512 "
+              "--eval_batch_size 1000 --optimizer adam --learning_rate 0.001 --warmup_batches 0 "
+              "--decay_start 1000000000 --decay_batches 1 --eval_interval 0 --loss_print_interval 50")
 WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every test row is evaluated
 
 
@@ -110,8 +112,11 @@ def train_dlrm(args, data_dir):
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(metrics):
         os.remove(metrics)
+    recipe = shlex.split(args.train_args)
+    batch = int(recipe[recipe.index("--train_batch_size") + 1]) if "--train_batch_size" in recipe else 55296
+    train_rows = read_dataset_info(data_dir)["rows"]["train"]
     train_args = ["--data_dir", data_dir, "--device", "cpu", "--metrics_file", metrics,
-                  *shlex.split(args.train_args),
+                  "--train_batches", str(max(1, math.ceil(train_rows * args.epochs / batch))), *recipe,
                   "--eval_split", "test", "--eval_batches", str(WHOLE_SPLIT_EVAL_BATCHES)]
     cmd = train_command(train_args, nproc=args.nproc)
     print(f"  $ {' '.join(map(str, cmd))}", flush=True)
@@ -198,12 +203,14 @@ def get_parser():
     a("--work_dir", default=os.path.join(tempfile.gettempdir(), "dlrm_bench_quality"),
       help="where the raw synthetic data, the parquet datasets and the training run go")
     a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
-    a("--rows_per_day", type=int, default=100000, help="synthetic rows per day")
+    a("--rows_per_day", type=int, default=300000, help="synthetic rows per day")
     a("--seed", type=int, default=0, help="synthetic data seed")
     a("--num_test_examples", type=int, default=None,
       help="rows of the last day that go to test (default: half of it, as the quickstart)")
-    a("--preprocess_args", default="", help="extra tools/criteo1t_parquet.py flags, one string")
+    a("--preprocess_args", default=PREPROCESS_ARGS, help="extra tools/criteo1t_parquet.py flags, one string")
     a("--train_args", default=TRAIN_ARGS, help="the dlrm_train_eval.py recipe, one string")
+    a("--epochs", type=float, default=1.0,
+      help="passes over train: --train_batches = ceil(train rows * epochs / --train_batch_size of the recipe)")
     a("--nproc", type=int, default=2, help="training ranks (the quickstart's on CPU)")
     a("--hash_bits", type=int, default=22, help="logistic regression: 2^bits hashed buckets")
     a("--lr_c", type=float_list, default="0.01,0.03,0.1,0.3,1",
@@ -219,8 +226,6 @@ def main(argv=None):
     print(f"machine: {os.cpu_count()} CPUs, {harness.cpu_model()}")
     raw, num_test, planted = raw_input(args)
     data_dir, prep_s = ensure_parquet(args, raw, num_test)
-    from dlrm.schema import read_dataset_info
-
     rows = read_dataset_info(data_dir)["rows"]
     print(f"rows: {', '.join(f'{s} {n:,}' for s, n in rows.items())}")
 
