@@ -41,9 +41,9 @@ from dlrm.metrics import read_metrics
 from dlrm.schema import NUM_SPARSE, read_dataset_info
 
 # The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; README "A recipe for small real
-# data"): vocabulary ids with rare values folded, Adam 0.001 at a flat rate, batch 512, --epochs passes.
+# data"): vocabulary ids with rare values folded, Adam 0.001 at a flat rate, batch 128, --epochs passes.
 PREPROCESS_ARGS = "--min_frequency 3"
-TRAIN_ARGS = ("--bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32 --train_batch_size 512 "
+TRAIN_ARGS = ("--bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32 --train_batch_size 128 "
               "--eval_batch_size 1000 --optimizer adam --learning_rate 0.001 --warmup_batches 0 "
               "--decay_start 1000000000 --decay_batches 1 --eval_interval 0 --loss_print_interval 50")
 WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every test row is evaluated
