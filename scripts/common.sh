@@ -20,10 +20,10 @@ die() {  # die MESSAGE [EXIT_CODE]
 
 note() { echo "[$SCRIPT_NAME] $*" >&2; }
 
-# Print the usage comment at the top of the calling script (the lines after the shebang that
-# start with '#', up to the first line that does not) and exit 0.
+# Print the usage comment at the top of the calling script (or of script $1) -- the lines after
+# the shebang that start with '#', up to the first line that does not -- and exit 0.
 usage() {
-  local script="${BASH_SOURCE[1]}"
+  local script="${1:-${BASH_SOURCE[1]}}"
   sed -n '2,/^[^#]/{/^#/!q;s/^# \{0,1\}//;p}' "$script"
   exit 0
 }
@@ -37,6 +37,34 @@ need_args() {
   if (( $# < want )); then
     die "expected $want path argument(s), got $# (run with -h for usage)" 2
   fi
+}
+
+# take_paths N "$@": -h/--help prints the calling script's usage; else the N path arguments go to
+# PATHS and the rest to ARGS (passed on last, so they override).
+take_paths() {
+  local n="$1"; shift
+  wants_help "$@" && usage "${BASH_SOURCE[1]}"
+  need_args "$n" "$@"
+  PATHS=("${@:1:n}")
+  ARGS=("${@:n+1}")
+}
+
+# check_gpu_run DATA_DIR PERSISTENT_PATH NGPUS: what every GPU launcher checks before launching.
+check_gpu_run() {
+  need_dir DATA_DIR "$1"
+  require_gpus "$3"
+  make_dir PERSISTENT_PATH "$2"
+}
+
+# check_output_dir OUTPUT_DIR ARGS...: a preprocessing output must be new or empty, unless ARGS
+# hold --overwrite.
+check_output_dir() {
+  local output="$1"; shift
+  if [[ -d "$output" && -n "$(ls -A -- "$output" 2>/dev/null)" ]] && ! has_flag --overwrite "$@"; then
+    die "OUTPUT_DIR $output exists and is not empty; pass --overwrite to replace it (or choose another directory)" 2
+  fi
+  [[ -e "$output" && ! -d "$output" ]] && die "OUTPUT_DIR $output exists and is not a directory" 2
+  return 0
 }
 
 need_dir() {  # need_dir WHAT PATH : PATH must be an existing directory

@@ -22,14 +22,11 @@
 # Example: SPARK_TMP_DIR=/ssd/spark_tmp scripts/preprocess_local.sh /data/criteo1t /data/criteo1t_parquet
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-wants_help "$@" && usage
-need_args 2 "$@"
-input="$1" output="$2"; shift 2
+take_paths 2 "$@"
+input="${PATHS[0]}" output="${PATHS[1]}"
+set -- "${ARGS[@]}"
 need_dir INPUT_DIR "$input"
-if [[ -d "$output" && -n "$(ls -A -- "$output" 2>/dev/null)" ]] && ! has_flag --overwrite "$@"; then
-  die "OUTPUT_DIR $output exists and is not empty; pass --overwrite to replace it (or choose another directory)" 2
-fi
-[[ -e "$output" && ! -d "$output" ]] && die "OUTPUT_DIR $output exists and is not a directory" 2
+check_output_dir "$output" "$@"
 mem="${DRIVER_MEMORY_GB:-$(( $(physical_memory_gb) * 3 / 4 ))}"
 (( mem >= 1 )) || mem=1
 need_int DRIVER_MEMORY_GB "$mem" 1

@@ -29,15 +29,12 @@
 # Example: SPARK_MASTER=spark://head:7077 EXECUTOR_MEMORY=64g scripts/preprocess_spark_submit.sh /nfs/criteo1t /nfs/criteo1t_parquet
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-wants_help "$@" && usage
-need_args 2 "$@"
-input="$1" output="$2"; shift 2
+take_paths 2 "$@"
+input="${PATHS[0]}" output="${PATHS[1]}"
+set -- "${ARGS[@]}"
 need_env SPARK_MASTER
 need_dir INPUT_DIR "$input"
-if [[ -d "$output" && -n "$(ls -A -- "$output" 2>/dev/null)" ]] && ! has_flag --overwrite "$@"; then
-  die "OUTPUT_DIR $output exists and is not empty; pass --overwrite to replace it (or choose another directory)" 2
-fi
-[[ -e "$output" && ! -d "$output" ]] && die "OUTPUT_DIR $output exists and is not a directory" 2
+check_output_dir "$output" "$@"
 need_int DRIVER_MEMORY_GB "${DRIVER_MEMORY_GB:-8}" 1
 need_int EXECUTOR_CORES "${EXECUTOR_CORES:-4}" 1
 require_java

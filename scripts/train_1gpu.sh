@@ -21,10 +21,6 @@
 # Example: scripts/train_1gpu.sh /data/criteo_parquet /ssd/dlrm_persistent --train_batches 2000
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-wants_help "$@" && usage
-need_args 2 "$@"
-data_dir="$1" persistent="$2"; shift 2
-need_dir DATA_DIR "$data_dir"
-require_gpus 1
-make_dir PERSISTENT_PATH "$persistent"
-launch_dlrm "$data_dir" "$persistent" 1 1 0 127.0.0.1 "${MASTER_PORT:-}" "$@"
+take_paths 2 "$@"
+check_gpu_run "${PATHS[@]}" 1
+launch_dlrm "${PATHS[@]}" 1 1 0 127.0.0.1 "${MASTER_PORT:-}" "${ARGS[@]}"

@@ -23,14 +23,10 @@
 # Example: AMP=1 MODEL_SAVE_DIR=/ckpt/criteo1t scripts/train_8gpu_criteo1t.sh /data/criteo1t_parquet /ssd/persistent
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-wants_help "$@" && usage
-need_args 2 "$@"
-data_dir="$1" persistent="$2"; shift 2
-need_dir DATA_DIR "$data_dir"
-require_gpus 8
-make_dir PERSISTENT_PATH "$persistent"
-launch_dlrm "$data_dir" "$persistent" 8 1 0 127.0.0.1 "${MASTER_PORT:-}" \
+take_paths 2 "$@"
+check_gpu_run "${PATHS[@]}" 8
+launch_dlrm "${PATHS[@]}" 8 1 0 127.0.0.1 "${MASTER_PORT:-}" \
   --embedding_vec_size 128 --bottom_mlp 512,256,128 --top_mlp 1024,1024,512,256 \
   --train_batch_size 55296 --train_batches 75000 --learning_rate 24 \
   --warmup_batches 2750 --decay_start 49315 --decay_batches 27772 \
-  --eval_batch_size 55296 --eval_batches 1612 --eval_interval 10000 --loss_print_interval 1000 "$@"
+  --eval_batch_size 55296 --eval_batches 1612 --eval_interval 10000 --loss_print_interval 1000 "${ARGS[@]}"

@@ -25,9 +25,7 @@
 # GPUs are visible (nvidia-smi -L).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-wants_help "$@" && usage
-need_args 2 "$@"
-data_dir="$1" persistent="$2"; shift 2
+take_paths 2 "$@"
 need_env NNODES NODE_RANK MASTER_ADDR
 gpus="${GPUS_PER_NODE:-8}" port="${MASTER_PORT:-29500}"
 need_int NNODES "$NNODES" 1
@@ -35,8 +33,6 @@ need_int NODE_RANK "$NODE_RANK"
 need_int GPUS_PER_NODE "$gpus" 1
 need_int MASTER_PORT "$port" 1
 (( NODE_RANK < NNODES )) || die "NODE_RANK $NODE_RANK must be < NNODES $NNODES" 2
-need_dir DATA_DIR "$data_dir"
-require_gpus "$gpus"
-make_dir PERSISTENT_PATH "$persistent"
+check_gpu_run "${PATHS[@]}" "$gpus"
 note "node $NODE_RANK of $NNODES, $gpus GPUs per node ($((NNODES * gpus)) ranks), master $MASTER_ADDR:$port"
-launch_dlrm "$data_dir" "$persistent" "$gpus" "$NNODES" "$NODE_RANK" "$MASTER_ADDR" "$port" "$@"
+launch_dlrm "${PATHS[@]}" "$gpus" "$NNODES" "$NODE_RANK" "$MASTER_ADDR" "$port" "${ARGS[@]}"

@@ -39,13 +39,19 @@ class NoStateDict(DLRM):
         raise AssertionError("state_dict() called while loading")
 
 
-def test_loading_weights_does_not_call_state_dict(tmp_path):
+def saved_and_other(tmp_path, other_class):
+    """A config on a tiny dataset, a DLRM and a model of other_class (global, on the CPU)."""
     root = write_tiny_dataset(str(tmp_path / "d"))
     cfg = resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "20",
                                            "--bottom_mlp", "16,8", "--embedding_vec_size", "8"]), 1, False)
-    saved, model = DLRM(cfg.model, cfg.store, "cpu"), NoStateDict(cfg.model, cfg.store, "cpu")
-    for m in (saved, model):
+    models = DLRM(cfg.model, cfg.store, "cpu"), other_class(cfg.model, cfg.store, "cpu")
+    for m in models:
         m.to_global(cpu_placement(), flow.sbp.broadcast)
+    return (cfg, *models)
+
+
+def test_loading_weights_does_not_call_state_dict(tmp_path):
+    cfg, saved, model = saved_and_other(tmp_path, NoStateDict)
     save_checkpoint(saved, str(tmp_path / "ckpt"), "w", train_state(0, cfg))
     assert sorted(state_keys(model)) == sorted(saved.state_dict())
     load_weights(model, str(tmp_path / "ckpt" / "w"))
@@ -81,12 +87,7 @@ class SnapshotMissing(DLRM):
 
 
 def test_a_failed_snapshot_load_is_one_line(tmp_path):
-    root = write_tiny_dataset(str(tmp_path / "d"))
-    cfg = resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "20",
-                                           "--bottom_mlp", "16,8", "--embedding_vec_size", "8"]), 1, False)
-    saved, model = DLRM(cfg.model, cfg.store, "cpu"), SnapshotMissing(cfg.model, cfg.store, "cpu")
-    for m in (saved, model):
-        m.to_global(cpu_placement(), flow.sbp.broadcast)
+    cfg, saved, model = saved_and_other(tmp_path, SnapshotMissing)
     save_checkpoint(saved, str(tmp_path / "ckpt"), "step_5", train_state(5, cfg))
     found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "ckpt" / "step_5")))
     with pytest.raises(ValueError) as e:
