@@ -157,8 +157,9 @@ def get_parser():
       help="per-rank batch (default: the original's 8-GPU global batch / 8)")
     a("--widths", type=int_list, default=None,
       help="reader widths (workers) to time; default: powers of two up to the CPUs, the CPUs, 2 x the CPUs")
-    a("--batches", type=int, default=300, help="batches timed per width")
-    a("--warmup", type=int, default=20, help="batches read before timing")
+    a("--batches", type=int, default=3000,
+      help="batches timed per width (many times the 2 x workers row groups decoded ahead, or the lookahead inflates the rate)")
+    a("--warmup", type=int, default=100, help="batches read before timing")
     a("--row_groups", type=int, default=8, help="row groups in the time breakdown")
     a("--goal", type=float, default=10e6, help="samples/s per rank to reach (2x the original's per-rank demand)")
     # child phases (internal)
