@@ -27,7 +27,6 @@ Goals: on real rows, our AUC >= the logistic regression's; on the quickstart's s
 """
 import argparse
 import hashlib
-import math
 import os
 import shlex
 import sys
@@ -38,6 +37,7 @@ import harness
 from harness import CpuWindow, load_note, run_watched
 from dlrm.launch import train_command
 from dlrm.metrics import read_metrics
+from dlrm.quickstart import epoch_batches
 from dlrm.schema import NUM_SPARSE, read_dataset_info
 
 # The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; README "A recipe for small real
@@ -116,7 +116,7 @@ def train_dlrm(args, data_dir):
     batch = int(recipe[recipe.index("--train_batch_size") + 1]) if "--train_batch_size" in recipe else 55296
     train_rows = read_dataset_info(data_dir)["rows"]["train"]
     train_args = ["--data_dir", data_dir, "--device", "cpu", "--metrics_file", metrics,
-                  "--train_batches", str(max(1, math.ceil(train_rows * args.epochs / batch))), *recipe,
+                  "--train_batches", str(epoch_batches(train_rows, batch, args.epochs)), *recipe,
                   "--eval_split", "test", "--eval_batches", str(WHOLE_SPLIT_EVAL_BATCHES)]
     cmd = train_command(train_args, nproc=args.nproc)
     print(f"  $ {' '.join(map(str, cmd))}", flush=True)

@@ -224,7 +224,7 @@ def store_capacity(rows, world_size):
 
 
 def full_batches_per_rank(groups, batch_size, world_size):
-    """Full per-rank batches in one pass over a split's row groups (eval reads at most this many)."""
+    """Full per-rank batches in one pass over a split's row groups (training needs at least one)."""
     return sum(n for _, _, n in groups) // world_size // (batch_size // world_size)
 
 

@@ -84,11 +84,16 @@ def train_segments(groups, rank, world_size, seed, epoch):
     return [(path, rg, 0, n) for path, rg, n in (groups[i] for i in order[rank::world_size])]
 
 
-def eval_segments(groups, rank, world_size):
-    """This rank's contiguous slice of the split in file order: rows [r*n//w, (r+1)*n//w), so the
-    slices cover every row and differ in size by at most one."""
+def eval_slice(groups, rank, world_size):
+    """Rows [lo, hi) of the split that a rank evaluates: [r*n//w, (r+1)*n//w), so the slices cover
+    every row and differ in size by at most one."""
     total = sum(n for _, _, n in groups)
-    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+    return rank * total // world_size, (rank + 1) * total // world_size
+
+
+def eval_segments(groups, rank, world_size):
+    """This rank's contiguous slice of the split (eval_slice) as segments, in file order."""
+    lo, hi = eval_slice(groups, rank, world_size)
     segments, first = [], 0
     for path, rg, n in groups:
         start, stop = max(lo - first, 0), min(hi - first, n)

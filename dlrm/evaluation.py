@@ -7,8 +7,9 @@ import numpy as np
 import oneflow as flow
 import psutil
 
-from dlrm.data import BatchReader
+from dlrm.data import BatchReader, eval_slice
 from dlrm.distributed import broadcast_float, gather_to_all, to_global
+from dlrm.schema import NUM_DENSE, NUM_SPARSE
 
 
 def roc_auc(labels, preds):
@@ -25,7 +26,7 @@ class EvalSet:
     def __init__(self, data, rank, world_size, local_world_size=1):
         self.data, self.rank, self.world_size = data, rank, world_size
         rows = sum(n for *_, n in data.eval_groups) / world_size
-        row_bytes = 4 * (1 + 13) + 8 * 26
+        row_bytes = 4 * (1 + NUM_DENSE) + 8 * NUM_SPARSE  # label, dense, ids at most int64
         self.cache_enabled = rows * row_bytes * local_world_size < EVAL_CACHE_FRACTION * psutil.virtual_memory().total
         self.cached = None
 
@@ -49,19 +50,26 @@ class EvalSet:
             self.cached = batches
 
 
+def real_rows_mask(data, world_size, num_batches):
+    """Which rows of the gathered eval batches (batch by batch, each rank's part in rank order) are
+    data, not padding: every rank knows every rank's slice size, so no exchange is needed."""
+    B = data.eval_batch_per_rank
+    sizes = [hi - lo for lo, hi in (eval_slice(data.eval_groups, r, world_size) for r in range(world_size))]
+    offsets = np.arange(B)
+    return np.concatenate([offsets < size - i * B for i in range(num_batches) for size in sizes])
+
+
 def evaluate(eval_graph, module, eval_set, placement):
     """(AUC, samples) over the eval batches of every rank (padding rows left out), on every rank."""
-    rank = flow.env.get_rank()
+    rank, world = flow.env.get_rank(), flow.env.get_world_size()
     module.eval()
-    labels, preds, real = [], [], []
+    labels, preds = [], []
     for batch in eval_set:
         pred = eval_graph(to_global(batch.dense, placement), to_global(batch.sparse, placement))
         preds.append(gather_to_all(pred))
         labels.append(gather_to_all(to_global(batch.label, placement)))
-        mask = np.arange(len(batch.label)) < batch.rows
-        real.append(gather_to_all(to_global(mask, placement)))
     module.train()
-    keep = flow.cat(real).numpy()
+    keep = real_rows_mask(eval_set.data, world, len(preds))
     auc = 0.0
     if rank == 0:
         auc = roc_auc(flow.tensor(flow.cat(labels).numpy()[keep]), flow.tensor(flow.cat(preds).numpy()[keep]))

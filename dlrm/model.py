@@ -16,6 +16,7 @@ import oneflow.nn as nn
 from dlrm.config import STORE_TYPES
 from dlrm.schema import NUM_DENSE, NUM_SPARSE
 
+
 def pad_to_multiple(n, multiple=8):
     return (n + multiple - 1) // multiple * multiple
 

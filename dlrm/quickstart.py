@@ -45,23 +45,31 @@ def same_raw(args):
     return 0 if ok else 1
 
 
+def dataset_info(parquet_dir):
+    info = read_dataset_info(parquet_dir)
+    if info is None:
+        raise QuickstartError(f"{os.path.join(parquet_dir, DATASET_INFO_FILE)} does not exist")
+    return info
+
+
+def epoch_batches(rows, batch_size, epochs):
+    """Batches of batch_size rows that cover `rows` rows `epochs` times (rounded up, at least 1)."""
+    return max(1, math.ceil(rows * epochs / batch_size))
+
+
 def dataset(args):
     """Print the dataset's rows per split and table sizes (from its dataset_info.json) in one line."""
-    info = read_dataset_info(args.parquet_dir)
-    if info is None:
-        raise QuickstartError(f"{os.path.join(args.parquet_dir, DATASET_INFO_FILE)} does not exist")
+    info = dataset_info(args.parquet_dir)
     print("dataset: train {train}, test {test}, val {val} rows;".format(**info["rows"]),
           "table sizes", info["table_size_array"])
 
 
 def batches(args):
     """Print how many batches of BATCH_SIZE rows cover SPLIT of the dataset EPOCHS times (rounded up)."""
-    info = read_dataset_info(args.parquet_dir)
-    if info is None:
-        raise QuickstartError(f"{os.path.join(args.parquet_dir, DATASET_INFO_FILE)} does not exist")
+    info = dataset_info(args.parquet_dir)
     if args.batch_size <= 0 or args.epochs <= 0:
         raise QuickstartError("BATCH_SIZE and EPOCHS must be > 0")
-    print(max(1, math.ceil(info["rows"][args.split] * args.epochs / args.batch_size)))
+    print(epoch_batches(info["rows"][args.split], args.batch_size, args.epochs))
 
 
 def planted_test_day(raw_dir):

@@ -12,7 +12,7 @@ from conftest import write_tiny_dataset
 from dlrm.checkpoint import load_weights, locate_checkpoint, restore, save_checkpoint, state_keys, train_state
 from dlrm.config import resolve
 from dlrm.distributed import cpu_placement
-from dlrm.evaluation import EvalSet
+from dlrm.evaluation import EvalSet, real_rows_mask
 from dlrm.metrics import gpu_memory_mib
 from dlrm.model import DLRM
 from dlrm_train_eval import get_parser
@@ -95,3 +95,14 @@ def test_a_failed_snapshot_load_is_one_line(tmp_path):
     message = str(e.value)
     assert "\n" not in message and 'Snapshot named "2026-11-26-10-00-00-000000" failed' in message
     assert "same --persistent_path and number of GPUs" in message
+
+
+def test_padding_mask_is_derived_from_the_slices(tmp_path):
+    root = write_tiny_dataset(str(tmp_path / "d"))  # 100 test rows: slices of 33, 33, 34
+    cfg = resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "21", "--eval_batch_size", "30",
+                                           "--bottom_mlp", "16,8", "--embedding_vec_size", "8"]), 3, False)
+    readers = [list(EvalSet(cfg.data, r, 3)) for r in range(3)]
+    assert cfg.data.eval_batches == 4 == len(readers[0])
+    gathered = np.concatenate([np.arange(10) < readers[r][i].rows for i in range(4) for r in range(3)])
+    np.testing.assert_array_equal(real_rows_mask(cfg.data, 3, 4), gathered)
+    assert real_rows_mask(cfg.data, 3, 4).sum() == 100
