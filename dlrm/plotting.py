@@ -23,6 +23,8 @@ import math
 import os
 import sys
 
+from dlrm.jsonfile import write_json
+
 __all__ = ["MetricsError", "load_metrics", "summarize", "plot", "main"]
 
 
@@ -252,10 +254,7 @@ def main(argv=None):
         plot(records, png, s, title=args.title or args.metrics, reference_auc=args.reference_auc,
              reference_label=args.reference_label)
         summary_path = os.path.join(os.path.dirname(os.path.abspath(png)), "summary.json")
-        with open(summary_path + ".tmp", "w") as f:
-            json.dump(dict(s, metrics_file=os.path.abspath(args.metrics), plot=os.path.abspath(png)), f, indent=2)
-            f.write("\n")
-        os.replace(summary_path + ".tmp", summary_path)
+        write_json(summary_path, dict(s, metrics_file=os.path.abspath(args.metrics), plot=os.path.abspath(png)))
     except (MetricsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

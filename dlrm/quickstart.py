@@ -11,12 +11,12 @@ Each subcommand is the function of the same name below (its docstring is its hel
 or unreadable input is one line ``error: ...`` and exit 1.
 """
 import argparse
-import json
 import math
 import os
 import re
 import sys
 
+from dlrm.jsonfile import read_json, write_json
 from dlrm.plotting import MetricsError, curves, load_metrics, summarize
 from dlrm.schema import DATASET_INFO_FILE, read_dataset_info
 from dlrm.synthetic import read_planted_model
@@ -90,10 +90,9 @@ def planted_auc(args):
 def summary(args):
     """Print the run's final AUC (RUN_DIR/summary.json) and, for synthetic data, the planted AUC."""
     path = os.path.join(args.run_dir, "summary.json")
-    if not os.path.isfile(path):
+    s = read_json(path)
+    if s is None:
         raise QuickstartError(f"{path} does not exist (the plot step writes it)")
-    with open(path) as f:
-        s = json.load(f)
     if s["final_auc"] is not None:
         print(f"final AUC:    {s['final_auc']:.4f} at step {s['final_auc_step']} "
               f"(best {s['best_auc']:.4f} at step {s['best_auc_step']}), {s['total_time_s']:.0f} s of training")
@@ -190,8 +189,7 @@ def gpu_report(args):
     failed = [r["check"] for r in rows if r["result"] == "FAIL"]
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed or skipped" + (f"; failed: {', '.join(failed)}"
                                                                                if failed else ""))
-    with open(os.path.join(args.work_dir, "report.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(args.work_dir, "report.json"), rows, indent=1)
     return 1 if failed else 0
 
 
