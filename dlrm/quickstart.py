@@ -17,7 +17,7 @@ import re
 import sys
 
 from dlrm.jsonfile import read_json, write_json
-from dlrm.plotting import MetricsError, curves, load_metrics, summarize
+from dlrm.metrics import MetricsError, curves, read_metrics, summarize
 from dlrm.schema import DATASET_INFO_FILE, read_dataset_info
 from dlrm.synthetic import read_planted_model
 
@@ -124,7 +124,7 @@ def check_result(work_dir, name, steps):
         return dict(row, note="did not run")
     code = int(_read(os.path.join(d, "exit_code")).strip() or -1)
     try:
-        records = load_metrics(os.path.join(d, "ckpt", "metrics.jsonl"))
+        records = read_metrics(os.path.join(d, "ckpt", "metrics.jsonl"))
     except MetricsError as e:
         records, row["note"] = [], str(e)
     s = summarize(records) if records else {}
@@ -161,7 +161,7 @@ def resume_notes(work_dir, d, losses, row, steps):
     if after >= steps:
         return ["the first run had finished before it was killed: nothing was resumed"]
     try:
-        ref = {r["step"]: r["loss"] for r in curves(load_metrics(os.path.join(
+        ref = {r["step"]: r["loss"] for r in curves(read_metrics(os.path.join(
             work_dir, RESUME_REFERENCE, "ckpt", "metrics.jsonl")))["train"]}
     except MetricsError:
         return []

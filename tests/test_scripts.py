@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import PLOT_TOOL, REPO, error_lines, run_tool, write_tiny_dataset
-from dlrm import plotting, quickstart, schema, synthetic
+from dlrm import metrics, quickstart, schema, synthetic
 
 SCRIPTS = os.path.join(REPO, "scripts")
 GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_multinode.sh"]
@@ -279,12 +279,12 @@ def test_summarize_resumed_run(tmp_path):
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in first + second)
         f.write('{"kind": "train", "st')  # a run killed mid-write
-    records = plotting.load_metrics(str(path))
-    s = plotting.summarize(records)
+    records = metrics.read_metrics(str(path))
+    s = metrics.summarize(records)
     assert s["segments"] == 2 and s["steps"] == 1000 and s["evaluations"] == 4
     assert s["best_auc"] == pytest.approx(0.761) and s["best_auc_step"] == 750
     assert s["total_time_s"] == pytest.approx(500 / 20 + 2.0 + (1000 / 20 - 20) + 2.0)  # each segment: + evals after its last train record
-    assert plotting.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
+    assert metrics.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
 
 
 # ----------------------------------------------------------------------------- launch_dlrm (common.sh)
@@ -512,7 +512,7 @@ def test_quickstart_planted_auc(planted_raw, tmp_path, capsys):
 def test_quickstart_summary(planted_raw, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    s = plotting.summarize(write_metrics(run / "metrics.jsonl"))
+    s = metrics.summarize(write_metrics(run / "metrics.jsonl"))
     (run / "summary.json").write_text(json.dumps(s))
     test_day = synthetic.read_planted_model(planted_raw)["per_day"][-1]
     rc, out, _ = run_quickstart(capsys, "summary", run, planted_raw)
