@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import PLOT_TOOL, REPO, error_lines, run_tool, write_tiny_dataset
-from dlrm import metrics, quickstart, schema, synthetic
+from dlrm import gpu_report, metrics, quickstart, schema, synthetic
 
 SCRIPTS = os.path.join(REPO, "scripts")
 GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_multinode.sh"]
@@ -365,6 +365,12 @@ def test_gpu_check_data_dir_and_errors(tmp_path, fake_gpus):
     assert_one_line_error(proc, "STEPS must be a non-negative integer")
 
 
+def run_gpu_report(capsys, *args):
+    rc = gpu_report.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def write_check(work, name, exit_code=0, log=""):
     """A check directory of gpu_check.sh: a run of 1000 steps (write_metrics), its exit code and log."""
     d = work / name
@@ -384,7 +390,7 @@ def test_gpu_report(tmp_path, capsys):
         f.write(json.dumps(dict(step550, loss=step550["loss"] + 0.001)) + "\n")
     (tmp_path / "2gpu").mkdir()
     (tmp_path / "2gpu" / "skipped").write_text("1 GPU visible\n")
-    rc, out, _ = run_quickstart(capsys, "gpu-report", tmp_path, 1000, "device_mem", "cached_ssd", "kill_resume",
+    rc, out, _ = run_gpu_report(capsys, tmp_path, 1000, "device_mem", "cached_ssd", "kill_resume",
                                 "2gpu", "amp_static")
     assert rc == 1
     rows = {ln.split()[0]: ln for ln in out.splitlines()[1:-1]}
@@ -399,10 +405,10 @@ def test_gpu_report(tmp_path, capsys):
     assert [r["result"] for r in report] == ["PASS", "FAIL", "PASS", "SKIP", "FAIL"]
 
     write_check(tmp_path / "b", "kill_resume", log="resuming after step 1000\n")
-    rc, out, _ = run_quickstart(capsys, "gpu-report", tmp_path / "b", 1000, "kill_resume")
+    rc, out, _ = run_gpu_report(capsys, tmp_path / "b", 1000, "kill_resume")
     assert rc == 1 and "had finished before it was killed" in out
     write_check(tmp_path / "c", "kill_resume")
-    rc, out, _ = run_quickstart(capsys, "gpu-report", tmp_path / "c", 900, "kill_resume")
+    rc, out, _ = run_gpu_report(capsys, tmp_path / "c", 900, "kill_resume")
     assert rc == 1 and "stopped at step 1000 of 900" in out and "never resumed" in out
 
 
