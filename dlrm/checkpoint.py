@@ -10,6 +10,9 @@ Layout of <model_save_dir>/<name>/:
   graph_state/                    the train graph's own variables: optimizer state (Adagrad sums,
                                   Adam moments) and the step counter (ours only; with OneEmbedding
                                   the embedding's optimizer state is in its snapshot).
+  MANIFEST.json                   every other file's size and sha256, written last (ours only):
+                                  loading verifies it first, so a truncated or damaged file is one
+                                  line naming it, and --resume falls back to an older checkpoint.
 MLP parameters load in either layout (nn.FusedMLP's `weight_<i>` or the plain layers'
 `<i>.features.0.weight`), so a checkpoint of a fused (GPU) run loads into an unfused (CPU) run and
 back.
@@ -17,17 +20,20 @@ The folder is written as .tmp-<name> and renamed when complete, so a killed run 
 checkpoint that looks whole; --resume takes the newest complete one.
 """
 import glob
+import hashlib
 import os
+import sys
 import re
 import shutil
 
 import oneflow as flow
 
-from dlrm.distributed import sum_over_ranks
+from dlrm.distributed import broadcast_json, cpu_placement, sum_over_ranks
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
 
 STATE_FILE = "train_state.json"
+MANIFEST_FILE = "MANIFEST.json"
 GRAPH_STATE_DIR = "graph_state"
 STEP_KEY = "System-Train-TrainStep"  # nn.Graph's step counter, which drives the LR schedulers
 _FUSED_KEY = re.compile(r"^(?P<mlp>.*)\.linear_layers\.(?P<kind>weight|bias)_(?P<layer>\d+)$")
@@ -60,6 +66,7 @@ def save_checkpoint(module, save_dir, name, train_state, graph=None):
         flow.save(variables, os.path.join(tmp, GRAPH_STATE_DIR), global_dst_rank=0)
     if rank == 0:
         write_json(os.path.join(tmp, STATE_FILE), train_state, indent=1)
+        write_manifest(tmp)
         if os.path.exists(final):  # e.g. a rerun reaching the same step: replace it whole
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -71,14 +78,68 @@ def read_train_state(path):
     return read_json(os.path.join(path, STATE_FILE))
 
 
-def latest_checkpoint(save_dir):
-    """Newest complete checkpoint (highest step) of ours in save_dir, or None."""
-    best, best_step = None, -1
-    for path in glob.glob(os.path.join(save_dir, "*", STATE_FILE)):
-        step = read_train_state(os.path.dirname(path))["step"]
-        if step > best_step:
-            best, best_step = os.path.dirname(path), step
-    return best
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_files(folder):
+    """Relative paths of the files under folder, sorted, without the manifest."""
+    out = []
+    for root, _, files in os.walk(folder):
+        out += [os.path.relpath(os.path.join(root, f), folder) for f in files]
+    return sorted(f for f in out if f != MANIFEST_FILE)
+
+
+def write_manifest(folder):
+    """MANIFEST.json: {file: {size, sha256}} of every file under folder (written last, before the rename)."""
+    files = {f: {"size": os.path.getsize(os.path.join(folder, f)), "sha256": file_sha256(os.path.join(folder, f))}
+             for f in checkpoint_files(folder)}
+    write_json(os.path.join(folder, MANIFEST_FILE), {"files": files}, indent=1)
+
+
+def verify_manifest(folder):
+    """None when every file the manifest lists is there with its size and checksum (or when there is
+    no manifest: the original's checkpoints), else one line naming the file."""
+    manifest = read_json(os.path.join(folder, MANIFEST_FILE))
+    if manifest is None:
+        return None
+    for name, want in manifest["files"].items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"checkpoint {folder}: {name} is missing (listed in {MANIFEST_FILE})"
+        size = os.path.getsize(path)
+        if size != want["size"]:
+            return (f"checkpoint {folder}: {name} is {size} bytes, {MANIFEST_FILE} says {want['size']} "
+                    f"(damaged or partly copied)")
+        if file_sha256(path) != want["sha256"]:
+            return f"checkpoint {folder}: {name} differs from its sha256 in {MANIFEST_FILE} (damaged)"
+    extra = [f for f in checkpoint_files(folder) if f not in manifest["files"]]
+    if extra:
+        return f"checkpoint {folder}: {extra[0]} is not listed in {MANIFEST_FILE} (written after the save?)"
+    return None
+
+
+def complete_checkpoints(save_dir):
+    """Our complete checkpoints in save_dir, newest (highest step) first."""
+    found = [(read_train_state(os.path.dirname(p))["step"], os.path.dirname(p))
+             for p in glob.glob(os.path.join(save_dir, "*", STATE_FILE))]
+    return [path for _, path in sorted(found, key=lambda x: (-x[0], x[1]))]
+
+
+def latest_checkpoint(save_dir, log=None):
+    """Newest complete checkpoint of ours in save_dir that verifies against its manifest, or None.
+    A newer one that does not verify is skipped with one line to `log` saying why."""
+    for path in complete_checkpoints(save_dir):
+        error = verify_manifest(path)
+        if error is None:
+            return path
+        if log:
+            log(f"warning: skipping {path}: {error}")
+    return None
 
 
 def mlp_key(key):
@@ -108,12 +169,18 @@ def state_keys(module):
     return keys
 
 
-def load_weights(module, path):
+def load_weights(module, path, verify=True):
     """Load weights saved by us or by the original script, in the fused or the plain MLP layout.
 
-    Extra keys are ignored (as the original's strict=False), but a checkpoint that lacks any of
-    this model's tensors is an error rather than a silently half-initialised model.
+    Collective. With verify, rank 0 first checks the checkpoint against its manifest (a ValueError,
+    one line, on every rank). Extra keys are ignored (as the original's strict=False), but a
+    checkpoint that lacks any of this model's tensors is an error rather than a silently
+    half-initialised model.
     """
+    if verify:
+        error = broadcast_json(verify_manifest(path) if flow.env.get_rank() == 0 else None, cpu_placement())
+        if error:
+            raise ValueError(error)
     keys = state_keys(module)
     state_dict = match_mlp_layout(flow.load(path, global_src_rank=0), keys)
     missing = [k for k in keys if k not in state_dict]
@@ -149,11 +216,17 @@ def locate_checkpoint(ckpt):
     --resume takes the newest complete checkpoint in --model_save_dir, else --model_load_dir. Only
     rank 0 looks at the files and reads them (flow.load with global_src_rank=0): other nodes need
     not see the checkpoint directories; main broadcasts this to every rank."""
-    path = (latest_checkpoint(ckpt.model_save_dir) if ckpt.resume else None) or ckpt.model_load_dir
+    def warn(line):
+        print(line, file=sys.stderr, flush=True)
+
+    path = (latest_checkpoint(ckpt.model_save_dir, warn) if ckpt.resume else None) or ckpt.model_load_dir
     if not path:
         return None
     if not os.path.isdir(path):
         return {"path": path, "error": f"--model_load_dir {path}: no such checkpoint directory"}
+    error = verify_manifest(path)
+    if error:
+        return {"path": path, "error": error}
     return {"path": path, "state": read_train_state(path),
             "graph_state": os.path.isdir(os.path.join(path, GRAPH_STATE_DIR))}
 
@@ -166,7 +239,7 @@ def restore(module, train_graph, found, cfg, placement):
     error = found.get("error")
     if error is None:
         try:
-            load_weights(module, path)
+            load_weights(module, path, verify=False)  # locate_checkpoint verified it
         except ValueError as e:
             error = str(e)
     failed = sum_over_ranks(1.0 if error else 0.0, placement)

@@ -11,7 +11,7 @@ import oneflow as flow
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, read_metrics
+from conftest import REPO, read_metrics, write_tiny_dataset
 
 import dlrm_train_eval as train
 
@@ -326,3 +326,23 @@ def test_optimizer_state_resumes_exactly(synthetic_parquet, tmp_path, optimizer,
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert straight[60] < straight[1]
+
+
+def test_resume_skips_a_truncated_checkpoint_naming_the_file(tmp_path):
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    common = ["--data_dir", data, "--bottom_mlp", "16,8", "--embedding_vec_size", "8", "--top_mlp", "16",
+              "--train_batch_size", "20", "--eval_batch_size", "20", "--eval_interval", "0", "--eval_batches", "2",
+              "--loss_print_interval", "5", "--save_interval", "10", "--model_save_dir", str(tmp_path / "ckpt")]
+    launch([*common, "--train_batches", "20"])
+    newest = [p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_20")][0]
+    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "ckpt" / newest) for f in fs if f == "out"]
+    table = max(files, key=os.path.getsize)
+    size = os.path.getsize(table)
+    with open(table, "r+b") as f:
+        f.truncate(size // 2)
+    log = launch([*common, "--train_batches", "30", "--resume"])
+    name = os.path.relpath(table, tmp_path / "ckpt" / newest)
+    assert (f"warning: skipping {tmp_path / 'ckpt' / newest}: checkpoint {tmp_path / 'ckpt' / newest}: {name} is "
+            f"{size // 2} bytes, MANIFEST.json says {size}") in log
+    assert f"Loaded {tmp_path / 'ckpt' / 'step_10'}, resuming after step 10" in log
+    assert "done: 30 steps" in log
