@@ -113,7 +113,7 @@ class Batch(NamedTuple):
     label: np.ndarray   # [B, 1] float32
     dense: np.ndarray   # [B, 13] float32
     sparse: np.ndarray  # [B, 26] int32/int64 ids
-    rows: int           # real rows; the rest (eval's last batches) is zero padding
+    rows: int           # real rows; the rest (eval's last batches) is padding (zeros, a real row's ids)
 
 
 def decode_segment(segment):
@@ -171,11 +171,20 @@ def take(parts, n):
     return concat(out)
 
 
-def padded(batch, size):
-    """batch with zero rows appended up to size rows (rows keeps the real count)."""
+def padded(batch, size, ids):
+    """batch with rows appended up to size rows (rows keeps the real count): zero label and dense
+    features, and the ids `ids` (a real row's: OneEmbedding inserts an id it does not hold into its
+    store, and id 0 need not be one the dataset has)."""
     pad = size - len(batch.label)
-    return Batch(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-                   for a in (batch.label, batch.dense, batch.sparse)), batch.rows)
+    label, dense = (np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) for a in (batch.label, batch.dense))
+    return Batch(label, dense, np.concatenate([batch.sparse, np.broadcast_to(ids.astype(batch.sparse.dtype),
+                                                                              (pad, len(ids)))]), batch.rows)
+
+
+def first_row_ids(groups):
+    """The ids of the first row of a split's row groups (the eval padding's)."""
+    path, rg, _ = groups[0]
+    return table_to_batch(pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS).slice(0, 1)).sparse[0]
 
 
 class BatchReader:
@@ -265,8 +274,9 @@ class BatchReader:
             return  # (only an empty shard ends a training stream)
         # Evaluation covers every row: the tail, zero-padded, then empty batches up to max_batches.
         tail = concat(parts) if parts else None
+        ids = first_row_ids(self.groups)
         while (emitted < self.max_batches) if self.max_batches is not None else tail is not None:
-            yield padded(tail or self._empty(), B)
+            yield padded(tail or self._empty(), B, ids)
             tail, emitted = None, emitted + 1
 
     def _empty(self):
