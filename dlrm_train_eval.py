@@ -20,8 +20,8 @@ import time
 import numpy as np
 import oneflow as flow
 
-from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, restore, save_checkpoint, \
-    train_state
+from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, reader_plan, restore, \
+    save_checkpoint, saved_train_batch, train_state
 from dlrm.config import OPTIMIZERS, int_list, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
@@ -153,16 +153,22 @@ def main(argv=None):
     # 3. Load weights; resume step, optimizer state, LR schedule and reader position from our
     #    checkpoints. Rank 0 finds and reads the checkpoint (node-local directories are fine).
     found = broadcast_json(locate_checkpoint(ckpt) if rank == 0 else None, cpu)
-    start_step = 0
+    start_step, plan = 0, None
     if found:
         try:
             start_step = restore(module, train_graph, found, cfg, cpu)
+            plan = reader_plan(found["state"], cfg) if start_step else None
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         metrics.log(f"Loaded {found['path']}" + (f", resuming after step {start_step}" if start_step else ""))
+        if plan and plan["base_step"] == start_step and plan["prefix"]:
+            rows = sum(b - a for part in plan["prefix"] for _, a, b in part)
+            metrics.log(f"Written by {found['state']['world_size']} processes with --train_batch_size "
+                        f"{saved_train_batch(found['state'])}: the {rows} rows its ranks had not read of epoch(s) "
+                        f"up to {plan['first_epoch'] - 1} come first, shared by {world} processes")
     reader = BatchReader(data.train_groups, data.train_batch_per_rank, rank, world, train=True, seed=cfg.seed,
-                         start_batch=start_step, workers=data.reader_threads)
+                         start_batch=start_step, workers=data.reader_threads, plan=plan)
     eval_set = EvalSet(data, rank, world, local_world)
 
     def save(name, state):

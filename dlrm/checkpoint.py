@@ -30,6 +30,7 @@ import shutil
 import numpy as np
 import oneflow as flow
 
+from dlrm.data import fresh_plan, resume_plan
 from dlrm.distributed import broadcast_json, broadcast_rows, cpu_placement, sum_over_ranks
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
@@ -330,7 +331,7 @@ def train_state(step, cfg, reader=None, auc=None):
     state = {"step": step, "lr": lr_at(step + 1, cfg.schedule), "auc": auc, "world_size": cfg.world_size,
              "config": cfg.to_dict()}
     if reader is not None:
-        state["reader"] = {"batches_consumed_per_rank": step, "seed": cfg.seed,
+        state["reader"] = {"batches_consumed_per_rank": step, "seed": cfg.seed, "plan": reader.plan,
                            "epoch_segment_row_per_rank": [reader.position(step, r) for r in range(cfg.world_size)]}
     return state
 
@@ -373,10 +374,33 @@ def graph_state_for(module, saved):
     return out
 
 
+def saved_train_batch(state):
+    return state["config"]["data"]["train_batch_size"] if "config" in state \
+        else state["args"]["train_batch_size"]  # checkpoints of version 0.1 stored the flags
+
+
+def reader_plan(state, cfg):
+    """The train reader's plan (data.reader_stream) to continue a checkpoint's run: its own with the
+    same processes and batch size; else the rows its ranks had not read of the epochs they had
+    started, dealt to this run's ranks first (data.resume_plan)."""
+    reader = state.get("reader") or {}
+    plan = reader.get("plan") or fresh_plan(state["world_size"])
+    world, batch = state["world_size"], saved_train_batch(state)
+    if (world, batch) == (cfg.world_size, cfg.data.train_batch_size):
+        return plan
+    groups = cfg.data.train_groups
+    if any(g >= len(groups) for part in plan["prefix"] or [] for g, _, _ in part) or \
+            len(groups) < plan["world_size"]:
+        raise ValueError(f"train_state.json's reader plan does not fit the {len(groups)} row groups of "
+                         f"{cfg.data.data_dir}/train: resume on the dataset the run was trained on")
+    return resume_plan(groups, reader.get("seed", cfg.seed), plan, batch // world, state["step"], cfg.world_size)
+
+
 def restore(module, train_graph, found, cfg, placement):
     """Load what locate_checkpoint found: the weights and, for our checkpoints, the step, the optimizer
-    state and so the LR schedule and the reader position. Collective; every rank raises the same
-    ValueError (one line) if any rank fails. Returns the steps already taken (0: weights only)."""
+    state and so the LR schedule (reader_plan gives the reader position, on any number of processes
+    and batch size). Collective; every rank raises the same ValueError (one line) if any rank fails.
+    Returns the steps already taken (0: weights only)."""
     path, state = found["path"], found.get("state")
     if found.get("error"):  # every rank has the same `found` (rank 0's, broadcast)
         raise ValueError(found["error"])
@@ -384,12 +408,6 @@ def restore(module, train_graph, found, cfg, placement):
                                    persistent_path=cfg.store.persistent_path, data_dir=cfg.data.data_dir)
     if state is None or state["step"] == 0:
         return 0
-    saved_batch = state["config"]["data"]["train_batch_size"] if "config" in state \
-        else state["args"]["train_batch_size"]  # checkpoints of version 0.1 stored the flags
-    if state["world_size"] != cfg.world_size or saved_batch != cfg.data.train_batch_size:
-        raise ValueError(f"{path} was written by {state['world_size']} processes with --train_batch_size "
-                         f"{saved_batch}; resume with the same (now {cfg.world_size}, "
-                         f"{cfg.data.train_batch_size}), or pass a weights-only checkpoint")
     if found["graph_state"]:  # optimizer state and step counter, loaded when the graph compiles
         saved = flow.load(os.path.join(path, GRAPH_STATE_DIR), global_src_rank=0)
         train_graph.load_state_dict({**graph_state_for(module, saved), **embedding_state}, strict=False)

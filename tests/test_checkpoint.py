@@ -7,9 +7,10 @@ import oneflow as flow
 import pytest
 
 from dlrm.checkpoint import (checkpoint_name, latest_checkpoint, load_weights, locate_checkpoint, mlp_key,
-                             read_train_state, restore, save_checkpoint, train_state, verify_manifest)
+                             read_train_state, reader_plan, restore, save_checkpoint, train_state,
+                             verify_manifest)
+from dlrm.data import BatchReader, fresh_plan
 from dlrm.config import resolve
-from dlrm.data import BatchReader
 from dlrm.distributed import cpu_placement
 from dlrm.graphs import make_train_graph
 from dlrm.model import DLRM
@@ -67,18 +68,20 @@ def test_weights_round_trip_and_restore_sets_the_step(cfg, tmp_path):
         np.testing.assert_array_equal(params(b)[k], v, err_msg=k)
 
 
-def test_restore_refuses_other_ranks_or_batch_and_missing_tensors(cfg, tmp_path):
+def test_restore_with_another_batch_plans_the_rest_of_the_epoch_and_refuses_missing_tensors(cfg, tmp_path):
     tmp_path = tmp_path / "ckpt"
     module = model(cfg)
-    save_checkpoint(module, str(tmp_path), "step_30", train_state(30, cfg))
+    save_checkpoint(module, str(tmp_path), "step_5", train_state(5, cfg))  # 100 of the 240 train rows read
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_batch_size=40))
-    with pytest.raises(ValueError, match="written by 1 processes with --train_batch_size 20; resume with the same "
-                                         r"\(now 1, 40\)"):
-        restore(module, None, locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(
-            tmp_path / "step_30"))), other, cpu_placement())
+    found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "step_5")))
+    assert restore(module, make_train_graph(module, other), found, other, cpu_placement()) == 5
+    plan = reader_plan(found["state"], other)
+    assert plan["base_step"] == 5 and plan["first_epoch"] == 1
+    assert sum(b - a for _, a, b in plan["prefix"][0]) == 140
+    assert reader_plan(found["state"], cfg) == fresh_plan(1)  # the same processes and batch: its own plan
     bigger = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, top_mlp=(16, 8)))
     with pytest.raises(ValueError, match="lacks 2 of this model's tensors"):
-        load_weights(model(bigger), str(tmp_path / "step_30"))
+        load_weights(model(bigger), str(tmp_path / "step_5"))
     found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="--model_load_dir .*nope: no such checkpoint directory"):
         restore(module, None, found, cfg, cpu_placement())

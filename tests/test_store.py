@@ -11,7 +11,7 @@ import oneflow as flow
 import pytest
 
 import dlrm_train_eval as train
-from conftest import REPO, write_tiny_dataset
+from conftest import REPO, read_metrics, write_tiny_dataset
 from dlrm.checkpoint import load_weights, locate_checkpoint, restore
 from dlrm.config import resolve
 from dlrm.convert import convert
@@ -223,3 +223,21 @@ def test_keep_checkpoints_in_a_run(tmp_path):
                        "--keep_checkpoints", "2", "--model_save_dir", str(tmp_path / "ckpt")]) == 0
     assert sorted(p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_")) == \
         ["step_15", [p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_20_val_auc")][0]]
+
+
+def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_run, tmp_path):
+    """dlrm_train_eval.py --device cpu on a GPU-form checkpoint whose store has moved
+    (--persistent_path names where it is now): the same losses as resuming the CPU checkpoint."""
+    data, ckpt, _ = adam_run
+    convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), 2)
+    os.rename(tmp_path / "store", tmp_path / "moved")
+    common = ["--data_dir", data, *TINY, "--optimizer", "adam", "--learning_rate", "0.01", "--train_batches", "15",
+              "--loss_print_interval", "1", "--device", "cpu"]
+    for name, load in (("from_cpu", [ckpt]), ("from_store", [str(tmp_path / "gpu"), "--persistent_path",
+                                                              str(tmp_path / "moved")])):
+        assert train.main([*common, "--model_load_dir", *load, "--model_save_dir", str(tmp_path / name)]) == 0
+    losses = {name: [m["loss"] for m in read_metrics(tmp_path / name / "metrics.jsonl") if m["kind"] == "train"]
+              for name in ("from_cpu", "from_store")}
+    assert len(losses["from_cpu"]) == 5 and losses["from_cpu"] == losses["from_store"]
+    assert train.main([*common, "--model_load_dir", str(tmp_path / "gpu"), "--model_save_dir",
+                       str(tmp_path / "x")]) == 2  # the store is not where the checkpoint says

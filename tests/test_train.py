@@ -346,3 +346,23 @@ def test_resume_skips_a_truncated_checkpoint_naming_the_file(tmp_path):
             f"{size // 2} bytes, MANIFEST.json says {size}") in log
     assert f"Loaded {tmp_path / 'ckpt' / 'step_10'}, resuming after step 10" in log
     assert "done: 30 steps" in log
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_processes_reads_the_rest_of_the_epoch(tmp_path, before, after):
+    """20-row global batches over the 240 train rows: 5 steps read 100 rows; the resumed run reads
+    the other 140 in 7 steps and is then exactly at the start of epoch 1 on every rank."""
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    common = ["--data_dir", data, "--bottom_mlp", "16,8", "--embedding_vec_size", "8", "--top_mlp", "16",
+              "--train_batch_size", "20", "--eval_batch_size", "20", "--eval_interval", "0", "--eval_batches", "2",
+              "--loss_print_interval", "1", "--model_save_dir", str(tmp_path / "ckpt")]
+    launch([*common, "--train_batches", "5"], nproc=before)
+    log = launch([*common, "--train_batches", "12", "--resume"], nproc=after)
+    assert "resuming after step 5" in log
+    assert (f"Written by {before} processes with --train_batch_size 20: the 140 rows its ranks had not read of "
+            f"epoch(s) up to 0 come first, shared by {after} processes") in log
+    final = [p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_12")][0]
+    state = json.load(open(tmp_path / "ckpt" / final / "train_state.json"))
+    assert state["world_size"] == after and state["reader"]["epoch_segment_row_per_rank"] == [[1, 0, 0]] * after
+    steps = [m["step"] for m in read_metrics(tmp_path / "ckpt" / "metrics.jsonl") if m["kind"] == "train"]
+    assert steps == list(range(1, 13))
