@@ -138,7 +138,7 @@ def main(argv=None):
 
     # 1. Check everything cheap to check, and resolve the flags, before building anything.
     try:
-        cfg = resolve(args, world, flow.cuda.is_available(), local_world)
+        cfg = resolve(args, world, flow.cuda.is_available(), local_world, rank)
     except ValueError as e:  # ArgError, DataError and the store options' checks
         print(f"error: {e}", file=sys.stderr)
         return 2

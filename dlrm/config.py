@@ -214,11 +214,14 @@ def reader_threads(requested, device, local_world_size):
     return max(1, min(8, (os.cpu_count() or 1) // max(local_world_size, 1)))
 
 
-def check_run_store(store, embedding_vec_size, optimizer, world_size):
+def check_run_store(store, embedding_vec_size, optimizer, world_size, rank=None):
     """An existing store under --persistent_path fits this run (key and value sizes) and no other
-    process holds it: OneFlow would abort every rank at model build (StoreError, one line)."""
+    process holds it: OneFlow would abort every rank at model build (StoreError, one line). With
+    `rank`, only that rank's directory: the others may be on other nodes, or already opened by
+    their own rank (which holds their LOCK) while this one is still checking."""
+    paths = rank_paths(store.persistent_path, world_size)
     key_size = 4 if store.key_type == "int32" else 8
-    check_store(rank_paths(store.persistent_path, world_size), key_size, 4 * embedding_vec_size * store.size_factor,
+    check_store(paths if rank is None else [paths[rank]], key_size, 4 * embedding_vec_size * store.size_factor,
                 f"--embedding_vec_size {embedding_vec_size} x {store.size_factor} for --optimizer {optimizer}")
 
 
@@ -227,8 +230,9 @@ def full_batches_per_rank(groups, batch_size, world_size):
     return sum(n for _, _, n in groups) // world_size // (batch_size // world_size)
 
 
-def resolve(args, world_size, cuda_available, local_world_size=1):
-    """Parsed flags -> RunConfig, or ArgError / DataError (one line) before any model is built."""
+def resolve(args, world_size, cuda_available, local_world_size=1, rank=None):
+    """Parsed flags -> RunConfig, or ArgError / DataError / StoreError (one line) before any model is
+    built. rank: the process's (its store directory is checked; None: every rank's)."""
     device = pick_device(args.device, cuda_available)
     check_args(args, world_size, device)
     train_files = split_files(args.data_dir, "train")
@@ -244,7 +248,7 @@ def resolve(args, world_size, cuda_available, local_world_size=1):
     if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
         make_store_options(store.store_type, store.persistent_path, store.capacity, store.cache_memory_budget_mb,
                            store.size_factor)
-        check_run_store(store, args.embedding_vec_size, args.optimizer, world_size)
+        check_run_store(store, args.embedding_vec_size, args.optimizer, world_size, rank)
     eval_groups = list_row_groups(eval_files)
     train_groups = shardable_row_groups(train_files, world_size)
     if full_batches_per_rank(train_groups, args.train_batch_size, world_size) == 0:
