@@ -300,8 +300,7 @@ def load_weights(module, path, verify=True, persistent_path=None, data_dir=None)
                              f"(e.g. {', '.join(missing[:3])}): different --bottom_mlp/--top_mlp?")
         if one_embedding is not None:  # this rank's snapshot, before OneFlow silently skips it
             options = json.loads(one_embedding.key_value_store_options)
-            snapshot = state_dict[next(k for k in state_dict if k.split(".")[-1] == SNAPSHOT_KEY)]
-            error = missing_snapshot(store_paths(options)[flow.env.get_rank()], snapshot, options["parallel_num"])
+            error = missing_snapshot(store_paths(options)[flow.env.get_rank()], entry[0], options["parallel_num"])
         if from_store and flow.env.get_rank() == 0:  # rank 0 reads the store (it may be on node 0 only)
             rows = read_store_table(module.embedding, path, entry, persistent_path, data_dir)
     except ValueError as e:

@@ -2,6 +2,7 @@
 the store guards, checkpoint conversion (CPU <-> store, N -> M ranks) and CPU loading of store
 checkpoints (fast; real stores, real checkpoints of in-process training runs)."""
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -241,3 +242,39 @@ def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_ru
     assert len(losses["from_cpu"]) == 5 and losses["from_cpu"] == losses["from_store"]
     assert train.main([*common, "--model_load_dir", str(tmp_path / "gpu"), "--model_save_dir",
                        str(tmp_path / "x")]) == 2  # the store is not where the checkpoint says
+
+
+def test_rows_a_store_lacks_keep_their_initial_values(adam_run, tmp_path):
+    """Ids a GPU run never looked up have no row in its store: the CPU table keeps their initial rows
+    (the run's seed), with zero optimizer state."""
+    from dlrm.convert import initial_table
+    data, ckpt, _ = adam_run
+    convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), 2)
+    snapshot = flow.load(str(tmp_path / "gpu"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    keys, values = read_rows(rank_paths(str(tmp_path / "store"), 2), snapshot)
+    keep = keys >= 7  # table 0 (ids 0..6) never looked up
+    write_rows(rank_paths(str(tmp_path / "partial"), 2), snapshot, keys[keep], values[keep])
+    convert(str(tmp_path / "gpu"), str(tmp_path / "cpu"), source_persistent_path=str(tmp_path / "partial"))
+    trained, out = tensors(ckpt)["embedding.weight"], tensors(str(tmp_path / "cpu"))["embedding.weight"]
+    state = json.load(open(os.path.join(ckpt, "train_state.json")))["config"]
+    np.testing.assert_array_equal(out[:7], initial_table(state["model"], state["seed"])[:7])
+    assert (out[:7] != trained[:7]).any()  # training had moved them
+    np.testing.assert_array_equal(out[7:], trained[7:])
+    assert not tensors(str(tmp_path / "cpu" / "graph_state"))["module.embedding.weight-v"][:7].any()
+
+
+@pytest.mark.slow  # two 2-process launches
+def test_two_cpu_processes_resume_from_a_store_checkpoint_like_from_the_cpu_one(adam_run, tmp_path):
+    """Rank 0 reads the store and sends the rows to the other rank: the same losses and AUC as the
+    CPU checkpoint (which was written by one process: the rest of its epoch is shared by two)."""
+    from test_train import launch
+    data, ckpt, _ = adam_run
+    convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), 2)
+    common = ["--data_dir", data, *TINY, "--optimizer", "adam", "--learning_rate", "0.01", "--train_batches", "14",
+              "--loss_print_interval", "1"]
+    for name, load in (("from_cpu", ckpt), ("from_store", str(tmp_path / "gpu"))):
+        log = launch([*common, "--model_load_dir", load, "--model_save_dir", str(tmp_path / name)], nproc=2)
+        assert "resuming after step 10" in log and "the 40 rows its ranks had not read" in log
+    metrics = {name: [(m["kind"], m.get("loss"), m.get("auc")) for m in read_metrics(tmp_path / name / "metrics.jsonl")
+                      if m["kind"] in ("train", "eval")] for name in ("from_cpu", "from_store")}
+    assert len(metrics["from_cpu"]) == 5 and metrics["from_cpu"] == metrics["from_store"]
