@@ -184,7 +184,8 @@ def padded(batch, size, ids):
 def first_row_ids(groups):
     """The ids of the first row of a split's row groups (the eval padding's)."""
     path, rg, _ = groups[0]
-    return table_to_batch(pq.ParquetFile(path).read_row_group(rg, columns=COLUMNS).slice(0, 1)).sparse[0]
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=1, row_groups=[rg], columns=SPARSE_COLUMNS))
+    return np.array([first.column(j).to_numpy()[0] for j in range(len(SPARSE_COLUMNS))])
 
 
 def fresh_plan(world_size):

@@ -161,3 +161,13 @@ def test_a_damaged_checkpoint_is_one_line_and_resume_takes_the_newest_that_verif
         f.write(b"\0" * 100)
     assert verify_manifest(str(tmp_path / "step_30")) == \
         f"checkpoint {tmp_path / 'step_30'}: {name} differs from its sha256 in MANIFEST.json (damaged)"
+
+
+def test_graph_state_of_a_fused_run_is_named_after_a_plain_models_parameters(cfg):
+    from dlrm.checkpoint import graph_state_for
+    plain = model(cfg)  # CPU: plain layers
+    saved = {"module.bottom_mlp.linear_layers.weight_0-m": 1, "module.top_mlp.linear_layers.bias_1-v": 2,
+             "module.embedding.weight-m": 3, "System-Train-TrainStep": 4}
+    assert graph_state_for(plain, saved) == {
+        "module.bottom_mlp.linear_layers.0.features.0.weight-m": 1, "module.top_mlp.linear_layers.1.features.bias-v": 2,
+        "module.embedding.weight-m": 3, "System-Train-TrainStep": 4}

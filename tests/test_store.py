@@ -60,7 +60,8 @@ def tensors(path):
     return {k: v.numpy() for k, v in flow.load(path).items() if isinstance(v, flow.Tensor)}
 
 
-@pytest.mark.parametrize("world", [1, 2, pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("world", [1, pytest.param(2, marks=pytest.mark.slow),
+                                   pytest.param(8, marks=pytest.mark.slow)])
 def test_cpu_to_store_to_cpu_is_bit_exact_and_store_rows_are_the_tables(adam_run, tmp_path, world):
     data, ckpt, _ = adam_run
     convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), world)
@@ -218,6 +219,7 @@ def test_keep_checkpoints_deletes_older_checkpoints_with_their_snapshots(tmp_pat
     assert len(read_rows(paths, "snap30")[0]) == 3
 
 
+@pytest.mark.slow  # a training run
 def test_keep_checkpoints_in_a_run(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "data"))
     assert train.main(["--data_dir", data, *TINY, "--train_batches", "20", "--save_interval", "5",
@@ -226,6 +228,7 @@ def test_keep_checkpoints_in_a_run(tmp_path):
         ["step_15", [p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_20_val_auc")][0]]
 
 
+@pytest.mark.slow  # two training runs
 def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_run, tmp_path):
     """dlrm_train_eval.py --device cpu on a GPU-form checkpoint whose store has moved
     (--persistent_path names where it is now): the same losses as resuming the CPU checkpoint."""
@@ -244,6 +247,7 @@ def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_ru
                        str(tmp_path / "x")]) == 2  # the store is not where the checkpoint says
 
 
+@pytest.mark.slow  # three conversions
 def test_rows_a_store_lacks_keep_their_initial_values(adam_run, tmp_path):
     """Ids a GPU run never looked up have no row in its store: the CPU table keeps their initial rows
     (the run's seed), with zero optimizer state."""
