@@ -269,8 +269,9 @@ class BatchReader:
 
     train=True: endless full batches, row groups reshuffled per epoch; start_batch skips
     already-consumed batches without reading them; `plan` (reader_stream) is how a run resumed on
-    another number of processes or batch size reads the rest of the interrupted epoch first. train=False: one pass over this rank's slice
-    of the split, the last batch zero-padded (Batch.rows says how many rows are real); with
+    another number of processes or batch size reads the rest of the interrupted epoch first.
+    train=False: one pass over this rank's slice of the split, the last batch padded (Batch.rows
+    says how many rows are real); with
     max_batches, exactly that many batches (padding batches after the data, so every rank runs
     the same number of steps), or the first max_batches if the slice holds more.
     `workers` threads decode row groups ahead in parallel (pyarrow and numpy release the GIL); a

@@ -119,8 +119,8 @@ def check_store(paths, key_size, value_size, what):
         if have_value is not None and have_value != value_size:
             raise StoreError(f"--persistent_path store {path} holds {have_value}-byte values "
                              f"({have_value // 4} floats), this run needs {value_size} ({what}): use the optimizer and "
-                             f"--embedding_vec_size that wrote it, a fresh --persistent_path, or convert the checkpoint "
-                             f"(tools/convert_checkpoint.py)")
+                             f"--embedding_vec_size that wrote it, a fresh --persistent_path, or convert the "
+                             f"checkpoint (tools/convert_checkpoint.py)")
         if lock_held(path):
             raise StoreError(f"--persistent_path store {path} is in use by another process (it holds {path}/LOCK): "
                              f"stop that run or use another --persistent_path")
