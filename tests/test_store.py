@@ -282,3 +282,29 @@ def test_two_cpu_processes_resume_from_a_store_checkpoint_like_from_the_cpu_one(
     metrics = {name: [(m["kind"], m.get("loss"), m.get("auc")) for m in read_metrics(tmp_path / name / "metrics.jsonl")
                       if m["kind"] in ("train", "eval")] for name in ("from_cpu", "from_store")}
     assert len(metrics["from_cpu"]) == 5 and metrics["from_cpu"] == metrics["from_store"]
+
+
+def store_bytes(root):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(root) for f in fs
+               if os.path.basename(r) in ("keys", "values"))
+
+
+@pytest.mark.slow  # three conversions
+def test_converting_to_a_fresh_path_compacts_the_store(adam_run, tmp_path):
+    """Later saves append their changed rows (here: 5 more snapshots of every row); a conversion copies
+    only the checkpoint's snapshot."""
+    _, ckpt, _ = adam_run
+    convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), 2)
+    paths = rank_paths(str(tmp_path / "store"), 2)
+    snapshot = flow.load(str(tmp_path / "gpu"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    keys, values = read_rows(paths, snapshot)
+    one = store_bytes(tmp_path / "store")
+    for i in range(5):
+        write_rows(paths, f"later{i}", keys, values + i + 1)
+    assert store_bytes(tmp_path / "store") >= 6 * one
+    convert(str(tmp_path / "gpu"), str(tmp_path / "gpu2"), str(tmp_path / "compact"), 2)
+    assert store_bytes(tmp_path / "compact") == one
+    snapshot2 = flow.load(str(tmp_path / "gpu2"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    keys2, values2 = read_rows(rank_paths(str(tmp_path / "compact"), 2), snapshot2)
+    np.testing.assert_array_equal(keys2, keys)
+    np.testing.assert_array_equal(values2, values)
