@@ -25,6 +25,7 @@ from dlrm.store import (StoreError, check_store, cpu_rows, dataset_ids, missing_
 TINY = ["--bottom_mlp", "16,8", "--embedding_vec_size", "8", "--top_mlp", "16", "--train_batch_size", "20",
         "--eval_batch_size", "20", "--eval_interval", "0", "--eval_batches", "2", "--loss_print_interval", "5"]
 MASK64 = (1 << 64) - 1
+SNAPSHOT = "embedding.one_embedding.OneEmbeddingSnapshot"
 
 
 def sharding_hash(key):
@@ -80,7 +81,7 @@ def test_cpu_to_store_to_cpu_is_bit_exact_and_store_rows_are_the_tables(adam_run
 
     # The store: every id of every table, value = [embedding, Adam m, Adam v] of its CPU row,
     # each rank holding the ids OneFlow's ShardingHash deals it.
-    snapshot = flow.load(str(tmp_path / "gpu"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    snapshot = flow.load(str(tmp_path / "gpu"))[SNAPSHOT]
     keys, values = read_rows(rank_paths(str(tmp_path / "store"), world), snapshot)
     sizes = [7] * 26
     ids = dataset_ids(data, sizes)
@@ -229,7 +230,7 @@ def test_keep_checkpoints_in_a_run(tmp_path):
 
 
 @pytest.mark.slow  # two training runs
-def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_run, tmp_path):
+def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_run, tmp_path, capsys):
     """dlrm_train_eval.py --device cpu on a GPU-form checkpoint whose store has moved
     (--persistent_path names where it is now): the same losses as resuming the CPU checkpoint."""
     data, ckpt, _ = adam_run
@@ -243,8 +244,15 @@ def test_a_cpu_run_resumes_from_a_store_checkpoint_like_from_the_cpu_one(adam_ru
     losses = {name: [m["loss"] for m in read_metrics(tmp_path / name / "metrics.jsonl") if m["kind"] == "train"]
               for name in ("from_cpu", "from_store")}
     assert len(losses["from_cpu"]) == 5 and losses["from_cpu"] == losses["from_store"]
+    capsys.readouterr()
+    snapshot = flow.load(str(tmp_path / "gpu"))[SNAPSHOT]
     assert train.main([*common, "--model_load_dir", str(tmp_path / "gpu"), "--model_save_dir",
                        str(tmp_path / "x")]) == 2  # the store is not where the checkpoint says
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: OneEmbedding snapshot {snapshot!r} not "
+                      f"found: no {tmp_path / 'store' / '0-2'}/snapshots/"
+                      f"{snapshot}/LIST; same --persistent_path (and node-local "
+                      f"disks) as the run that wrote the checkpoint?"]
 
 
 @pytest.mark.slow  # three conversions
@@ -254,7 +262,7 @@ def test_rows_a_store_lacks_keep_their_initial_values(adam_run, tmp_path):
     from dlrm.convert import initial_table
     data, ckpt, _ = adam_run
     convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), 2)
-    snapshot = flow.load(str(tmp_path / "gpu"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    snapshot = flow.load(str(tmp_path / "gpu"))[SNAPSHOT]
     keys, values = read_rows(rank_paths(str(tmp_path / "store"), 2), snapshot)
     keep = keys >= 7  # table 0 (ids 0..6) never looked up
     write_rows(rank_paths(str(tmp_path / "partial"), 2), snapshot, keys[keep], values[keep])
@@ -296,7 +304,7 @@ def test_converting_to_a_fresh_path_compacts_the_store(adam_run, tmp_path):
     _, ckpt, _ = adam_run
     convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), 2)
     paths = rank_paths(str(tmp_path / "store"), 2)
-    snapshot = flow.load(str(tmp_path / "gpu"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    snapshot = flow.load(str(tmp_path / "gpu"))[SNAPSHOT]
     keys, values = read_rows(paths, snapshot)
     one = store_bytes(tmp_path / "store")
     for i in range(5):
@@ -304,7 +312,7 @@ def test_converting_to_a_fresh_path_compacts_the_store(adam_run, tmp_path):
     assert store_bytes(tmp_path / "store") >= 6 * one
     convert(str(tmp_path / "gpu"), str(tmp_path / "gpu2"), str(tmp_path / "compact"), 2)
     assert store_bytes(tmp_path / "compact") == one
-    snapshot2 = flow.load(str(tmp_path / "gpu2"))["embedding.one_embedding.OneEmbeddingSnapshot"]
+    snapshot2 = flow.load(str(tmp_path / "gpu2"))[SNAPSHOT]
     keys2, values2 = read_rows(rank_paths(str(tmp_path / "compact"), 2), snapshot2)
     np.testing.assert_array_equal(keys2, keys)
     np.testing.assert_array_equal(values2, values)
