@@ -10,6 +10,7 @@ its job (starting the next instruction) waits for the kernels, which is when it 
 Linux only; elsewhere nothing changes.
 """
 import os
+import threading
 
 TASK_DIR = "/proc/self/task"
 
@@ -33,22 +34,31 @@ def thread_times():
     return out
 
 
-def find_spinner(before, after, min_cpu_ns=1_000_000):
-    """The thread that ran without ever blocking between two thread_times() snapshots taken around
-    a synced graph step, and used the most CPU doing so (at least min_cpu_ns): the VM scheduler.
-    Kernel threads block between kernels and the main thread blocks on the sync. None if none."""
+def find_spinner(before, after, exclude=(), min_cpu_ns=1_000_000, max_blocks=4):
+    """The thread that ran (nearly) without blocking between two thread_times() snapshots taken
+    around a synced graph step, and used the most CPU doing so (at least min_cpu_ns): the VM
+    scheduler. Kernel threads block between kernels (dozens of times a step); the spinner only
+    on a rare lock (e.g. when the kernel maps memory), hence max_blocks. exclude: the calling
+    thread, which blocked on the sync. None if no thread qualifies."""
     spinning = [(a[0] - before[t][0], t) for t, a in after.items()
-                if t in before and a[1] == before[t][1] and a[0] - before[t][0] >= min_cpu_ns]
+                if t in before and t not in exclude and a[1] - before[t][1] <= max_blocks
+                and a[0] - before[t][0] >= min_cpu_ns]
     return max(spinning)[1] if spinning else None
 
 
-def idle_vm_scheduler(step):
-    """Run step() (a graph step that returns a tensor), wait for it, and put the thread that spun
-    meanwhile at SCHED_IDLE. Returns (step's output, the thread id or None)."""
-    before = thread_times()
-    out = step()
-    out.to_local().numpy() if out.is_global else out.numpy()  # the step has finished
-    tid = find_spinner(before, thread_times())
+def idle_vm_scheduler(step, tries=5):
+    """Run step() (a graph step that returns a tensor) and wait for it, until a thread is seen
+    spinning meanwhile (at most `tries` steps: it spins when an instruction waits on the step,
+    which most steps show), and put that thread at SCHED_IDLE. Returns (the last step's output,
+    the thread id or None)."""
+    caller = (threading.get_native_id(),)
+    for _ in range(tries):
+        before = thread_times()
+        out = step()
+        out.to_local().numpy() if out.is_global else out.numpy()  # the step has finished
+        tid = find_spinner(before, thread_times(), exclude=caller)
+        if tid is not None:
+            break
     if tid is not None and hasattr(os, "sched_setscheduler"):
         try:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
