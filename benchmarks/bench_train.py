@@ -607,7 +607,7 @@ def child_profile(a):
         rec["to_global_s"] = best_of(lambda: [to_global(x, cpu).to_local().numpy() for x in (label, dense, sparse)])
         rec["loss_readout_s"] = best_of(lambda: float(gather_to_all(out).numpy()))
         layers, bmm = model_gemms(int_list(a.bottom_mlp), int_list(a.top_mlp), a.embedding_vec_size)
-        gemm_cpu = gemm_wall = 0.0
+        gemm_cpu = gemm_wall = bmm_cpu = 0.0
         for label_, kind, shape, count, flops in gemm_shapes(B, layers, bmm):
             x, y = (flow.randn(shape[0], shape[1]), flow.randn(shape[1], shape[2])) if kind == "mm" else \
                 (flow.randn(*shape[:3]), flow.randn(shape[0], shape[2], shape[3]))
@@ -621,7 +621,8 @@ def child_profile(a):
                 best = cur if best is None or cur[0] < best[0] else best
             gemm_wall += best[0] * count
             gemm_cpu += best[1] * count
-        rec.update(gemm_wall_s=gemm_wall, gemm_cpu_s=gemm_cpu)
+            bmm_cpu += best[1] * count if kind == "bmm" else 0.0
+        rec.update(gemm_wall_s=gemm_wall, gemm_cpu_s=gemm_cpu, interaction_bmm_cpu_s=bmm_cpu)
     emit(rec)
 
 
@@ -670,9 +671,11 @@ def print_step_account(d, frozen, forward, spinning, openblas, log_interval):
     ncpu = os.cpu_count()
     wall, cpu = d["wall_s"], d["cpu_per_step"]
     ms = lambda x: f"{x * 1e3:7.1f} ms"  # noqa: E731
-    print(f"    where a step goes ({d['blas']}): {ms(wall)} wall, {ms(cpu)} CPU on {ncpu} cores")
+    print(f"    where a step goes ({os.path.basename(d['blas'])}): {ms(wall)} wall, {ms(cpu)} CPU on {ncpu} cores"
+          f"{'  DISTURBED: other processes used the machine' if d.get('others_cores', 0) > DISTURBED_CORES else ''}")
     print(f"      GEMMs (the model's, timed alone at this BLAS)      {ms(d['gemm_wall_s'])} wall, {ms(d['gemm_cpu_s'])} CPU "
           f"({100 * d['gemm_cpu_s'] / cpu:.0f}% of the step's CPU)")
+    print(f"        of which the interaction's bmm (fwd + 2 bwd)       {ms(d['interaction_bmm_cpu_s'])} CPU")
     if forward:
         print(f"      forward (eval graph)                               {ms(forward['wall_s'])} wall; backward + "
               f"update {ms(wall - forward['wall_s'])}")
