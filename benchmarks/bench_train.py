@@ -24,9 +24,12 @@ One run prints figures (it is not a test):
    rank 0's host_memory_mib at its last evaluation) next to dlrm.config.cpu_embedding_bytes;
 5c. with --peer_dlrm PATH --peer_python PY: facebookresearch/dlrm's dlrm_s_pytorch.py on CPU (its own
    random data, --num-indices-per-lookup=1 --num-indices-per-lookup-fixed=True: one id per feature;
-   BCE loss, SGD) at the same architecture and table sizes as each of our 1-rank sparse-update runs,
-   one after the other, its samples/s from its "ms/it" lines (the step alone; its data generation is
-   not timed, our figure includes reading), the first interval skipped; ours/peer (goal >= 1.0).
+   BCE loss, SGD) and our 1-rank training, in alternating rounds (--peer_rounds, at least 2 each), at
+   the main architecture and the table-size phase's (Kaggle) one with the dataset's tables, and unless
+   --skip_tables at 26 x --tables_rows; the peer's samples/s from its "ms/it" lines (the step alone;
+   its data generation is not timed, our figure includes reading), the first interval skipped. The
+   medians and ours/peer (goal >= 1.0); a ratio is marked "disturbed" (not a result) when other
+   processes used more than 0.2 cores during any round.
    The peer is not a dependency: check it out outside the repository and give it an interpreter
    with torch (2.13: torch >= 2.14's profiler no longer takes the use_cuda= it passes), numpy,
    scikit-learn, tensorboard and tqdm, e.g.
@@ -43,7 +46,7 @@ on a shared machine the latter says how much a figure is to be trusted.
     python benchmarks/bench_train.py --data_dir D --ranks 1 --skip_petastorm
     python benchmarks/bench_train.py --peer_dlrm /tmp/fbdlrm --peer_python /tmp/torchenv/bin/python
                                              # + facebookresearch/dlrm next to ours (~3 min more)
-    python benchmarks/bench_train.py --profile  # + where a train step's time goes (~4 min more)
+    python benchmarks/bench_train.py --profile  # + where a train step's time goes (~2.5 min more)
     python benchmarks/bench_train.py --openblas_coretype Haswell --train_args --disable_fusedmlp
                                              # try settings: an env var for every OneFlow run, and
                                              # extra dlrm_train_eval.py flags (--train_args goes last)
@@ -51,11 +54,17 @@ on a shared machine the latter says how much a figure is to be trusted.
 Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run short; raise
 --steps for steadier training figures.
 
---profile times the train graph alone on pre-made global tensors (no reader, no conversion, no
-loss readout) in variants: as dlrm_train_eval.py builds it (dlrm.model / dlrm.graphs: SGD, on CPU
-the sparse embedding update), with the whole table updated (dense_update: --dense_embedding_update),
-with --disable_fusedmlp (unfused), with the embedding frozen (no embedding gradient / update),
-forward only (the eval graph); plus the to_global conversion of a batch and the loss readout.
+--profile times the train graph alone on pre-made global tensors at the main and the Kaggle
+architecture, as dlrm_train_eval.py runs it on CPU (unfused MLP, sparse embedding update, OneFlow's VM
+scheduler at SCHED_IDLE: dlrm.threads) and in variants (frozen embedding, forward only, the VM
+scheduler left spinning, OneFlow's OpenBLAS instead of MKL), with each step's CPU split by thread; then
+accounts for a step: the model's GEMMs timed alone (the interaction's bmm among them), forward,
+embedding gradient + sparse update, the other kernels, the VM scheduler, the main thread, idle core
+time, the to_global conversion and the loss readout.
+
+The comparison with facebookresearch/dlrm and the profile, in about 8 minutes on 2 idle cores:
+    python benchmarks/bench_train.py --skip_petastorm --skip_tables --skip_training --reader_repeats 1 \
+        --profile --peer_dlrm /tmp/peer_dlrm --peer_python /tmp/torchvenv/bin/python
 """
 import argparse
 import glob
