@@ -880,7 +880,8 @@ def main(argv=None):
           f"{mm['model_gflops']:>16.1f}")
     print(f"{'OneFlow matmul GFLOP/s, square 2048^3':58s} {mm['square_gflops']:>16.1f}")
     print("-" * 96)
-    print(f"{'':58s} " + " ".join(f"{f'{r} rank' + ('s' if r > 1 else ''):>16}" for r in args.ranks))
+    if args.ranks:  # not with --skip_training
+        print(f"{'':58s} " + " ".join(f"{f'{r} rank' + ('s' if r > 1 else ''):>16}" for r in args.ranks))
     def free_bound(r):
         """The bound with min(ranks, ncpu - others' cores) cores: what a shared machine allowed."""
         others = train[r].get("others_cores")
@@ -906,7 +907,7 @@ def main(argv=None):
          lambda r: f"{train[r].get('cores', 0):.2f} / {fmt(train[r].get('others_cores'), 2)}"),
         ("bound on the cores others left free, fraction reached", free_bound),
     ]
-    for name, f in rows:
+    for name, f in rows if args.ranks else []:
         print(f"{name:58s} " + " ".join(f"{f(r) if r in train else 'failed':>16}" for r in args.ranks))
     for update in ("sparse", "dense"):
         s_, l_ = tables.get((update, "small")), tables.get((update, "large"))
