@@ -863,7 +863,8 @@ def main(argv=None):
     tables = {} if args.skip_tables else table_size_phase(args, data_dir, env)
     peers = peer_phase(args, data_dir, env) if args.peer_dlrm else []
 
-    prof = profile_phase(args, data_dir, env) if args.profile else {}
+    if args.profile:
+        profile_phase(args, data_dir, env)
 
     # 6. summary
     ours = readers["ours"]["samples_per_s"]
