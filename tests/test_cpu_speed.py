@@ -26,6 +26,20 @@ def test_mkl_threads_follow_the_launcher_else_half_the_cores():
     assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": ""}, ncpu=1) == 1
 
 
+def test_mkl_is_found_where_pip_puts_it_and_openblas_can_be_kept(tmp_path, monkeypatch):
+    assert oneflow_preload.find_mkl(str(tmp_path)) is None
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmkl_rt.so.3").write_bytes(b"")
+    assert oneflow_preload.find_mkl(str(tmp_path)) == str(tmp_path / "lib" / "libmkl_rt.so.3")
+    monkeypatch.setenv("DLRM_BLAS", "openblas")
+    monkeypatch.setenv("DLRM_BLAS_LIBRARY", "/stale/from/a/parent")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert oneflow_preload.choose_blas({"avx2", "fma"}) is None
+    assert "DLRM_BLAS_LIBRARY" not in os.environ and "MKL_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("DLRM_BLAS", "auto")
+    assert oneflow_preload.choose_blas({"sse2"}) is None  # no AVX2/FMA: OneFlow's OpenBLAS
+
+
 def test_find_spinner_picks_the_thread_that_never_blocked():
     before = {1: (0, 5), 2: (0, 10), 3: (0, 7), 4: (0, 0), 6: (0, 0)}
     after = {1: (900_000_000, 6),   # the caller: blocked on the sync
