@@ -24,9 +24,12 @@ One run prints figures (it is not a test):
    rank 0's host_memory_mib at its last evaluation) next to dlrm.config.cpu_embedding_bytes;
 5c. with --peer_dlrm PATH --peer_python PY: facebookresearch/dlrm's dlrm_s_pytorch.py on CPU (its own
    random data, --num-indices-per-lookup=1 --num-indices-per-lookup-fixed=True: one id per feature;
-   BCE loss, SGD) at the same architecture and table sizes as each of our 1-rank sparse-update runs,
-   one after the other, its samples/s from its "ms/it" lines (the step alone; its data generation is
-   not timed, our figure includes reading), the first interval skipped; ours/peer (goal >= 1.0).
+   BCE loss, SGD) and our 1-rank training, in alternating rounds (--peer_rounds, at least 2 each), at
+   the main architecture and the table-size phase's (Kaggle) one with the dataset's tables, and unless
+   --skip_tables at 26 x --tables_rows; the peer's samples/s from its "ms/it" lines (the step alone;
+   its data generation is not timed, our figure includes reading), the first interval skipped. The
+   medians and ours/peer (goal >= 1.0); a ratio is marked "disturbed" (not a result) when other
+   processes used more than 0.2 cores during any round.
    The peer is not a dependency: check it out outside the repository and give it an interpreter
    with torch (2.13: torch >= 2.14's profiler no longer takes the use_cuda= it passes), numpy,
    scikit-learn, tensorboard and tqdm, e.g.
@@ -43,7 +46,7 @@ on a shared machine the latter says how much a figure is to be trusted.
     python benchmarks/bench_train.py --data_dir D --ranks 1 --skip_petastorm
     python benchmarks/bench_train.py --peer_dlrm /tmp/fbdlrm --peer_python /tmp/torchenv/bin/python
                                              # + facebookresearch/dlrm next to ours (~3 min more)
-    python benchmarks/bench_train.py --profile  # + where a train step's time goes (~4 min more)
+    python benchmarks/bench_train.py --profile  # + where a train step's time goes (~2.5 min more)
     python benchmarks/bench_train.py --openblas_coretype Haswell --train_args --disable_fusedmlp
                                              # try settings: an env var for every OneFlow run, and
                                              # extra dlrm_train_eval.py flags (--train_args goes last)
@@ -51,11 +54,17 @@ on a shared machine the latter says how much a figure is to be trusted.
 Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run short; raise
 --steps for steadier training figures.
 
---profile times the train graph alone on pre-made global tensors (no reader, no conversion, no
-loss readout) in variants: as dlrm_train_eval.py builds it (dlrm.model / dlrm.graphs: SGD, on CPU
-the sparse embedding update), with the whole table updated (dense_update: --dense_embedding_update),
-with --disable_fusedmlp (unfused), with the embedding frozen (no embedding gradient / update),
-forward only (the eval graph); plus the to_global conversion of a batch and the loss readout.
+--profile times the train graph alone on pre-made global tensors at the main and the Kaggle
+architecture, as dlrm_train_eval.py runs it on CPU (unfused MLP, sparse embedding update, OneFlow's VM
+scheduler at SCHED_IDLE: dlrm.threads) and in variants (frozen embedding, forward only, the VM
+scheduler left spinning, OneFlow's OpenBLAS instead of MKL), with each step's CPU split by thread; then
+accounts for a step: the model's GEMMs timed alone (the interaction's bmm among them), forward,
+embedding gradient + sparse update, the other kernels, the VM scheduler, the main thread, idle core
+time, the to_global conversion and the loss readout.
+
+The comparison with facebookresearch/dlrm and the profile, in about 8 minutes on 2 idle cores:
+    python benchmarks/bench_train.py --skip_petastorm --skip_tables --skip_training --reader_repeats 1 \
+        --profile --peer_dlrm /tmp/peer_dlrm --peer_python /tmp/torchvenv/bin/python
 """
 import argparse
 import glob
@@ -64,8 +73,10 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from types import SimpleNamespace
 
@@ -270,10 +281,15 @@ def child_matmul(a):
 
 
 def blas_info():
-    """The OpenBLAS that liboneflow links statically: its kernel family and thread count."""
+    """The BLAS serving OneFlow's matmuls: MKL when the startup hook loaded it (scripts/oneflow_preload.py),
+    else the OpenBLAS liboneflow links statically: its kernel family and thread count."""
     import ctypes
 
     import oneflow
+
+    if os.environ.get("DLRM_BLAS_LIBRARY"):
+        return {"core": "MKL " + os.path.basename(os.environ["DLRM_BLAS_LIBRARY"]),
+                "threads": os.environ.get("MKL_NUM_THREADS", "?")}
 
     libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(oneflow.__file__)), "oneflow.libs", "liboneflow*.so"))
     try:
@@ -430,46 +446,88 @@ def run_peer(args, name, arch, table_sizes):
     return rec
 
 
-def peer_phase(args, data_dir, train, tables):
-    """The peer next to each of our 1-rank runs with the sparse update: the main architecture at the
-    dataset's tables, the table-size architecture at the dataset's and at the large tables."""
+DISTURBED_CORES = 0.2  # other processes' CPU above which a ratio is not reported as a result
+
+
+def median_record(runs):
+    """The median samples/s of runs (the CPU fields of the lower middle run), with every run's
+    samples/s and the most CPU other processes used during any of them."""
+    ordered = sorted(runs, key=lambda r: r["samples_per_s"])
+    rec = dict(ordered[(len(ordered) - 1) // 2])
+    rec["samples_per_s"] = statistics.median(r["samples_per_s"] for r in runs)
+    rec["rounds"] = [round(r["samples_per_s"]) for r in runs]
+    rec["max_others_cores"] = max(r.get("others_cores") or 0.0 for r in runs)
+    return rec
+
+
+def peer_cases(args, data_dir):
+    """(name, (bottom, top, dim), table sizes) compared with the peer: the main architecture and the
+    table-size phase's (the Kaggle architecture) at the dataset's tables, and unless --skip_tables the
+    latter at NUM_SPARSE x --tables_rows."""
     from dlrm.schema import load_table_sizes
 
     small = load_table_sizes(data_dir)
     main_arch = (args.bottom_mlp, args.top_mlp, args.embedding_vec_size)
-    cases = [("main", main_arch, small, train.get(1))]
-    if tables:
-        cases += [("tables_small", tables_arch(args), small, tables.get(("sparse", "small"))),
-                  ("tables_large", tables_arch(args), [args.tables_rows] * NUM_SPARSE, tables.get(("sparse", "large")))]
+    cases = [("main", main_arch, small), ("tables_small", tables_arch(args), small)]
+    if not args.skip_tables:
+        cases.append(("tables_large", tables_arch(args), [args.tables_rows] * NUM_SPARSE))
+    return cases
+
+
+def peer_phase(args, data_dir, env):
+    """Ours (1 rank, the default sparse update) and the peer in alternating rounds (--peer_rounds
+    each) per case; the medians, and whether other processes disturbed any round."""
     print(f"\n== facebookresearch/dlrm (dlrm_s_pytorch.py, CPU, its random data: ids uniform over each table) "
-          f"vs ours (1 rank), batch {args.batch_size}")
+          f"vs ours (1 rank), batch {args.batch_size}, {args.peer_rounds} alternating rounds each, medians")
     rows = []
-    for name, arch, sizes, ours in cases:
-        if ours is None:
-            continue
+    for name, arch, sizes in peer_cases(args, data_dir):
+        ours_runs, peer_runs = [], []
         try:
-            peer = run_peer(args, f"peer_{name}", arch, sizes)
+            for i in range(args.peer_rounds):
+                rec = run_training(args, data_dir, 1, env, name=f"ours_{name}_{i}", arch=arch,
+                                   extra=["--table_size_array", ",".join(map(str, sizes))])
+                print(f"  ours round {i}: {rec['samples_per_s']:,.0f} samples/s{load_note(rec)}", flush=True)
+                ours_runs.append(rec)
+                rec = run_peer(args, f"peer_{name}_{i}", arch, sizes)
+                print(f"  peer round {i}: {rec['samples_per_s']:,.0f} samples/s (step only; peak RSS "
+                      f"{rec['peak_rss'] / 2**30:.2f} GiB){load_note(rec)}", flush=True)
+                peer_runs.append(rec)
         except RuntimeError as e:
             print(f"  {name}: FAILED: {e}")
             continue
-        print(f"  peer: {peer['samples_per_s']:,.0f} samples/s (step only; peak RSS {peer['peak_rss'] / 2**30:.2f} GiB)"
-              f"{load_note(peer)}", flush=True)
-        rows.append((name, arch, sum(sizes), ours, peer))
+        rows.append((name, arch, sum(sizes), median_record(ours_runs), median_record(peer_runs)))
+
     def cores(r):
-        return f"{r['cores']:.2f}/{r['others_cores']:.2f}" if r.get("cores") is not None else "?"
+        return f"{r['cores']:.2f}/{r['max_others_cores']:.2f}" if r.get("cores") is not None else "?"
 
     if rows:
         print(f"  {'case':14s} {'bottom / top / dim':30s} {'table rows':>12} {'ours':>10} {'peer':>10} {'ours/peer':>10}")
         for name, (bottom, top, dim), n, ours, peer in rows:
             print(f"  {name:14s} {f'{bottom} / {top} / {dim}':30s} {n:>12,} {fmt(ours['samples_per_s']):>10} "
-                  f"{fmt(peer['samples_per_s']):>10} {ours['samples_per_s'] / peer['samples_per_s']:>9.2f}x  "
-                  f"(goal >= 1.0; cores used / others': ours {cores(ours)}, peer {cores(peer)})")
+                  f"{fmt(peer['samples_per_s']):>10} {ratio_text(ours, peer):>10}  (goal >= 1.0; rounds: ours "
+                  f"{ours['rounds']}, peer {peer['rounds']}; cores used / most others': ours {cores(ours)}, "
+                  f"peer {cores(peer)})")
+        if any(disturbed(o, p) for _, _, _, o, p in rows):
+            print(f"  DISTURBED: other processes used more than {DISTURBED_CORES} cores during a round: these ratios "
+                  f"are not results; rerun on an idle machine")
     return rows
+
+
+def disturbed(ours, peer):
+    return max(ours["max_others_cores"], peer["max_others_cores"]) > DISTURBED_CORES
+
+
+def ratio_text(ours, peer):
+    """ours/peer of the medians, marked when other processes used the machine meanwhile."""
+    ratio = f"{ours['samples_per_s'] / peer['samples_per_s']:.2f}x"
+    return ratio + " (disturbed)" if disturbed(ours, peer) else ratio
 
 
 # ----------------------------------------------------------------------------- profiling (child)
 def child_profile(a):
-    """The train graph alone, on pre-made global tensors, in one variant; also to_global and readout."""
+    """The train graph alone, on pre-made global tensors, in one variant: per step its wall time and
+    the CPU of each kind of thread (OneFlow's kernel threads, its VM scheduler, the rest); for the
+    default variant also the model's GEMMs timed alone, to_global of a batch and the loss readout."""
     import numpy as np
     import oneflow as flow
 
@@ -480,6 +538,7 @@ def child_profile(a):
     from dlrm.model import DLRM
     from dlrm.schedule import make_lr_scheduler
     from dlrm.schema import load_table_sizes
+    from dlrm.threads import idle_vm_scheduler, thread_times
 
     B = a.batch_size
     variant = set(a.variant.split("+"))
@@ -488,8 +547,8 @@ def child_profile(a):
         sys.exit(f"error: {a.data_dir} records no table sizes (dataset_info.json)")
     model_cfg = ModelConfig(table_sizes=tuple(sizes), embedding_vec_size=a.embedding_vec_size,
                             bottom_mlp=tuple(int_list(a.bottom_mlp)), top_mlp=tuple(int_list(a.top_mlp)),
-                            fused_mlp="unfused" not in variant, dense_input_padding=True, interaction_padding=True,
-                            interaction_itself=False)
+                            fused_mlp="fused" in variant, dense_input_padding=True, interaction_padding=True,
+                            interaction_itself=False)  # unfused, as dlrm.config resolves it on CPU
     schedule = ScheduleConfig(learning_rate=0.01, warmup_batches=0, decay_start=0, decay_batches=1000,
                               train_batches=1000)  # its values do not change a step's time
     cpu = cpu_placement()
@@ -500,7 +559,7 @@ def child_profile(a):
     reader = BatchReader(train_groups(a.data_dir), B, 0, 1, train=True)
     label, dense, sparse, _ = next(reader)
     reader.close()
-    rec = {"variant": a.variant}
+    rec = {"variant": a.variant, "blas": os.environ.get("DLRM_BLAS_LIBRARY", "OneFlow's OpenBLAS")}
     if "forward" in variant:
         graph = EvalGraph(module, "cpu", False)
         inputs = [to_global(x, cpu) for x in (dense, sparse)]
@@ -518,16 +577,33 @@ def child_profile(a):
     out = graph(*inputs)
     out.numpy()
     rec["compile_s"] = time.perf_counter() - t
-    steps = []
-    for _ in range(a.steps):
-        with CpuWindow() as w:
+    spinner = None
+    if "spinning" not in variant:  # as dlrm_train_eval.py runs it
+        out, spinner = idle_vm_scheduler(lambda: graph(*inputs))
+    else:  # as OneFlow leaves it; the spinning thread is only identified
+        from dlrm.threads import find_spinner
+
+        before = thread_times()
+        graph(*inputs).numpy()
+        spinner = find_spinner(before, thread_times())
+    walls = []
+    before = thread_times()
+    with CpuWindow() as w:
+        for _ in range(a.steps):
+            t = time.perf_counter()
             out = graph(*inputs)
             out.numpy()
-        steps.append(w.record())
-    best = min(steps, key=lambda r: r["wall_s"])
-    rec.update(best)
-    rec["all_wall_s"] = [round(s["wall_s"], 3) for s in steps]
-    rec["samples_per_s"] = B / best["wall_s"]
+            walls.append(time.perf_counter() - t)
+    after = thread_times()
+    used = {tid: (after[tid][0] - before.get(tid, (0, 0))[0]) / 1e9 / a.steps for tid in after}
+    main_tid = threading.get_native_id()
+    kernel = sorted((c for tid, c in used.items() if tid not in (spinner, main_tid)), reverse=True)
+    rec.update(w.record())
+    rec.update(wall_s=sorted(walls)[len(walls) // 2], all_wall_s=[round(x, 3) for x in walls],
+               cpu_per_step=w.cpu / a.steps, vm_scheduler_cpu=used.get(spinner, 0.0),
+               main_thread_cpu=used.get(main_tid, 0.0), kernel_threads_cpu=sum(kernel[:2]),
+               other_threads_cpu=sum(kernel[2:]), kernel_threads=[round(c, 4) for c in kernel[:4]])
+    rec["samples_per_s"] = B / rec["wall_s"]
     if a.variant == "default":  # the per-step costs around the graph in dlrm_train_eval.py's loop
         def best_of(fn, n=5):
             ts = []
@@ -539,7 +615,94 @@ def child_profile(a):
 
         rec["to_global_s"] = best_of(lambda: [to_global(x, cpu).to_local().numpy() for x in (label, dense, sparse)])
         rec["loss_readout_s"] = best_of(lambda: float(gather_to_all(out).numpy()))
+        layers, bmm = model_gemms(int_list(a.bottom_mlp), int_list(a.top_mlp), a.embedding_vec_size)
+        gemm_cpu = gemm_wall = bmm_cpu = 0.0
+        for label_, kind, shape, count, flops in gemm_shapes(B, layers, bmm):
+            x, y = (flow.randn(shape[0], shape[1]), flow.randn(shape[1], shape[2])) if kind == "mm" else \
+                (flow.randn(*shape[:3]), flow.randn(shape[0], shape[2], shape[3]))
+            fn = flow.matmul if kind == "mm" else flow.bmm
+            fn(x, y).numpy()
+            best = None
+            for _ in range(3):
+                t, c = time.perf_counter(), time.process_time()
+                fn(x, y).numpy()
+                cur = (time.perf_counter() - t, time.process_time() - c)
+                best = cur if best is None or cur[0] < best[0] else best
+            gemm_wall += best[0] * count
+            gemm_cpu += best[1] * count
+            bmm_cpu += best[1] * count if kind == "bmm" else 0.0
+        rec.update(gemm_wall_s=gemm_wall, gemm_cpu_s=gemm_cpu, interaction_bmm_cpu_s=bmm_cpu)
     emit(rec)
+
+
+PROFILE_VARIANTS = [  # (variant, extra environment, what it shows)
+    ("default", {}, "as dlrm_train_eval.py runs a step"),
+    ("frozen_embedding", {}, "no embedding gradient or sparse update"),
+    ("forward", {}, "the eval graph: forward only"),
+    ("spinning", {}, "OneFlow's VM scheduler left spinning (OneFlow's default)"),
+    ("openblas", {"DLRM_BLAS": "openblas"}, "OneFlow's bundled OpenBLAS instead of MKL"),
+]
+
+
+def profile_phase(args, data_dir, env):
+    """Where a training step's time goes, at the main and the table-size (Kaggle) architecture."""
+    B = args.batch_size
+    archs = [("main", (args.bottom_mlp, args.top_mlp, args.embedding_vec_size)), ("kaggle", tables_arch(args))]
+    print(f"\n== profile: the train graph alone on pre-made global tensors, 1 rank, batch {B}, median of "
+          f"{args.profile_steps} steps; CPU per step by thread (dlrm.threads)")
+    out = {}
+    for name, (bottom, top, dim) in archs:
+        arch_args = ["--data_dir", data_dir, "--batch_size", B, "--bottom_mlp", bottom, "--top_mlp", top,
+                     "--embedding_vec_size", dim]
+        print(f"  {name} architecture: bottom {bottom}, top {top}, dim {dim}")
+        for variant, extra_env, what in PROFILE_VARIANTS:
+            cenv = dict(env, **extra_env)
+            try:
+                p = run_child(__file__, ["--_child", "profile", "--variant", variant,
+                                         "--steps", args.profile_steps, *arch_args], env=cenv)
+            except RuntimeError as e:
+                print(f"    {variant}: FAILED: {e}")
+                continue
+            out[name, variant] = p
+            print(f"    {variant:17s} {p['wall_s'] * 1e3:7.0f} ms/step {p['samples_per_s']:9,.0f} samples/s; CPU "
+                  f"{p['cpu_per_step'] * 1e3:5.0f} ms (kernel threads {p['kernel_threads_cpu'] * 1e3:.0f}, VM "
+                  f"scheduler {p['vm_scheduler_cpu'] * 1e3:.0f}, main {p['main_thread_cpu'] * 1e3:.0f}, other "
+                  f"{p['other_threads_cpu'] * 1e3:.0f}): {what}{load_note(p)}", flush=True)
+        d = out.get((name, "default"))
+        if d:
+            print_step_account(d, out.get((name, "frozen_embedding")), out.get((name, "forward")),
+                               out.get((name, "spinning")), out.get((name, "openblas")), args.log_interval)
+    return out
+
+
+def print_step_account(d, frozen, forward, spinning, openblas, log_interval):
+    """One step's wall time and CPU, item by item."""
+    ncpu = os.cpu_count()
+    wall, cpu = d["wall_s"], d["cpu_per_step"]
+    ms = lambda x: f"{x * 1e3:7.1f} ms"  # noqa: E731
+    print(f"    where a step goes ({os.path.basename(d['blas'])}): {ms(wall)} wall, {ms(cpu)} CPU on {ncpu} cores"
+          f"{'  DISTURBED: other processes used the machine' if d.get('others_cores', 0) > DISTURBED_CORES else ''}")
+    print(f"      GEMMs (the model's, timed alone at this BLAS)      {ms(d['gemm_wall_s'])} wall, {ms(d['gemm_cpu_s'])} CPU "
+          f"({100 * d['gemm_cpu_s'] / cpu:.0f}% of the step's CPU)")
+    print(f"        of which the interaction's bmm (fwd + 2 bwd)       {ms(d['interaction_bmm_cpu_s'])} CPU")
+    if forward:
+        print(f"      forward (eval graph)                               {ms(forward['wall_s'])} wall; backward + "
+              f"update {ms(wall - forward['wall_s'])}")
+    if frozen:
+        print(f"      embedding gradient + sparse update                 {ms(wall - frozen['wall_s'])} wall "
+              f"(step - frozen-embedding step)")
+    rest = d["kernel_threads_cpu"] + d["other_threads_cpu"] - d["gemm_cpu_s"]
+    print(f"      other kernels (elementwise, gather, interaction cat/index_select, loss, SGD): {ms(rest)} CPU")
+    print(f"      OneFlow's VM scheduler thread                      {ms(d['vm_scheduler_cpu'])} CPU"
+          + (f" (left spinning: {ms(spinning['vm_scheduler_cpu'])} CPU, step {ms(spinning['wall_s'])} wall)"
+             if spinning else ""))
+    print(f"      main thread (graph launch, sync)                   {ms(d['main_thread_cpu'])} CPU")
+    print(f"      idle waits (cores x wall - CPU)                    {ms(max(ncpu * wall - cpu, 0.0))} core time")
+    print(f"      outside the graph, per step: to_global of a batch {ms(d['to_global_s'])}, loss readout "
+          f"{ms(d['loss_readout_s'] / log_interval)} ({ms(d['loss_readout_s'])} once per logged interval)")
+    if openblas:
+        print(f"      with OneFlow's OpenBLAS instead: {ms(openblas['wall_s'])} wall, {ms(openblas['cpu_per_step'])} CPU "
+              f"({openblas['wall_s'] / wall:.2f}x the time)")
 
 
 # ----------------------------------------------------------------------------- main
@@ -568,6 +731,7 @@ def get_parser():
     a("--openblas_coretype", default=None,
       help="set OPENBLAS_CORETYPE (e.g. Haswell) for the matmul, training and profile runs")
     a("--skip_tables", action="store_true", help="do not run the table-size phase")
+    a("--skip_training", action="store_true", help="do not run the --ranks training phase")
     a("--tables_rows", type=int, default=1300000, help="rows of each of the 26 tables in the table-size phase")
     a("--tables_bottom_mlp", default="512,256,64,16",
       help="bottom MLP of the table-size phase (its last width is the embedding width)")
@@ -575,8 +739,9 @@ def get_parser():
     a("--peer_dlrm", default=None,
       help="facebookresearch/dlrm checkout (or its dlrm_s_pytorch.py): run it next to ours, see the docstring")
     a("--peer_python", default="python3", help="the interpreter (with torch) that runs --peer_dlrm")
+    a("--peer_rounds", type=int, default=2, help="alternating ours/peer rounds per case (medians reported)")
     a("--profile", action="store_true", help="also time the train graph alone in variants (see the docstring)")
-    a("--profile_steps", type=int, default=3, help="timed steps per profile variant (the best is kept)")
+    a("--profile_steps", type=int, default=5, help="timed steps per profile variant (the median is kept)")
     a("--timeout", type=int, default=1800, help="seconds allowed per training run")
     # child phases (internal)
     a("--_child", choices=["reader", "matmul", "profile"], help=argparse.SUPPRESS)
@@ -607,6 +772,10 @@ def main(argv=None):
 
     t_start = time.time()
     B = args.batch_size
+    if args.peer_rounds < 2:
+        sys.exit(f"error: --peer_rounds {args.peer_rounds}: at least 2 (a median of alternating rounds)")
+    if args.skip_training:
+        args.ranks = []
     if any(B % r for r in args.ranks):
         sys.exit(f"error: --batch_size {B} is not a multiple of every --ranks entry {args.ranks}")
     ncpu = os.cpu_count()
@@ -658,7 +827,7 @@ def main(argv=None):
     print(f"  {v['label']:42s} {'':>16} {v['seconds'] * 1e3:9.2f} ms {v['gflops']:8.1f} GFLOP/s")
     blas = mm.get("blas") or {}
     print(f"  model GEMMs together: {mm['model_gflops']:.1f} GFLOP/s in one process "
-          f"(OpenBLAS in liboneflow: kernel {blas.get('core', '?')}, {blas.get('threads', '?')} thread(s)"
+          f"(BLAS: {blas.get('core', '?')}, {blas.get('threads', '?')} thread(s)"
           f"{', OPENBLAS_CORETYPE=' + env['OPENBLAS_CORETYPE'] if env.get('OPENBLAS_CORETYPE') else ''})"
           f"{load_note(mm)}")
     # Each launched rank gets OMP_NUM_THREADS=1. If one process's GEMMs already run on ~1 core (OneFlow 0.9's
@@ -692,27 +861,10 @@ def main(argv=None):
               f"run {rec['elapsed_s']:.0f} s{load_note(rec)}", flush=True)
 
     tables = {} if args.skip_tables else table_size_phase(args, data_dir, env)
-    peers = peer_phase(args, data_dir, train, tables) if args.peer_dlrm else []
+    peers = peer_phase(args, data_dir, env) if args.peer_dlrm else []
 
-    prof = []
     if args.profile:
-        print(f"\n== profile: the train graph alone on pre-made global tensors, 1 rank, batch {B} "
-              f"(best of {args.profile_steps} steps)")
-        for variant in ["default", "dense_update", "frozen_embedding", "forward", "unfused",
-                        "unfused+frozen_embedding", "unfused+forward"]:
-            try:
-                p = run_child(__file__, ["--_child", "profile", "--variant", variant, "--steps", str(args.profile_steps),
-                               *common], env=env)
-            except RuntimeError as e:
-                print(f"  {variant}: FAILED: {e}")
-                continue
-            prof.append(p)
-            extra = ""
-            if "to_global_s" in p:
-                extra = (f"; to_global of a batch {p['to_global_s'] * 1e3:.1f} ms, "
-                         f"loss readout {p['loss_readout_s'] * 1e3:.1f} ms")
-            print(f"  {variant:25s} {p['wall_s'] * 1e3:8.0f} ms/step ({p['cpu_s'] * 1e3:6.0f} ms CPU) "
-                  f"{p['samples_per_s']:8,.0f} samples/s; all {p['all_wall_s']}{extra}{load_note(p)}", flush=True)
+        profile_phase(args, data_dir, env)
 
     # 6. summary
     ours = readers["ours"]["samples_per_s"]
@@ -729,7 +881,8 @@ def main(argv=None):
           f"{mm['model_gflops']:>16.1f}")
     print(f"{'OneFlow matmul GFLOP/s, square 2048^3':58s} {mm['square_gflops']:>16.1f}")
     print("-" * 96)
-    print(f"{'':58s} " + " ".join(f"{f'{r} rank' + ('s' if r > 1 else ''):>16}" for r in args.ranks))
+    if args.ranks:  # not with --skip_training
+        print(f"{'':58s} " + " ".join(f"{f'{r} rank' + ('s' if r > 1 else ''):>16}" for r in args.ranks))
     def free_bound(r):
         """The bound with min(ranks, ncpu - others' cores) cores: what a shared machine allowed."""
         others = train[r].get("others_cores")
@@ -755,7 +908,7 @@ def main(argv=None):
          lambda r: f"{train[r].get('cores', 0):.2f} / {fmt(train[r].get('others_cores'), 2)}"),
         ("bound on the cores others left free, fraction reached", free_bound),
     ]
-    for name, f in rows:
+    for name, f in rows if args.ranks else []:
         print(f"{name:58s} " + " ".join(f"{f(r) if r in train else 'failed':>16}" for r in args.ranks))
     for update in ("sparse", "dense"):
         s_, l_ = tables.get((update, "small")), tables.get((update, "large"))
@@ -765,9 +918,11 @@ def main(argv=None):
                   f"{fmt(s_['samples_per_s'])}; peak RSS {l_['peak_rss'] / 2**30:.2f} GiB, embedding "
                   f"{l_['expected_bytes'] / 2**30:.2f} GiB)")
     for name, _, _, ours, peer in peers:
-        print(f"{f'ours / facebookresearch/dlrm, {name} (goal >= 1.0x)':58s} "
-              f"{ours['samples_per_s'] / peer['samples_per_s']:>15.2f}x  ({fmt(ours['samples_per_s'])} / "
-              f"{fmt(peer['samples_per_s'])})")
+        print(f"{f'ours / facebookresearch/dlrm, {name} (goal >= 1.0x)':58s} {ratio_text(ours, peer):>16}  "
+              f"({fmt(ours['samples_per_s'])} / {fmt(peer['samples_per_s'])}, medians of {args.peer_rounds} rounds)")
+    if any(disturbed(o, p) for _, _, _, o, p in peers):
+        print(f"note: other processes used more than {DISTURBED_CORES} cores during a peer comparison round: "
+              f"rerun on an idle machine for a result")
     print("=" * 96)
     busy = [f"{r} rank(s) {train[r]['others_cores']:.2f}" for r in train if (train[r].get("others_cores") or 0) > 0.25]
     if busy:

@@ -66,3 +66,21 @@ def test_hashed_features(tmp_path):
         print("ok")
     """, tmp_path)
     assert "ok" in out
+
+
+def test_peer_comparison_medians_and_disturbed_marking(tmp_path):
+    out = run_in_bench("""
+        import bench_train
+        runs = [{"samples_per_s": 100.0, "cores": 1.9, "others_cores": 0.05},
+                {"samples_per_s": 300.0, "cores": 1.8, "others_cores": 0.3},
+                {"samples_per_s": 200.0, "cores": 1.7, "others_cores": 0.1}]
+        rec = bench_train.median_record(runs)
+        assert rec["samples_per_s"] == 200.0 and rec["rounds"] == [100, 300, 200], rec
+        assert rec["max_others_cores"] == 0.3
+        assert bench_train.median_record(runs[:2])["samples_per_s"] == 200.0  # even count: the middle two's mean
+        quiet = bench_train.median_record([runs[0], runs[2]])
+        assert bench_train.ratio_text(quiet, quiet) == "1.00x"
+        assert bench_train.ratio_text(rec, quiet) == "1.33x (disturbed)"  # others used 0.3 cores in a round
+        print("ok")
+    """, tmp_path)
+    assert "ok" in out

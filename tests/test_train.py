@@ -1,6 +1,7 @@
 """dlrm_train_eval.py end to end on CPU with real OneFlow, real parquet from the real Spark tool,
 and real `python -m oneflow.distributed.launch` subprocesses."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -39,6 +40,17 @@ def launch(args, nproc=1, env=None, popen=False):
     return proc.stdout
 
 
+def check_cpu_threads(log, nproc):
+    """Every rank put OneFlow's VM scheduler at SCHED_IDLE (dlrm.threads); with MKL (the startup hook's
+    choice), each of several launched ranks runs one MKL thread (the launcher's OMP_NUM_THREADS=1)."""
+    lines = {int(m.group(1)): m.group(0) for m in re.finditer(
+        r"rank (\d+): OneFlow's VM scheduler thread (\d+) set to SCHED_IDLE; BLAS: .*", log)}
+    assert sorted(lines) == list(range(nproc)), log[-3000:]
+    for line in lines.values():
+        if "libmkl_rt" in line:
+            assert ("MKL_NUM_THREADS=1" in line) if nproc > 1 else ("MKL_NUM_THREADS=-" not in line), line
+
+
 def final_auc(metrics):
     return [m for m in metrics if m.get("kind") == "eval"][-1]["auc"]
 
@@ -72,6 +84,7 @@ def test_one_rank_learns_the_planted_model(one_rank_run, synthetic_parquet):
     assert trains[0]["lr"] == pytest.approx(49 / 50)  # step 50 of a 50-step warmup from 0
     assert trains[-1]["lr"] == pytest.approx((1 / 300) ** 2)  # last step of the 300-step decay
     assert "Step 700, AUC" in log and "ETA" in log
+    check_cpu_threads(log, 1)
     ckpt = out / f"step_700_val_auc_{auc:.5f}"
     state = json.load(open(ckpt / "train_state.json"))
     assert state["step"] == 700 and state["world_size"] == 1
@@ -84,6 +97,7 @@ def test_two_ranks_train_evaluate_checkpoint_like_one(one_rank_run, synthetic_pa
                   "--eval_interval", "350", "--eval_batches", "15", "--loss_print_interval", "50",
                   "--model_save_dir", str(tmp_path)], nproc=2)
     assert "cpu x 2 ranks" in log
+    check_cpu_threads(log, 2)
     metrics = read_metrics(tmp_path / "metrics.jsonl")
     evals = [m for m in metrics if m["kind"] == "eval"]
     assert [m["eval_samples"] for m in evals] == [15000, 15000]  # 15 batches of 1000, 500 per rank each

@@ -1,0 +1,129 @@
+"""CPU speed settings: the startup hook's BLAS choice (scripts/oneflow_preload.py) and OneFlow's VM
+scheduler thread at SCHED_IDLE (dlrm.threads)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import oneflow as flow
+import pytest
+
+from dlrm.threads import find_spinner, idle_vm_scheduler, thread_times
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import oneflow_preload  # noqa: E402
+
+HAS_MKL = oneflow_preload.find_mkl() is not None and {"avx2", "fma"} <= oneflow_preload.cpu_flags()
+
+
+def test_mkl_threads_follow_the_launcher_else_half_the_cores():
+    assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": "1"}, ncpu=16) == 1  # each of several launched ranks
+    assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": "3"}, ncpu=16) == 3
+    assert oneflow_preload.mkl_threads({}, ncpu=2) == 1
+    assert oneflow_preload.mkl_threads({}, ncpu=16) == 8
+    assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": ""}, ncpu=1) == 1
+
+
+def test_mkl_is_found_where_pip_puts_it_and_openblas_can_be_kept(tmp_path, monkeypatch):
+    assert oneflow_preload.find_mkl(str(tmp_path)) is None
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmkl_rt.so.3").write_bytes(b"")
+    assert oneflow_preload.find_mkl(str(tmp_path)) == str(tmp_path / "lib" / "libmkl_rt.so.3")
+    monkeypatch.setenv("DLRM_BLAS", "openblas")
+    monkeypatch.setenv("DLRM_BLAS_LIBRARY", "/stale/from/a/parent")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert oneflow_preload.choose_blas({"avx2", "fma"}) is None
+    assert "DLRM_BLAS_LIBRARY" not in os.environ and "MKL_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("DLRM_BLAS", "auto")
+    assert oneflow_preload.choose_blas({"sse2"}) is None  # no AVX2/FMA: OneFlow's OpenBLAS
+
+
+def test_find_spinner_picks_the_thread_that_never_blocked():
+    before = {1: (0, 5), 2: (0, 10), 3: (0, 7), 4: (0, 0), 6: (0, 0)}
+    after = {1: (900_000_000, 6),   # the caller: blocked on the sync
+             2: (800_000_000, 40),  # kernel thread: blocks between kernels
+             3: (300_000_000, 8),   # blocked once: the VM scheduler
+             4: (500, 0),           # never blocked, but idle
+             5: (10**9, 0),         # started meanwhile: not compared
+             6: (200_000_000, 0)}   # never blocked, less CPU than the scheduler
+    assert find_spinner(before, after, exclude=(1,)) == 3
+    assert find_spinner(before, {1: (10**9, 6)}, exclude=(1,)) is None
+
+
+class _Steps(flow.nn.Graph):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def build(self, x):
+        return self.module(x).sum()
+
+
+def test_idle_vm_scheduler_finds_and_idles_oneflows_spinning_thread():
+    flow.manual_seed(0)
+    layers = flow.nn.Sequential(*[flow.nn.Sequential(flow.nn.Linear(512, 512), flow.nn.Tanh()) for _ in range(12)])
+    graph, x = _Steps(layers), flow.randn(2048, 512)
+    first = graph(x).numpy()
+    out, tid = idle_vm_scheduler(lambda: graph(x), tries=30)
+    assert tid is not None and tid != os.getpid() and tid in thread_times()
+    assert os.sched_getscheduler(tid) == os.SCHED_IDLE
+    assert out.numpy() == first and graph(x).numpy() == first  # the same results afterwards
+
+
+def blas_run(blas, tmp_path):
+    """A subprocess that loads the BLAS the hook picks under DLRM_BLAS=blas, then runs the model's
+    GEMM shapes and three DLRM training steps; returns its results."""
+    code = f"""
+import json, os, sys
+sys.path.insert(0, {os.path.join(REPO, 'scripts')!r})
+import oneflow_preload
+oneflow_preload.choose_blas(oneflow_preload.cpu_flags())
+import numpy as np, oneflow as flow
+from types import SimpleNamespace
+from dlrm.config import ModelConfig, OptimizerConfig, ScheduleConfig
+from dlrm.distributed import cpu_placement, to_global
+from dlrm.graphs import make_train_graph
+from dlrm.model import DLRM
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((512, 1024), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)
+mm = flow.matmul(flow.tensor(a), flow.tensor(b)).numpy()
+cfg = ModelConfig(table_sizes=(50,) * 26, embedding_vec_size=16, bottom_mlp=(64, 16), top_mlp=(64, 32), fused_mlp=False,
+                  dense_input_padding=True, interaction_padding=True, interaction_itself=False)
+sched = ScheduleConfig(learning_rate=0.1, warmup_batches=0, decay_start=0, decay_batches=100, train_batches=100)
+cpu = cpu_placement(); flow.manual_seed(1); np.random.seed(1)
+m = DLRM(cfg, None, "cpu"); m.to_global(cpu, flow.sbp.broadcast)
+g = make_train_graph(m, SimpleNamespace(device="cpu", amp=False, loss_scale_policy="static", schedule=sched,
+                     optimizer=OptimizerConfig("sgd", True)))
+losses = []
+for step in range(3):
+    label = rng.integers(0, 2, (256, 1)).astype(np.float32)
+    dense = rng.random((256, 13), dtype=np.float32) * 100
+    sparse = rng.integers(0, 1300, (256, 26))
+    losses.append(float(g(*[to_global(x, cpu) for x in (label, dense, sparse)]).numpy()))
+np.save(sys.argv[1], mm)
+print("RESULT", json.dumps(dict(losses=losses, blas=os.environ.get("DLRM_BLAS_LIBRARY"))))
+"""
+    out = tmp_path / f"{blas}.npy"
+    env = dict(os.environ, DLRM_BLAS=blas, MKL_VERBOSE="1", GLOG_minloglevel="3")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[7:]), np.load(out), proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MKL, reason="no PyPI mkl in this environment (scripts/setup_env.sh installs it) "
+                                        "or a CPU without AVX2/FMA")
+def test_mkl_serves_oneflows_matmuls_with_the_same_results(tmp_path):
+    mkl, mkl_mm, mkl_log = blas_run("mkl", tmp_path)
+    ob, ob_mm, ob_log = blas_run("openblas", tmp_path)
+    assert mkl["blas"] and "libmkl_rt" in mkl["blas"] and ob["blas"] is None
+    # MKL_VERBOSE makes MKL log each call: OneFlow's GEMMs really went to it, and only under mkl
+    assert "SGEMM(N,N,256,512,1024" in mkl_log or "SGEMM(" in mkl_log
+    assert "SGEMM(" not in ob_log
+    np.testing.assert_allclose(mkl_mm, ob_mm, rtol=1e-4, atol=1e-4)  # float32 sums in another order
+    assert np.abs(mkl_mm - ob_mm).max() <= 1e-5 * np.abs(ob_mm).max()
+    np.testing.assert_allclose(mkl["losses"], ob["losses"], rtol=1e-5)
