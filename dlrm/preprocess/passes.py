@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 from dlrm.preprocess.plan import (PreprocessError, check_int32_ids, log, split_bounds,
                                   split_rule)
 from dlrm.preprocess.progress import Progress
+from dlrm.preprocess.resume import disk_full_check
 from dlrm.preprocess.spark import (DENSE_TRANSFORM, REASONS, Inputs, categorical_transform_text,
                                    hex_value, reason_expr, start_spark, transform_exprs, union,
                                    uri, valid_expr)
@@ -337,34 +338,121 @@ def build_dataset_info(args, fmt, names, rows, check, sizes):
     }
 
 
-def run(args, fmt, paths, tmp_dir):
-    """All passes: the dataset in tmp_dir (created here), its dataset_info dict returned."""
+def _input_bytes(inputs, files):
+    return sum(os.path.getsize(inputs.paths[i]) for i in files)
+
+
+def pass_plan(args, inputs, bounds=None):
+    """[(name, weight)] of the passes in run order; a weight is the input bytes the pass
+    scans times a rough cost factor (a write costs ~2-3x a scan, measured by
+    benchmarks/bench_preprocess.py), used only for the whole run's ETA."""
+    sf = inputs.split_file
+    every = _input_bytes(inputs, range(len(inputs.paths)))
+    split_file = _input_bytes(inputs, [sf])
+    kaggle = len(inputs.paths) == 1
+    train = split_file if kaggle else _input_bytes(inputs, range(sf))
+    plan = [("count_split_file", split_file), ("check_rows", every)]
+    if args.min_frequency > 0:
+        plan.append(("build_vocabulary", 2 * train))
+    plan += [("write_split train", 3 * train), ("write_split test", 2 * split_file),
+             ("write_split val", 2 * split_file)]
+    if args.min_frequency <= 0:
+        plan.append(("count_distinct_ids", every))
+    return plan
+
+
+def pass_output(name):
+    """The directory of tmp_dir a pass writes (None for the passes that only count)."""
+    if name.startswith("write_split "):
+        return name.split(" ", 1)[1]
+    return VOCAB_DIR if name == "build_vocabulary" else None
+
+
+def _row_check_from(d):
+    check = RowCheck(**d)
+    if check.first_bad is not None:
+        check.first_bad = tuple(check.first_bad)
+    return check
+
+
+def run(args, fmt, paths, state):
+    """All passes into state.dir (a resume.WorkState): each one that state records as finished
+    is reused (one line each), the others run and are recorded. Returns the dataset_info
+    dict."""
+    import dataclasses
+
+    tmp_dir = state.dir
     spark = start_spark(args)
     try:
-        with Progress(spark, args.progress_interval) as progress:
-            inputs = Inputs(spark, paths)
-            with progress.named("count_split_file"):
-                split_file = count_split_file(inputs, fmt, args.num_test_examples)
-            with progress.named("check_rows"):
-                check = check_rows(inputs, split_file, args.bad_rows)
-            os.makedirs(tmp_dir)
+        inputs = Inputs(spark, paths)
+        state.check_partitions(
+            [spark.read.text(uri(p)).rdd.getNumPartitions() for p in paths], inputs.names)
+        state.remove_unfinished(keep=[pass_output(n) for n in state.finished])
+        with Progress(spark, args.progress_interval, pass_plan(args, inputs)) as progress:
+
+            def step(name, compute, save, restore, reused_text):
+                done = state.done(name)
+                if done is not None:
+                    value = restore(done)
+                    progress.reused(name)
+                    log("%s: reused from the interrupted run (%s)" % (progress.position(name),
+                                                                      reused_text(value)))
+                    return value
+                with progress.named(name), disk_full_check(name, args, spark, tmp_dir):
+                    value = compute()
+                state.finish(name, save(value))
+                return value
+
+            def restore_split_file(d):
+                inputs.offsets, inputs.split_lines = d["offsets"], d["lines"]
+                return SplitFile(d["lines"], {k: tuple(v) for k, v in d["bounds"].items()})
+
+            split_file = step(
+                "count_split_file", lambda: count_split_file(inputs, fmt, args.num_test_examples),
+                lambda v: {"lines": v.lines, "bounds": v.bounds, "offsets": inputs.offsets},
+                restore_split_file,
+                lambda v: "%s: %d lines" % (inputs.names[inputs.split_file], v.lines))
+            check = step(
+                "check_rows", lambda: check_rows(inputs, split_file, args.bad_rows),
+                dataclasses.asdict, _row_check_from,
+                lambda v: "%d lines, %d malformed" % (sum(v.lines_read.values()), v.total_bad))
             vocab = None
             if args.min_frequency > 0:
-                with progress.named("build_vocabulary"):
-                    vocab = build_vocabulary(spark, inputs, split_file, check, args, tmp_dir)
+                dest = os.path.join(tmp_dir, VOCAB_DIR)
+                vocab = step(
+                    "build_vocabulary",
+                    lambda: build_vocabulary(spark, inputs, split_file, check, args, tmp_dir),
+                    lambda v: {"sizes": v.sizes},
+                    lambda d: Vocabulary(dest, d["sizes"], args.broadcast_vocab_rows),
+                    lambda v: "%d frequent values" % (sum(v.sizes) - NUM_SPARSE))
             rows = {}
             for s in SPLITS:
-                with progress.named("write_split %s" % s):
-                    rows[s] = write_split(inputs, s, split_file, check, args, tmp_dir, vocab)
+                rows[s] = step(
+                    "write_split %s" % s,
+                    lambda s=s: write_split(inputs, s, split_file, check, args, tmp_dir, vocab),
+                    lambda v: {"rows": v}, lambda d, s=s: _check_reused_split(tmp_dir, s, d),
+                    lambda v, s=s: "%s: %d rows" % (s, v))
             if vocab:
                 sizes = vocab.sizes
             else:
-                with progress.named("count_distinct_ids"):
-                    sizes = count_distinct_ids(spark, tmp_dir)
+                sizes = step("count_distinct_ids", lambda: count_distinct_ids(spark, tmp_dir),
+                             lambda v: {"sizes": v}, lambda d: d["sizes"],
+                             lambda v: "%d ids" % sum(v))
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
-        if args.export_dataset_info:
-            write_original_readme(tmp_dir, rows, sizes)
-        write_dataset_info(tmp_dir, info)
+        with disk_full_check("build_dataset_info", args, spark, tmp_dir):
+            if args.export_dataset_info:
+                write_original_readme(tmp_dir, rows, sizes)
+            write_dataset_info(tmp_dir, info)
         return info
     finally:
         spark.stop()
+
+
+def _check_reused_split(tmp_dir, split, d):
+    """A finished split's row count, checked against its parquet footers."""
+    path = os.path.join(tmp_dir, split)
+    written = _parquet_rows(path)[0] if os.path.isdir(path) else None
+    if written != d["rows"]:
+        raise PreprocessError("cannot resume: %s holds %s rows, the interrupted run recorded %d; "
+                              "rerun without --resume" % (path, written, d["rows"]), 1)
+    return written
