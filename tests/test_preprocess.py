@@ -643,12 +643,12 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     [err] = error_lines(r.stderr)
     assert "--seed 5 -> 6" in err and "cannot resume" in err, err
     assert os.listdir(parent) == [work]
-    # 4: resumed to the end
-    r = tool(args + ["--resume"])
+    # 4: resumed to the end, with another scratch directory (allowed: it changes no output)
+    r = tool(args + ["--resume", "--spark_tmp_dir", str(tmp_path / "scratch")])
     assert r.returncode == 0, r.stdout + r.stderr
     assert REUSED_RE.findall(r.stdout) == ["count_split_file", "check_rows", "write_split train",
                                            "write_split test"], r.stdout
-    assert os.listdir(parent) == ["out"]
+    assert sorted(os.listdir(parent)) == ["out", "scratch"]
     # the same output as the uninterrupted run: files, rows in order, dataset_info.json
     ref = run_mod["out"]
     assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
@@ -664,3 +664,41 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
         assert len(fa) == len(fb) and a.num_rows == b.num_rows > 0
         for c in COLUMNS:
             assert a.column(c).equals(b.column(c)), (split, c)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 128 kB tmpfs mounted (as root) on tmp_path/scratch, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as a full scratch disk needs root")
+    d = tmp_path / "scratch"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % r.stderr.strip())
+    try:
+        yield str(d)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.slow
+@requires_java
+def test_full_scratch_disk_then_resume(run_mod, small_tmpfs, tmp_path):
+    """The train shuffle (~200 kB here) fills a 128 kB --spark_tmp_dir: one error line naming it,
+    the half-written train removed, the counting passes kept for --resume (which may change
+    --spark_tmp_dir: test_killed_runs_resume_to_the_uninterrupted_output)."""
+    out = str(tmp_path / "out")
+    args = [out if a == run_mod["out"] else a for a in run_mod["args"]]
+    r = tool(args + ["--spark_tmp_dir", small_tmpfs])
+    assert r.returncode == 1, r.stdout + r.stderr
+    [err] = error_lines(r.stderr)
+    assert err.startswith("error: no space left on device in %s (--spark_tmp_dir" % small_tmpfs)
+    assert "during write_split train" in err and "--resume" in err, err
+    assert "Traceback" not in r.stderr
+    [work] = [p for p in os.listdir(str(tmp_path)) if p.startswith(".out.incomplete-")]
+    assert sorted(os.listdir(str(tmp_path / work))) == [STATE_FILE]  # no half-written train
+    with open(str(tmp_path / work / STATE_FILE)) as f:
+        assert list(json.load(f)["passes"]) == ["count_split_file", "check_rows"]
+    assert not os.path.exists(out)

@@ -342,15 +342,23 @@ def _input_bytes(inputs, files):
     return sum(os.path.getsize(inputs.paths[i]) for i in files)
 
 
-def pass_plan(args, inputs, bounds=None):
+def _train_bytes(inputs):
+    """Bytes of the train input: the days before the last, or 6/7 of kaggle's train.txt."""
+    if len(inputs.paths) == 1:
+        return _input_bytes(inputs, [0]) * 6 // 7
+    return _input_bytes(inputs, range(inputs.split_file))
+
+
+def pass_plan(args, inputs):
     """[(name, weight)] of the passes in run order; a weight is the input bytes the pass
-    scans times a rough cost factor (a write costs ~2-3x a scan, measured by
-    benchmarks/bench_preprocess.py), used only for the whole run's ETA."""
+    scans times a rough cost factor (benchmarks/bench_preprocess.py on 3 days: the train write
+    took ~3x the check's time per input byte, test and val ~2x), used only for the whole run's
+    ETA."""
     sf = inputs.split_file
     every = _input_bytes(inputs, range(len(inputs.paths)))
     split_file = _input_bytes(inputs, [sf])
-    kaggle = len(inputs.paths) == 1
-    train = split_file if kaggle else _input_bytes(inputs, range(sf))
+    # kaggle's train write scans the whole train.txt
+    train = split_file if len(inputs.paths) == 1 else _train_bytes(inputs)
     plan = [("count_split_file", split_file), ("check_rows", every)]
     if args.min_frequency > 0:
         plan.append(("build_vocabulary", 2 * train))
@@ -388,6 +396,8 @@ def run(args, fmt, paths, state):
         state.check_partitions(
             [spark.read.text(uri(p)).rdd.getNumPartitions() for p in paths], inputs.names)
         state.remove_unfinished(keep=[pass_output(n) for n in state.finished])
+        room = (args, spark, tmp_dir, _train_bytes(inputs),
+                _input_bytes(inputs, range(len(paths))))
         with Progress(spark, args.progress_interval, pass_plan(args, inputs)) as progress:
 
             def step(name, compute, save, restore, reused_text):
@@ -398,7 +408,7 @@ def run(args, fmt, paths, state):
                     log("%s: reused from the interrupted run (%s)" % (progress.position(name),
                                                                       reused_text(value)))
                     return value
-                with progress.named(name), disk_full_check(name, args, spark, tmp_dir):
+                with progress.named(name), disk_full_check(name, *room):
                     value = compute()
                 state.finish(name, save(value))
                 return value
@@ -439,7 +449,7 @@ def run(args, fmt, paths, state):
                              lambda v: {"sizes": v}, lambda d: d["sizes"],
                              lambda v: "%d ids" % sum(v))
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
-        with disk_full_check("build_dataset_info", args, spark, tmp_dir):
+        with disk_full_check("build_dataset_info", *room):
             if args.export_dataset_info:
                 write_original_readme(tmp_dir, rows, sizes)
             write_dataset_info(tmp_dir, info)

@@ -20,8 +20,11 @@ from dlrm.preprocess.plan import PreprocessError, log
 
 STATE_FILE = "_preprocess_state.json"  # removed before the directory is published
 STATE_VERSION = 1
-# Arguments that cannot change what is written, so a resumed run may differ in them.
-NOT_COMPARED = ("resume", "overwrite", "progress_interval")
+# Arguments that cannot change what is written, so a resumed run may differ in them: among them
+# the remedies for a full scratch disk and for a driver out of memory. (How Spark partitions the
+# inputs, which the other Spark settings can change, is compared by check_partitions.)
+NOT_COMPARED = ("resume", "overwrite", "progress_interval", "spark_tmp_dir",
+                "spark_driver_memory_gb")
 
 
 def describe_inputs(paths):
@@ -191,11 +194,18 @@ def _free_fraction(path):
         return 1.0, None
 
 
+# Peak sizes measured on synthetic days (3 x 3000 rows, mod ids; du of the directories during a
+# run): Spark's scratch ~0.7x the train input text (the train shuffle), the parquet output
+# ~0.3x the whole input text.
+SCRATCH_PER_TRAIN_BYTE = 0.7
+OUTPUT_PER_INPUT_BYTE = 0.3
+
+
 def which_disk_filled(text, scratch, output):
     """(directory, flag, what it holds) of the disk that filled, from the failure's text (the
     Java stack frames), else the fuller of the two file systems."""
     where = [(d, "--spark_tmp_dir", "Spark's shuffle and sort-spill files") for d in scratch]
-    out = (output, "--output_dir", "the parquet output being written")
+    out = (output, "--output_dir", "the parquet output")
     if any(f in text for f in SCRATCH_FRAMES):
         return where[0]
     if any(f in text for f in OUTPUT_FRAMES) or "Errno" in text:
@@ -203,11 +213,19 @@ def which_disk_filled(text, scratch, output):
     return min(where + [out], key=lambda w: _free_fraction(w[0])[0])
 
 
+def _size(n):
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if n >= scale:
+            return "%.1f %s" % (n / scale, unit)
+    return "%d B" % n
+
+
 @contextlib.contextmanager
-def disk_full_check(name, args, spark, tmp_dir):
+def disk_full_check(name, args, spark, tmp_dir, train_bytes, input_bytes):
     """Turn a "No space left on device" anywhere in a pass (a Spark task's, or the driver's
-    own write) into one PreprocessError line naming the directory that filled and what to
-    give it; the caller keeps the finished passes for --resume."""
+    own write) into one PreprocessError line naming the directory that filled and the room it
+    needs (from the input sizes: train_bytes of train input text, input_bytes in all); the
+    caller keeps the finished passes for --resume."""
     try:
         yield
     except Exception as e:  # py4j / pyspark errors carry the Java stack trace in their text
@@ -216,11 +234,17 @@ def disk_full_check(name, args, spark, tmp_dir):
             raise
         path, flag, holds = which_disk_filled(text, scratch_dirs(args, spark), tmp_dir)
         free = _free_fraction(path)[1]
+        if flag == "--output_dir":
+            need, basis = OUTPUT_PER_INPUT_BYTE * input_bytes, "%.1fx the input" % (
+                OUTPUT_PER_INPUT_BYTE)
+        else:
+            need, basis = SCRATCH_PER_TRAIN_BYTE * train_bytes, "%.1fx the train input" % (
+                SCRATCH_PER_TRAIN_BYTE)
         err = PreprocessError(
-            "no space left on device in %s (%s: %s) during %s%s; give it more room, or point "
-            "%s at a disk with more free space, then rerun the same command with --resume to "
-            "keep the finished passes" % (path, flag, holds, name,
-                                          "" if free is None else " (%d MB free now)"
-                                          % (free // 2**20), flag), 1)
+            "no space left on device in %s (%s: %s) during %s%s; give it about %s free (%s, "
+            "measured on uncompressed synthetic days) or point %s at a larger disk, then rerun "
+            "the same command with --resume to keep the finished passes"
+            % (path, flag, holds, name, "" if free is None else " (%s free now)" % _size(free),
+               _size(need), basis, flag), 1)
         err.resumable = True
         raise err from None
