@@ -569,7 +569,7 @@ def test_train_shuffle_deterministic(run_mod, run_hash):
 # their log lines, continued to the uninterrupted run's output (run_mod: same arguments)
 # ------------------------------------------------------------------------------------------
 
-REUSED_RE = re.compile(r"^\[preprocess\] pass \d+/6 (.+): reused from the interrupted run",
+REUSED_RE = re.compile(r"^\[preprocess\] pass \d+/5 (.+): reused from the interrupted run",
                        re.M)
 
 
@@ -626,15 +626,12 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     out = os.path.join(parent, "out")
     args = [out if a == run_mod["out"] else a for a in run_mod["args"]]
     assert out in args
-    # 1: killed in check_rows (count_split_file finished)
-    _run_until(args, parent, lambda ln, d: "checking 3 input file(s)" in ln)
-    # 2: resumed, killed while Spark writes train
-    log = _run_until(args + ["--resume"], parent,
-                     lambda ln, d: "writing train" in ln and _wait_for(os.path.join(d, "train")))
-    assert REUSED_RE.findall(log) == ["count_split_file"], log
-    # 3: resumed, killed while it writes val (train and test finished)
+    # 1: killed while Spark writes train (check_rows finished)
+    _run_until(args, parent,
+               lambda ln, d: "writing train" in ln and _wait_for(os.path.join(d, "train")))
+    # 2: resumed, killed while it writes val (train and test finished)
     log = _run_until(args + ["--resume"], parent, lambda ln, d: "writing val" in ln)
-    assert REUSED_RE.findall(log) == ["count_split_file", "check_rows"], log
+    assert REUSED_RE.findall(log) == ["check_rows"], log
     assert "half-written by the interrupted pass" in log  # train's partial directory
     [work] = os.listdir(parent)
     # a changed setting: refused in one line naming it, the work left as it was
@@ -643,11 +640,11 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     [err] = error_lines(r.stderr)
     assert "--seed 5 -> 6" in err and "cannot resume" in err, err
     assert os.listdir(parent) == [work]
-    # 4: resumed to the end, with another scratch directory (allowed: it changes no output)
+    # 3: resumed to the end, with another scratch directory (allowed: it changes no output)
     r = tool(args + ["--resume", "--spark_tmp_dir", str(tmp_path / "scratch")])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert REUSED_RE.findall(r.stdout) == ["count_split_file", "check_rows", "write_split train",
-                                           "write_split test"], r.stdout
+    assert REUSED_RE.findall(r.stdout) == ["check_rows", "write_split train", "write_split test"], \
+        r.stdout
     assert sorted(os.listdir(parent)) == ["out", "scratch"]
     # the same output as the uninterrupted run: files, rows in order, dataset_info.json
     ref = run_mod["out"]
@@ -687,7 +684,7 @@ def small_tmpfs(tmp_path):
 @requires_java
 def test_full_scratch_disk_then_resume(run_mod, small_tmpfs, tmp_path):
     """The train shuffle (~200 kB here) fills a 128 kB --spark_tmp_dir: one error line naming it,
-    the half-written train removed, the counting passes kept for --resume (which may change
+    the half-written train removed, the counting pass kept for --resume (which may change
     --spark_tmp_dir: test_killed_runs_resume_to_the_uninterrupted_output)."""
     out = str(tmp_path / "out")
     args = [out if a == run_mod["out"] else a for a in run_mod["args"]]
@@ -700,5 +697,5 @@ def test_full_scratch_disk_then_resume(run_mod, small_tmpfs, tmp_path):
     [work] = [p for p in os.listdir(str(tmp_path)) if p.startswith(".out.incomplete-")]
     assert sorted(os.listdir(str(tmp_path / work))) == [STATE_FILE]  # no half-written train
     with open(str(tmp_path / work / STATE_FILE)) as f:
-        assert list(json.load(f)["passes"]) == ["count_split_file", "check_rows"]
+        assert list(json.load(f)["passes"]) == ["check_rows"]
     assert not os.path.exists(out)

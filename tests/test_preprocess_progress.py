@@ -62,7 +62,7 @@ def test_progress_lines_during_a_run(tmp_path):
     lines = [m.groupdict() for m in map(LINE_RE.match, r.stdout.splitlines()) if m]
     names = {d["name"] for d in lines}
     assert {"check_rows", "write_split train"} <= names, r.stdout
-    assert names <= {"count_split_file", "check_rows", "write_split train", "write_split test",
+    assert names <= {"check_rows", "write_split train", "write_split test",
                      "write_split val", "count_distinct_ids"}
     check = [(int(d["done"]), int(d["total"]), d["stages"]) for d in lines if d["name"] == "check_rows"]
     assert len(check) >= 3 and all(done <= total for done, total, _ in check), check
@@ -73,9 +73,9 @@ def test_progress_lines_during_a_run(tmp_path):
     scan = [d for d, _, s in check if s == check[0][2]]
     assert scan[-1] > scan[0], check
     assert any(d["eta"] != "?" for d in lines if d["name"] == "check_rows")
-    # pass k of 6 (two counting scans, three writes, distinct ids), and a run ETA once measured
+    # pass k of 5 (the counting scan, three writes, distinct ids), and a run ETA once measured
     assert {(d["name"], d["k"], d["n"]) for d in lines if d["name"] == "check_rows"} == {
-        ("check_rows", "2", "6")}
+        ("check_rows", "1", "5")}
     assert any(d["run_eta"] != "?" for d in lines if d["name"].startswith("write_split"))
     # the rates come from the driver's UI
     assert any("rows/s" in ln for ln in r.stdout.splitlines() if "check_rows:" in ln)
