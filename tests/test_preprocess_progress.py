@@ -78,4 +78,4 @@ def test_progress_lines_during_a_run(tmp_path):
         ("check_rows", "1", "5")}
     assert any(d["run_eta"] != "?" for d in lines if d["name"].startswith("write_split"))
     # the rates come from the driver's UI
-    assert any("rows/s" in ln for ln in r.stdout.splitlines() if "check_rows:" in ln)
+    assert any("rows/s" in ln for ln in r.stdout.splitlines() if "check_rows (pass" in ln)

@@ -27,6 +27,12 @@ NOT_COMPARED = ("resume", "overwrite", "progress_interval", "spark_tmp_dir",
                 "spark_driver_memory_gb")
 
 
+def resumable(err):
+    """err (a PreprocessError) marked to keep the run's finished passes for --resume."""
+    err.resumable = True
+    return err
+
+
 def describe_inputs(paths):
     """[{name, size, mtime_ns}] of the input files, in order."""
     out = []
@@ -116,12 +122,12 @@ class WorkState:
             self.save()
             return
         for name, a, b in zip(names, old, partitions):
-            if a != b:
-                raise PreprocessError(
+            if a != b:  # the work is kept (resumable) for a run with the same resources
+                raise resumable(PreprocessError(
                     "cannot resume %s: Spark reads %s as %d partitions, the interrupted run "
                     "read it as %d (other cores or spark.sql.files.maxPartitionBytes), so line "
                     "positions and the train shuffle would differ; resume with the same Spark "
-                    "resources, or rerun without --resume" % (self.dir, name, b, a), 2)
+                    "resources, or rerun without --resume" % (self.dir, name, b, a), 2))
 
     def done(self, name):
         return self.record["passes"].get(name)
@@ -246,5 +252,4 @@ def disk_full_check(name, args, spark, tmp_dir, train_bytes, input_bytes):
             "the same command with --resume to keep the finished passes"
             % (path, flag, holds, name, "" if free is None else " (%s free now)" % _size(free),
                _size(need), basis, flag), 1)
-        err.resumable = True
-        raise err from None
+        raise resumable(err) from None
