@@ -12,9 +12,15 @@ For each row count N (``--rows 1000000,4000000``):
    and print rows/s (wall and per CPU second of the JVM + Python workers) and the ratio
    (target: native >= 10x);
 3. run the whole tool end to end (``python tools/criteo1t_parquet.py``, kaggle layout: line
-   count, row check, shuffled train, test, val, table sizes), with mod ids and, unless
-   ``--vocab_min_frequency 0``, again with vocabulary ids (``--min_frequency``: the vocabulary
-   pass and the id joins instead of the distinct-id count).
+   count and row check in one scan, shuffled train, test, val, table sizes), with mod ids and,
+   unless ``--vocab_min_frequency 0``, again with vocabulary ids (``--min_frequency``: the
+   vocabulary pass and the id joins instead of the distinct-id count);
+4. unless ``--skip_floor``, Spark's floor for the same work, in a fresh process like the tool
+   (its start-up included): the input read as typed CSV (no row check, no line positions) ->
+   the same label/dense/mod-id transforms -> parquet, then a random shuffle of that parquet
+   (seeded random partitioning into the tool's train file count, sorted within partitions by a
+   second random key) -> parquet; printed with the ratio floor / tool for mod and vocabulary
+   ids (goal >= 90%).
 
 While each phase runs a thread samples, with psutil, the RSS of the Spark driver JVM (the
 ``java`` process) and of its whole process tree (JVM + Python workers); the peaks are printed
@@ -184,6 +190,59 @@ def full_tool(in_dir, out_dir, args, *extra):
     return time.time() - t, mem, stdout
 
 
+def floor_child(args):
+    """Spark's floor (step 4) in this process: typed CSV -> transforms -> parquet, then a random
+    shuffle of that parquet -> parquet; prints the two phases' seconds."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from dlrm.preprocess.spark import start_spark
+
+    settings = argparse.Namespace(spark_master=args.spark_master, spark_driver_memory_gb=args.driver_memory_gb,
+                                  spark_tmp_dir=None, shuffle_partitions=16)
+    with contextlib.redirect_stdout(sys.stderr):
+        spark = start_spark(settings)
+    spark.sparkContext.setLogLevel("ERROR")
+    schema = T.StructType([T.StructField(LABEL, T.IntegerType())]
+                          + [T.StructField(c, T.LongType()) for c in DENSE_COLUMNS]
+                          + [T.StructField(c, T.StringType()) for c in SPARSE_COLUMNS])
+    work = args.work_dir
+    try:
+        t = time.time()
+        df = spark.read.csv("file://" + os.path.join(work, "in", "train.txt"), sep="\t",
+                            schema=schema)
+        cols = [F.col(LABEL).cast("float").alias(LABEL)]
+        cols += [F.coalesce((F.col(c).cast("double") + 1.0).cast("float"),
+                            F.lit(1.0).cast("float")).alias(c) for c in DENSE_COLUMNS]
+        for i, c in enumerate(SPARSE_COLUMNS):  # the tool's mod ids (spark.transform_exprs)
+            base = i * (MOD_IDX + 1)
+            v = F.conv(F.col(c), 16, 10).cast("long") % F.lit(MOD_IDX).cast("long")
+            cols.append(F.coalesce(v + F.lit(base).cast("long"),
+                                   F.lit(base + MOD_IDX).cast("long")).alias(c))
+        typed = os.path.join(work, "floor_typed")
+        df.select(*cols).write.mode("overwrite").parquet("file://" + typed)
+        t_write = time.time() - t
+        t = time.time()
+        (spark.read.parquet("file://" + typed)
+         .select("*", F.rand(1).alias("_r1"), F.rand(2).alias("_r2"))
+         .repartition(16, "_r1").sortWithinPartitions("_r2", "_r1").drop("_r1", "_r2")
+         .write.mode("overwrite").parquet("file://" + os.path.join(work, "floor_shuffled")))
+        t_shuffle = time.time() - t
+    finally:
+        spark.stop()
+    harness.emit({"write": t_write, "shuffle": t_shuffle})
+    return 0
+
+
+def floor_run(args, work):
+    """Step 4 in a fresh process: (wall seconds with start-up, the child's phase seconds)."""
+    t = time.time()
+    res = harness.run_child(__file__, ["--floor", "--work_dir", work, "--spark_master",
+                                       args.spark_master, "--driver_memory_gb",
+                                       args.driver_memory_gb], timeout=None, echo=True)
+    return time.time() - t, res
+
+
 def child(args):
     """One row count in a fresh JVM: warm-up, then the timed native and UDF phases."""
     from dlrm.preprocess.spark import start_spark
@@ -230,8 +289,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--warmup_rows", type=int, default=200000,
                     help="rows of the untimed warm-up run of each phase (JIT compilation)")
+    ap.add_argument("--skip_floor", action="store_true",
+                    help="no Spark floor run (typed CSV -> transforms -> parquet + shuffle)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.floor:
+        return floor_child(args)
     if args.child is not None:
         return child(args)
 
@@ -271,6 +335,16 @@ def main(argv=None):
                     print("[bench]   whole tool (vocabulary ids, --min_frequency %d): %.1f s, %.0f "
                           "rows/s, JVM peak RSS %.0f MiB" % (args.vocab_min_frequency, secs, n / secs,
                                                               mib(mem.peak_jvm)), flush=True)
+            if not args.skip_floor:
+                secs, phases = floor_run(args, work)
+                res["floor"] = secs
+                print("[bench]   Spark floor: %.1f s (typed CSV -> parquet %.1f s, shuffle %.1f s, "
+                      "start-up %.1f s)" % (secs, phases["write"], phases["shuffle"],
+                                            secs - phases["write"] - phases["shuffle"]), flush=True)
+                for key, what in (("tool", "mod ids"), ("vocab", "vocabulary ids")):
+                    if key in res:
+                        print("[bench]   floor / whole tool (%s): %.0f%%"
+                              % (what, 100 * secs / res[key]["s"]), flush=True)
             results.append(res)
     finally:
         if not args.work_dir:
@@ -284,7 +358,7 @@ def main(argv=None):
            "native rows/CPU-s", "UDF rows/CPU-s", "native/UDF (CPU)",
            "JVM peak native MiB", "JVM peak UDF MiB", "whole tool s", "whole tool rows/s",
            "JVM peak whole tool MiB", "whole tool vocab s", "whole tool vocab rows/s",
-           "JVM peak whole tool vocab MiB"]
+           "JVM peak whole tool vocab MiB", "Spark floor s", "floor/tool mod", "floor/tool vocab"]
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in results:
@@ -298,6 +372,10 @@ def main(argv=None):
         for tool in (r.get("tool"), r.get("vocab")):
             cells += (["%.1f" % tool["s"], "%.0f" % (n / tool["s"]), "%.0f" % tool["jvm"]] if tool
                       else ["-"] * 3)
+        fl = r.get("floor")
+        cells += ["%.1f" % fl if fl else "-"]
+        cells += ["%.0f%%" % (100 * fl / r[k]["s"]) if fl and k in r else "-"
+                  for k in ("tool", "vocab")]
         print("| " + " | ".join(cells) + " |")
     return 0
 

@@ -9,7 +9,8 @@
 #                unless you pass --overwrite
 #   Both must be on storage the cluster shares, mounted at the SAME path on this machine and on
 #   every worker (e.g. NFS): the tool reads and writes file:// paths.
-#   extra args   passed on to tools/criteo1t_parquet.py (see: python tools/criteo1t_parquet.py -h)
+#   extra args   passed on to tools/criteo1t_parquet.py (see: python tools/criteo1t_parquet.py -h),
+#                e.g. --resume: the same command plus --resume continues a killed or failed run
 #
 # Environment:
 #   SPARK_MASTER      cluster master URL: spark://host:7077, yarn, k8s://... (required)

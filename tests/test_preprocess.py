@@ -10,11 +10,13 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from argparse import Namespace
 from collections import Counter
 
 import numpy as np
@@ -24,6 +26,7 @@ from conftest import (KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, error_lin
                       run_tool)
 from dlrm.preprocess.cli import parse_args
 from dlrm.preprocess.plan import driver_memory_gb
+from dlrm.preprocess.resume import STATE_FILE, describe_inputs, first_difference, settings_of
 from dlrm.schema import (COLUMNS, DATASET_INFO_VERSION, DENSE_COLUMNS, LABEL, NUM_DENSE, NUM_FIELDS,
                          SPARSE_COLUMNS, SPLITS, column_dtypes)
 
@@ -559,3 +562,140 @@ def test_train_shuffle_deterministic(run_mod, run_hash):
         assert len(fa) == len(fb)
         for c in [LABEL] + DENSE_COLUMNS:
             assert a.column(c).equals(b.column(c)), (split, c)
+
+
+# ------------------------------------------------------------------------------------------
+# --resume: runs killed (kill -9 of the process group, the JVM included) at points found from
+# their log lines, continued to the uninterrupted run's output (run_mod: same arguments)
+# ------------------------------------------------------------------------------------------
+
+REUSED_RE = re.compile(r"^\[preprocess\] pass \d+/5 (.+): reused from the interrupted run",
+                       re.M)
+
+
+def test_first_difference_names_the_change(tmp_path):
+    f = tmp_path / "day_0"
+    f.write_text("x")
+    args = Namespace(seed=5, mod_idx=1000, resume=False, progress_interval=30.0)
+    old = {"inputs": describe_inputs([str(f)]), "settings": settings_of(args)}
+    same = dict(vars(args), resume=True, progress_interval=1.0)  # not compared
+    assert first_difference(old, {"inputs": old["inputs"],
+                                  "settings": settings_of(Namespace(**same))}) is None
+    new = {"inputs": old["inputs"], "settings": settings_of(Namespace(**dict(same, seed=6)))}
+    assert first_difference(old, new) == "--seed 5 -> 6"
+    f.write_text("xy")
+    assert first_difference(old, {"inputs": describe_inputs([str(f)]),
+                                  "settings": old["settings"]}) == "input day_0: size 1 -> 2"
+    os.utime(str(f), ns=(1, 1))
+    new = {"inputs": describe_inputs([str(f)]), "settings": old["settings"]}
+    new["inputs"][0]["size"] = 1
+    assert first_difference(old, new).startswith("input day_0: modification time ")
+
+
+def _run_until(args, parent, when):
+    """Run the tool in its own process group and kill -9 the group once when(line, tmp_dir)
+    holds for a line of its output; returns that output."""
+    p = subprocess.Popen([sys.executable, "-u", PREPROCESS_TOOL] + args, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    tmp_dir = os.path.join(parent, ".out.incomplete-%d" % p.pid)
+    out = []
+    try:
+        for line in p.stdout:
+            out.append(line)
+            if when(line, tmp_dir):
+                break
+        assert p.poll() is None, "the tool ended before the kill point:\n" + "".join(out)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return "".join(out)
+
+
+def _wait_for(path, timeout=120):
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.05)
+    return os.path.exists(path)
+
+
+@pytest.mark.slow
+@requires_java
+def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
+    parent = str(tmp_path)
+    out = os.path.join(parent, "out")
+    args = [out if a == run_mod["out"] else a for a in run_mod["args"]]
+    assert out in args
+    # 1: killed while Spark writes train (check_rows finished)
+    _run_until(args, parent,
+               lambda ln, d: "writing train" in ln and _wait_for(os.path.join(d, "train")))
+    # 2: resumed, killed while it writes val (train and test finished)
+    log = _run_until(args + ["--resume"], parent, lambda ln, d: "writing val" in ln)
+    assert REUSED_RE.findall(log) == ["check_rows"], log
+    assert "half-written by the interrupted pass" in log  # train's partial directory
+    [work] = os.listdir(parent)
+    # a changed setting: refused in one line naming it, the work left as it was
+    r = tool(args + ["--resume", "--seed", "6"], timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    [err] = error_lines(r.stderr)
+    assert "--seed 5 -> 6" in err and "cannot resume" in err, err
+    assert os.listdir(parent) == [work]
+    # 3: resumed to the end, with another scratch directory (allowed: it changes no output)
+    r = tool(args + ["--resume", "--spark_tmp_dir", str(tmp_path / "scratch")])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert REUSED_RE.findall(r.stdout) == ["check_rows", "write_split train", "write_split test"], \
+        r.stdout
+    assert sorted(os.listdir(parent)) == ["out", "scratch"]
+    # the same output as the uninterrupted run: files, rows in order, dataset_info.json
+    ref = run_mod["out"]
+    assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
+    assert STATE_FILE not in os.listdir(out)
+    for name in ("dataset_info.json", "README.md"):
+        with open(os.path.join(out, name)) as a, open(os.path.join(ref, name)) as b:
+            assert a.read() == b.read(), name
+    with open(os.path.join(out, "dataset_info.json")) as f:
+        assert json.load(f)["rows"] == run_mod["info"]["rows"]
+    for split in SPLITS:
+        a, fa = read_split(out, split)
+        b, fb = read_split(ref, split)
+        assert len(fa) == len(fb) and a.num_rows == b.num_rows > 0
+        for c in COLUMNS:
+            assert a.column(c).equals(b.column(c)), (split, c)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 128 kB tmpfs mounted (as root) on tmp_path/scratch, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as a full scratch disk needs root")
+    d = tmp_path / "scratch"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % r.stderr.strip())
+    try:
+        yield str(d)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.slow
+@requires_java
+def test_full_scratch_disk_then_resume(run_mod, small_tmpfs, tmp_path):
+    """The train shuffle (~200 kB here) fills a 128 kB --spark_tmp_dir: one error line naming it,
+    the half-written train removed, the counting pass kept for --resume (which may change
+    --spark_tmp_dir: test_killed_runs_resume_to_the_uninterrupted_output)."""
+    out = str(tmp_path / "out")
+    args = [out if a == run_mod["out"] else a for a in run_mod["args"]]
+    r = tool(args + ["--spark_tmp_dir", small_tmpfs])
+    assert r.returncode == 1, r.stdout + r.stderr
+    [err] = error_lines(r.stderr)
+    assert err.startswith("error: no space left on device in %s (--spark_tmp_dir" % small_tmpfs)
+    assert "during write_split train" in err and "--resume" in err, err
+    assert "Traceback" not in r.stderr
+    [work] = [p for p in os.listdir(str(tmp_path)) if p.startswith(".out.incomplete-")]
+    assert sorted(os.listdir(str(tmp_path / work))) == [STATE_FILE]  # no half-written train
+    with open(str(tmp_path / work / STATE_FILE)) as f:
+        assert list(json.load(f)["passes"]) == ["check_rows"]
+    assert not os.path.exists(out)

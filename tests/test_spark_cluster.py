@@ -1,7 +1,9 @@
 """scripts/preprocess_spark_submit.sh on a real Spark standalone cluster: a master and two
 workers (one core, 1.5 GB each) started from the venv's pyspark on free 127.0.0.1 ports; the
 output must equal the local-mode output of the same input and arguments (same rows in the same
-order, same ids, same table sizes), and both workers must have run an executor. The cluster's
+order, same ids, same table sizes), and both workers must have run an executor. One worker's
+process group (the worker and its executor) is killed with -9 when the train write starts: Spark
+reruns its tasks on the other, and the output still equals the local run's. The cluster's
 process groups are killed in the fixture's teardown, whatever the test did."""
 import glob
 import json
@@ -78,6 +80,11 @@ class Cluster:
         wait_for("2 workers", lambda: sum(w["state"] == "ALIVE"
                                           for w in master_json(self.webui)["workers"]) == 2)
 
+    def kill_worker(self, k):
+        """kill -9 worker k's process group: the worker and the executor it launched."""
+        os.killpg(self.procs[1 + k].pid, signal.SIGKILL)
+        self.procs[1 + k].wait()
+
     def down(self):
         for p in self.procs:
             if p.poll() is None:
@@ -124,12 +131,23 @@ def test_spark_submit_on_a_standalone_cluster_equals_local_mode(cluster, cluster
     env = dict(cluster.env, SPARK_MASTER=cluster.url, PY=sys.executable, EXECUTOR_MEMORY="1g",
                EXECUTOR_CORES="1", DRIVER_MEMORY_GB="1",
                SPARK_SUBMIT_ARGS="--conf spark.driver.host=127.0.0.1")
-    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "preprocess_spark_submit.sh"),
-                        cluster_input, str(tmp_path / "cluster"), *TOOL_ARGS, "--progress_interval",
-                        "2"], capture_output=True, text=True, timeout=900, env=env)
+    err_path = str(tmp_path / "submit.stderr")  # a file: Spark's log lines would fill a pipe
+    with open(err_path, "w") as err:
+        p = subprocess.Popen(["bash", os.path.join(REPO, "scripts", "preprocess_spark_submit.sh"),
+                              cluster_input, str(tmp_path / "cluster"), *TOOL_ARGS,
+                              "--progress_interval", "2"], stdout=subprocess.PIPE, stderr=err,
+                             text=True, env=env)
+    stdout = []
+    for line in p.stdout:  # kill worker 1 as the train write starts
+        stdout.append(line)
+        if "writing train" in line:
+            cluster.kill_worker(1)
+    with open(err_path) as f:
+        r = subprocess.CompletedProcess(p.args, p.wait(timeout=900), "".join(stdout), f.read())
     took = time.time() - t
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + cluster.logs()
     assert "spark-submit: using its spark.master %s" % cluster.url in r.stdout
+    assert "writing train" in r.stdout and "Lost executor" in r.stderr, r.stderr[-3000:]
     print("cluster run: %.1f s" % took)
     # both workers ran an executor of the application: <work-dir>/app-*/<executor id>/
     for work in cluster.work_dirs:

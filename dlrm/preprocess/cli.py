@@ -3,6 +3,9 @@
 Exit codes: 0 done, 2 bad arguments or input/output directories (found before Spark starts),
 1 a failure during the run (malformed row with --bad_rows fail, a row count check), 130
 interrupted. Every error is one line ``error: ...`` on stderr; a failed run leaves no output.
+A run that is interrupted, fails in Spark or fills a disk keeps its temporary directory with
+the passes it finished (resume.WorkState) for ``--resume``; a run that stops on its input
+(malformed rows, a changed file) removes it.
 """
 import argparse
 import os
@@ -10,10 +13,11 @@ import shutil
 import sys
 import time
 
-from dlrm.preprocess.passes import reasons_text, run
+from dlrm.preprocess.passes import pass_output, reasons_text, run
 from dlrm.preprocess.plan import (CRITEO1T_RULE, DEFAULT_MOD_IDX, KAGGLE_RULE, PreprocessError,
-                                  check_args, check_output_outside_input, log, plan_inputs,
-                                  prepare_output, publish_output)
+                                  check_args, check_output_outside_input, log, pid_alive,
+                                  plan_inputs, prepare_output, publish_output, temp_prefix)
+from dlrm.preprocess.resume import WorkState, find_resumable
 
 
 def build_parser():
@@ -27,6 +31,10 @@ def build_parser():
         "to output_dir only when complete.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest killed or failed run into the same output_dir: "
+                   "reuse the passes it finished (refused, naming it, if an input or setting "
+                   "changed); without it a new run deletes what a killed run left")
     p.add_argument("--input_dir", type=str, required=True,
                    help="directory holding day_0..day_K (criteo1t) or train.txt (kaggle)")
     p.add_argument("--output_dir", type=str, required=True,
@@ -81,8 +89,8 @@ def parse_args(argv=None):
 def main(argv=None):
     """Plan (no Spark), run the passes into a temporary directory, publish it; the exit code."""
     t0 = time.time()
-    tmp_dir = None
-    published = False
+    tmp_dir = state = None
+    published = keep = False
     try:
         args = parse_args(argv)
         check_args(args)
@@ -90,8 +98,9 @@ def main(argv=None):
         fmt, paths = plan_inputs(input_dir, args.input_format)
         log("input: %s layout, %d file(s) in %s" % (fmt, len(paths), input_dir))
         check_output_outside_input(args.input_dir, args.output_dir)
-        tmp_dir = prepare_output(args.output_dir, args.overwrite)
-        info = run(args, fmt, paths, tmp_dir)
+        tmp_dir, state = start_work(args, paths)
+        info = run(args, fmt, paths, state)
+        state.close()
         publish_output(tmp_dir, args.output_dir, args.overwrite)
         published = True
         m = info["malformed"]
@@ -102,11 +111,43 @@ def main(argv=None):
                            os.path.abspath(args.output_dir)))
         return 0
     except PreprocessError as e:
+        keep = e.resumable
         print("error: %s" % e, file=sys.stderr, flush=True)
         return e.code
     except KeyboardInterrupt:
+        keep = True
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BaseException:  # a Spark failure (lost executors, out of memory): kept, re-raised
+        keep = True
+        raise
     finally:
         if tmp_dir and not published and os.path.isdir(tmp_dir):
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            if keep and state is not None and state.finished:
+                state.remove_unfinished(keep=[pass_output(n) for n in state.finished])
+                log("kept %s with %d finished pass(es) (%s): the same command with --resume "
+                    "reuses them" % (tmp_dir, len(state.finished), ", ".join(state.finished)))
+            else:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def start_work(args, paths):
+    """(temporary directory, WorkState): with --resume the newest killed run's directory,
+    checked against this run's inputs and settings and renamed to this process's name;
+    otherwise (or when there is none) a new one. Stale directories of other killed runs are
+    removed."""
+    parent, prefix = temp_prefix(args.output_dir)
+    old = find_resumable(parent, prefix, pid_alive) if args.resume else None
+    if old:
+        state = WorkState.load(old)
+        state.check_same_run(paths, args)  # before anything is removed
+    elif args.resume:
+        log("--resume: no interrupted run of %s found; starting from the beginning"
+            % os.path.abspath(args.output_dir))
+    tmp_dir = prepare_output(args.output_dir, args.overwrite, keep=old)
+    if not old:
+        return tmp_dir, WorkState.start(tmp_dir, paths, args)
+    os.rename(old, tmp_dir)
+    state = WorkState.load(tmp_dir)
+    log("--resume: continuing %s (finished: %s)" % (old, ", ".join(state.finished) or "none"))
+    return tmp_dir, state

@@ -1,15 +1,16 @@
 """The named Spark passes of preprocessing, in the order ``run`` calls them.
 
-1. count_split_file: lines of the split file (day K, or train.txt) -> the split bounds
-2. check_rows: one aggregation over every input line -> lines per split, malformed rows per
+1. check_rows: one aggregation over every input line, by file, partition and malformed reason
+   -> the split file's line positions and split bounds, lines per split, malformed rows per
    reason, split and file, the first malformed row (stops here with --bad_rows fail)
-3. build_vocabulary (--min_frequency only): per column, the train values seen at least N times,
+2. build_vocabulary (--min_frequency only): per column, the train values seen at least N times,
    ranked -> output_dir/vocabulary/ and the exact table sizes
-4. write_split (train, test, val): transform one split, write its parquet, check its row count
-5. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
+3. write_split (train, test, val): transform one split, write its parquet, check its row count
+4. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
    table sizes
-6. build_dataset_info: the dataset_info.json content
+5. build_dataset_info: the dataset_info.json content
 """
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from typing import Optional, Tuple
 from dlrm.preprocess.plan import (PreprocessError, check_int32_ids, log, split_bounds,
                                   split_rule)
 from dlrm.preprocess.progress import Progress
+from dlrm.preprocess.resume import disk_full_check
 from dlrm.preprocess.spark import (DENSE_TRANSFORM, REASONS, Inputs, categorical_transform_text,
+                                   check_block_order,
                                    hex_value, reason_expr, start_spark, transform_exprs, union,
                                    uri, valid_expr)
 from dlrm.schema import (DATASET_INFO_VERSION, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS, SPLITS,
@@ -61,60 +64,129 @@ def reasons_text(by_reason):
     return ", ".join("%s %d" % (k, v) for k, v in by_reason.items() if v)
 
 
-def count_split_file(inputs, fmt, num_test_examples):
-    """Pass 1: count the split file's lines per partition (Inputs.locate_split_file, which the
-    line positions of the later passes use) and split them by the format's rule."""
-    t = time.time()
-    name = inputs.names[inputs.split_file]
-    log("counting lines of %s..." % name)
-    n = inputs.locate_split_file()
-    bounds = split_bounds(fmt, n, num_test_examples, name)
-    log("%s: %d lines in %d partitions (%.1f s)" % (name, n, len(inputs.offsets),
-                                                    time.time() - t))
-    return SplitFile(n, bounds)
+def check_rows(inputs, fmt, num_test_examples, bad_rows):
+    """Pass 1: one scan of every input line, aggregated by file, partition and malformed
+    reason (reason_expr): each partition's line count (the split file's give the line
+    positions, Inputs.offsets, and the split bounds), its byte range (check_block_order) and
+    the first and last malformed row of each group.
 
-
-def check_rows(inputs, split_file, bad_rows):
-    """Pass 2: one aggregation over all input lines, grouped by split, file and malformed
-    reason (reason_expr), with the first malformed row of each group.
-
-    Raises PreprocessError if the split file's line count changed since pass 1, or (--bad_rows
-    fail) at the first malformed row, before anything is written. Returns a RowCheck.
+    A split-file partition holding malformed rows on both sides of a split bound (rare) is
+    split by a second, filtered aggregation. Raises PreprocessError (--bad_rows fail) at the
+    first malformed row, before anything is written. Returns (SplitFile, RowCheck).
     """
     from pyspark.sql import functions as F
 
     t = time.time()
-    log("checking %d input file(s) for malformed rows..." % len(inputs.paths))
-    checked = union([inputs.tagged(i, split_file.bounds) for i in range(len(inputs.paths))])
-    checked = checked.withColumn("_reason", reason_expr(F.col("value")))
-    bad_first = F.when(F.col("_reason").isNotNull(), F.struct("_part", "_row"))
-    groups = (checked.groupBy("_split", "_file", "_reason")
-              .agg(F.count(F.lit(1)).alias("n"), F.min(bad_first).alias("first")).collect())
-    check = _tally(groups, inputs.names)
+    sf, name = inputs.split_file, inputs.names[inputs.split_file]
+    log("counting lines and checking %d input file(s) for malformed rows..." % len(inputs.paths))
+    df = union([inputs.scan(i).withColumn("_block", F.input_file_block_start())
+                for i in range(len(inputs.paths))])
+    rows = (df.withColumn("_reason", reason_expr(F.col("value")))
+            .groupBy("_file", "_part", "_reason")
+            .agg(F.count(F.lit(1)).alias("n"), F.min("_row").alias("first"),
+                 F.max("_row").alias("last"), F.min("_block").alias("b0"),
+                 F.max("_block").alias("b1"))
+            .collect())
+    counts = [{} for _ in inputs.paths]  # file -> {partition: lines}
+    blocks = [{} for _ in inputs.paths]  # file -> {partition: (first byte, last block start)}
+    for r in rows:
+        f, p = int(r["_file"]), int(r["_part"])
+        counts[f][p] = counts[f].get(p, 0) + int(r["n"])
+        b0, b1 = blocks[f].get(p, (r["b0"], r["b1"]))
+        blocks[f][p] = (min(b0, r["b0"]), max(b1, r["b1"]))
+    for f, path in enumerate(inputs.paths):
+        check_block_order(path, sorted((p, b0, b1) for p, (b0, b1) in blocks[f].items()))
+    starts = [_partition_starts(c) for c in counts]
+    inputs.offsets = starts[sf]
+    inputs.split_lines = n = sum(counts[sf].values())
+    split_file = SplitFile(n, split_bounds(fmt, n, num_test_examples, name))
+    log("%s: %d lines in %d partitions" % (name, n, len(inputs.offsets)))
+    check = _tally(_split_groups(inputs, split_file, rows, counts), inputs.names)
     lr = check.lines_read
     log("read %d lines (train %d, test %d, val %d), %d malformed (%.1f s)"
         % (sum(lr.values()), lr["train"], lr["test"], lr["val"], check.total_bad,
            time.time() - t))
-    split_lines = sum(lr[s] for s in split_file.bounds)
-    if split_lines != split_file.lines:
-        raise PreprocessError("%s: %d lines counted, then %d; did the file change during the "
-                              "run?" % (inputs.names[inputs.split_file], split_file.lines,
-                                        split_lines), 1)
     if check.total_bad and bad_rows == "fail":
         fidx, part, row, reason = check.first_bad
         raise PreprocessError(
             "malformed row in %s line %d: %s (%d malformed row(s) in total; --bad_rows fail, "
-            "nothing written)" % (inputs.paths[fidx], inputs.line_number(fidx, part, row),
-                                  reason, check.total_bad), 1)
+            "nothing written)" % (inputs.paths[fidx], starts[fidx][part] + row + 1, reason,
+                                  check.total_bad), 1)
     if check.total_bad:
         log("skipping malformed rows: %s" % reasons_text(check.by_reason))
-    return check
+    return split_file, check
+
+
+def _partition_starts(counts):
+    """First line of each partition, from {partition: lines} (partitions 0..k)."""
+    starts, acc = [], 0
+    for p in range(max(counts) + 1 if counts else 0):
+        starts.append(acc)
+        acc += counts.get(p, 0)
+    return starts
+
+
+def _split_groups(inputs, split_file, rows, counts):
+    """check_rows' per-partition groups as _tally's per-split ones (_split, _file, _reason, n,
+    first): lines by the split bounds; malformed rows by their positions (first..last), from
+    a filtered aggregation of the split file when a group straddles a bound."""
+    from pyspark.sql import functions as F
+
+    sf, bounds = inputs.split_file, split_file.bounds
+    ranges = sorted((lo, hi, s) for s, (lo, hi) in bounds.items())
+
+    def split_of(line):
+        return next(s for lo, hi, s in ranges if lo <= line < hi)
+
+    out, straddling = [], []
+    for f, parts in enumerate(counts):
+        if f != sf:
+            out += [{"_split": "train", "_file": f, "_reason": None, "n": c, "first": None}
+                    for c in parts.values()]
+            continue
+        for p, c in parts.items():  # the lines of each split in partition p
+            lo = inputs.offsets[p]
+            for a, b, s in ranges:
+                k = min(b, lo + c) - max(a, lo)
+                if k > 0:
+                    out.append({"_split": s, "_file": f, "_reason": None, "n": k, "first": None})
+    for r in rows:
+        if r["_reason"] is None:
+            continue
+        f, p, reason = int(r["_file"]), int(r["_part"]), r["_reason"]
+        first = {"_part": p, "_row": int(r["first"])}
+        if f != sf:
+            split = "train"
+        else:
+            lo = inputs.offsets[p]
+            split = split_of(lo + int(r["first"]))
+            if split != split_of(lo + int(r["last"])):
+                straddling.append((p, reason))
+                continue
+        # the malformed rows were counted as lines above: move them from good to malformed
+        out.append({"_split": split, "_file": f, "_reason": reason, "n": int(r["n"]),
+                    "first": first})
+        out.append({"_split": split, "_file": f, "_reason": None, "n": -int(r["n"]),
+                    "first": None})
+    if straddling:
+        df = inputs.tagged(sf, bounds).filter(F.col("_part").isin([p for p, _ in straddling]))
+        df = df.withColumn("_reason", reason_expr(F.col("value")))
+        df = df.filter(functools.reduce(lambda a, b: a | b, [
+            (F.col("_part") == p) & (F.col("_reason") == reason) for p, reason in straddling]))
+        for r in (df.groupBy("_split", "_reason")
+                  .agg(F.count(F.lit(1)).alias("n"), F.min(F.struct("_part", "_row"))
+                       .alias("first")).collect()):
+            out.append({"_split": r["_split"], "_file": sf, "_reason": r["_reason"],
+                        "n": int(r["n"]), "first": r["first"]})
+            out.append({"_split": r["_split"], "_file": sf, "_reason": None, "n": -int(r["n"]),
+                        "first": None})
+    return out
 
 
 def _tally(groups, names):
     """RowCheck from check_rows' aggregated rows (_split, _file, _reason, n, first)."""
     check = RowCheck({s: 0 for s in SPLITS}, {r: 0 for r in REASONS}, {s: 0 for s in SPLITS}, {})
-    for r in groups:
+    for r in groups:  # rows or dicts
         split, fidx, reason, cnt = r["_split"], int(r["_file"]), r["_reason"], int(r["n"])
         check.lines_read[split] += cnt
         if reason is None:
@@ -193,7 +265,7 @@ class Vocabulary:
 
 
 def build_vocabulary(spark, inputs, split_file, check, args, tmp_dir):
-    """Pass 3 (--min_frequency only): count each column's non-missing values over train (one
+    """Pass 2 (--min_frequency only): count each column's non-missing values over train (one
     aggregation), keep those seen at least --min_frequency times, rank them per column (a
     window per column: descending count, then value) and write tmp_dir/vocabulary/; the table
     sizes come from its per-column row counts. Nothing is collected but 26 counts. Returns a
@@ -242,7 +314,7 @@ def _parquet_rows(path):
 
 
 def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
-    """Pass 4 (once per split): write tmp_dir/split/ as parquet and return its row count.
+    """Pass 3 (once per split): write tmp_dir/split/ as parquet and return its row count.
 
     train is shuffled (seed --seed) into --train_files files; test and val keep the file order
     in up to --eval_files files. Malformed rows are dropped (only if check_rows found any).
@@ -291,7 +363,7 @@ def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
 
 
 def count_distinct_ids(spark, tmp_dir):
-    """Pass 5 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the written train +
+    """Pass 4 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the written train +
     test + val (the table sizes)."""
     from pyspark.sql import functions as F
 
@@ -337,34 +409,132 @@ def build_dataset_info(args, fmt, names, rows, check, sizes):
     }
 
 
-def run(args, fmt, paths, tmp_dir):
-    """All passes: the dataset in tmp_dir (created here), its dataset_info dict returned."""
+def _input_bytes(inputs, files):
+    return sum(os.path.getsize(inputs.paths[i]) for i in files)
+
+
+def _train_bytes(inputs):
+    """Bytes of the train input: the days before the last, or 6/7 of kaggle's train.txt."""
+    if len(inputs.paths) == 1:
+        return _input_bytes(inputs, [0]) * 6 // 7
+    return _input_bytes(inputs, range(inputs.split_file))
+
+
+def pass_plan(args, inputs):
+    """[(name, weight)] of the passes in run order; a weight is the input bytes the pass
+    scans times a rough cost factor (benchmarks/bench_preprocess.py on 3 days: the train write
+    took ~3x the check's time per input byte, test and val ~2x), used only for the whole run's
+    ETA."""
+    sf = inputs.split_file
+    every = _input_bytes(inputs, range(len(inputs.paths)))
+    split_file = _input_bytes(inputs, [sf])
+    # kaggle's train write scans the whole train.txt
+    train = split_file if len(inputs.paths) == 1 else _train_bytes(inputs)
+    plan = [("check_rows", every)]  # (its aggregation moves less than a scan's bytes)
+    if args.min_frequency > 0:
+        plan.append(("build_vocabulary", 2 * train))
+    plan += [("write_split train", 3 * train), ("write_split test", 2 * split_file),
+             ("write_split val", 2 * split_file)]
+    if args.min_frequency <= 0:
+        plan.append(("count_distinct_ids", every))
+    return plan
+
+
+def pass_output(name):
+    """The directory of tmp_dir a pass writes (None for the passes that only count)."""
+    if name.startswith("write_split "):
+        return name.split(" ", 1)[1]
+    return VOCAB_DIR if name == "build_vocabulary" else None
+
+
+def _row_check_from(d):
+    check = RowCheck(**d)
+    if check.first_bad is not None:
+        check.first_bad = tuple(check.first_bad)
+    return check
+
+
+def run(args, fmt, paths, state):
+    """All passes into state.dir (a resume.WorkState): each one that state records as finished
+    is reused (one line each), the others run and are recorded. Returns the dataset_info
+    dict."""
+    import dataclasses
+
+    tmp_dir = state.dir
     spark = start_spark(args)
     try:
-        with Progress(spark, args.progress_interval) as progress:
-            inputs = Inputs(spark, paths)
-            with progress.named("count_split_file"):
-                split_file = count_split_file(inputs, fmt, args.num_test_examples)
-            with progress.named("check_rows"):
-                check = check_rows(inputs, split_file, args.bad_rows)
-            os.makedirs(tmp_dir)
+        inputs = Inputs(spark, paths)
+        state.check_partitions(
+            [spark.read.text(uri(p)).rdd.getNumPartitions() for p in paths], inputs.names)
+        state.remove_unfinished(keep=[pass_output(n) for n in state.finished])
+        room = (args, spark, tmp_dir, _train_bytes(inputs),
+                _input_bytes(inputs, range(len(paths))))
+        with Progress(spark, args.progress_interval, pass_plan(args, inputs)) as progress:
+
+            def step(name, compute, save, restore, reused_text):
+                done = state.done(name)
+                if done is not None:
+                    value = restore(done)
+                    progress.reused(name)
+                    log("%s: reused from the interrupted run (%s)" % (progress.position(name),
+                                                                      reused_text(value)))
+                    return value
+                with progress.named(name), disk_full_check(name, *room):
+                    value = compute()
+                state.finish(name, save(value))
+                return value
+
+            def restore_check(d):
+                inputs.offsets, inputs.split_lines = d["offsets"], d["lines"]
+                split_file = SplitFile(d["lines"], {k: tuple(v) for k, v in d["bounds"].items()})
+                return split_file, _row_check_from(d["check"])
+
+            split_file, check = step(
+                "check_rows",
+                lambda: check_rows(inputs, fmt, args.num_test_examples, args.bad_rows),
+                lambda v: {"lines": v[0].lines, "bounds": v[0].bounds, "offsets": inputs.offsets,
+                           "check": dataclasses.asdict(v[1])},
+                restore_check,
+                lambda v: "%s: %d lines; %d lines read, %d malformed"
+                % (inputs.names[inputs.split_file], v[0].lines, sum(v[1].lines_read.values()),
+                   v[1].total_bad))
             vocab = None
             if args.min_frequency > 0:
-                with progress.named("build_vocabulary"):
-                    vocab = build_vocabulary(spark, inputs, split_file, check, args, tmp_dir)
+                dest = os.path.join(tmp_dir, VOCAB_DIR)
+                vocab = step(
+                    "build_vocabulary",
+                    lambda: build_vocabulary(spark, inputs, split_file, check, args, tmp_dir),
+                    lambda v: {"sizes": v.sizes},
+                    lambda d: Vocabulary(dest, d["sizes"], args.broadcast_vocab_rows),
+                    lambda v: "%d frequent values" % (sum(v.sizes) - NUM_SPARSE))
             rows = {}
             for s in SPLITS:
-                with progress.named("write_split %s" % s):
-                    rows[s] = write_split(inputs, s, split_file, check, args, tmp_dir, vocab)
+                rows[s] = step(
+                    "write_split %s" % s,
+                    lambda s=s: write_split(inputs, s, split_file, check, args, tmp_dir, vocab),
+                    lambda v: {"rows": v}, lambda d, s=s: _check_reused_split(tmp_dir, s, d),
+                    lambda v, s=s: "%s: %d rows" % (s, v))
             if vocab:
                 sizes = vocab.sizes
             else:
-                with progress.named("count_distinct_ids"):
-                    sizes = count_distinct_ids(spark, tmp_dir)
+                sizes = step("count_distinct_ids", lambda: count_distinct_ids(spark, tmp_dir),
+                             lambda v: {"sizes": v}, lambda d: d["sizes"],
+                             lambda v: "%d ids" % sum(v))
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
-        if args.export_dataset_info:
-            write_original_readme(tmp_dir, rows, sizes)
-        write_dataset_info(tmp_dir, info)
+        with disk_full_check("build_dataset_info", *room):
+            if args.export_dataset_info:
+                write_original_readme(tmp_dir, rows, sizes)
+            write_dataset_info(tmp_dir, info)
         return info
     finally:
         spark.stop()
+
+
+def _check_reused_split(tmp_dir, split, d):
+    """A finished split's row count, checked against its parquet footers."""
+    path = os.path.join(tmp_dir, split)
+    written = _parquet_rows(path)[0] if os.path.isdir(path) else None
+    if written != d["rows"]:
+        raise PreprocessError("cannot resume: %s holds %s rows, the interrupted run recorded %d; "
+                              "rerun without --resume" % (path, written, d["rows"]), 1)
+    return written

@@ -33,6 +33,7 @@ class PreprocessError(Exception):
     def __init__(self, message, code=1):
         super().__init__(message)
         self.code = code
+        self.resumable = False  # True: the run's finished passes are kept for --resume
 
 
 def log(msg):
@@ -234,7 +235,7 @@ def _dir_nonempty(path):
     return os.path.isdir(path) and bool(os.listdir(path))
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -244,8 +245,15 @@ def _pid_alive(pid):
     return True
 
 
-def prepare_output(output_dir, overwrite):
-    """Check output_dir and remove stale temp dirs of killed runs. Returns the temp dir path."""
+def temp_prefix(output_dir):
+    """(parent, prefix) of output_dir's temporary siblings: parent/.NAME.incomplete-PID."""
+    parent, name = os.path.split(os.path.abspath(output_dir))
+    return parent, ".%s.incomplete-" % name
+
+
+def prepare_output(output_dir, overwrite, keep=None):
+    """Check output_dir and remove stale temp dirs of killed runs, except ``keep`` (the one
+    --resume continues). Returns the temp dir path."""
     output_dir = os.path.abspath(output_dir)
     parent, name = os.path.split(output_dir)
     if not name:
@@ -256,10 +264,12 @@ def prepare_output(output_dir, overwrite):
         raise PreprocessError("output_dir %s exists and is not empty; pass --overwrite to "
                               "replace it" % output_dir, 2)
     os.makedirs(parent, exist_ok=True)
-    prefix = ".%s.incomplete-" % name
+    prefix = temp_prefix(output_dir)[1]
     for stale in sorted(glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*"))):
         suffix = os.path.basename(stale)[len(prefix):]
-        if suffix.isdigit() and int(suffix) != os.getpid() and _pid_alive(int(suffix)):
+        if stale == keep:
+            continue
+        if suffix.isdigit() and int(suffix) != os.getpid() and pid_alive(int(suffix)):
             warn("%s belongs to a running process (pid %s); left alone" % (stale, suffix))
             continue
         log("removing stale temporary directory %s (left by a killed run)" % stale)

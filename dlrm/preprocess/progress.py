@@ -2,14 +2,18 @@
 
 Every ``interval`` seconds while a pass has running stages, one line through ``plan.log``:
 
-    [preprocess] check_rows: 37/120 tasks, 1.2 GB/s, 8.1M rows/s, ETA 0:03:10 (stage 3)
+    [preprocess] check_rows (pass 2/7): 37/120 tasks, 1.2 GB/s, 8.1M rows/s, ETA 0:03:10,
+    run ETA 0:12:40 (stage 3)
 
 Tasks (done/total) and the ETA come from ``SparkContext.statusTracker()`` (the stages of the
 jobs in the pass's job group that are running); the bytes and rows read per second (input
 files plus shuffle reads, since each stage started) from the driver's status REST API
 (``<ui>/api/v1/applications/<app>/stages/<id>``), left out when the UI is off. The ETA assumes
-the stage's remaining tasks take as long as its finished ones did. Works the same in local and
-cluster mode (the driver holds both sources).
+the stage's remaining tasks take as long as its finished ones did. The run ETA adds the passes
+still to come, at the seconds per unit of weight (passes.pass_plan: input bytes scanned times a
+cost factor) of the passes finished so far (of the running pass alone, while none has
+finished; passes reused by --resume do not count). Works the same in local and cluster mode
+(the driver holds both sources).
 """
 import contextlib
 import json
@@ -36,9 +40,17 @@ def eta_text(seconds):
     return "%d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60)
 
 
-def progress_line(name, stages, now):
+def stages_eta(stages, now):
+    """Seconds until the slowest running stage ends, None until each has finished a task."""
+    etas = [(now - s["started"]) * (s["tasks"] - s["done"]) / s["done"] for s in stages
+            if s["done"]]
+    return max(etas) if stages and len(etas) == len(stages) else None
+
+
+def progress_line(name, stages, now, position=None, run_eta=None):
     """The line for pass ``name`` from its running stages: dicts with tasks, done, started
-    (epoch s) and, when known, bytes and rows read."""
+    (epoch s) and, when known, bytes and rows read; position "k/n" and the whole run's ETA
+    (seconds or None) when given."""
     done = sum(s["done"] for s in stages)
     total = sum(s["tasks"] for s in stages)
     parts = ["%d/%d tasks" % (done, total)]
@@ -46,18 +58,60 @@ def progress_line(name, stages, now):
         elapsed = max(1e-3, max(now - s["started"] for s in stages))
         parts.append("%s/s" % human(sum(s["bytes"] for s in stages) / elapsed, "B"))
         parts.append("%s rows/s" % human(sum(s["rows"] for s in stages) / elapsed))
-    etas = [(now - s["started"]) * (s["tasks"] - s["done"]) / s["done"] for s in stages
-            if s["done"]]
-    parts.append("ETA %s" % eta_text(max(etas) if len(etas) == len(stages) else None))
+    parts.append("ETA %s" % eta_text(stages_eta(stages, now)))
+    if position:
+        name = "%s (pass %s)" % (name, position)
+        parts.append("run ETA %s" % eta_text(run_eta))
     ids = ",".join(str(s["id"]) for s in stages)
     return "%s: %s (stage%s %s)" % (name, ", ".join(parts), "s" if len(stages) > 1 else "", ids)
+
+
+class RunClock:
+    """Pass k of n and the whole run's ETA, from plan [(name, weight)] and the measured
+    durations of the passes that ran."""
+
+    def __init__(self, plan):
+        self.names = [n for n, _ in plan]
+        self.weight = dict(plan)
+        self.took = {}  # name -> seconds, for the passes that ran to the end here
+        self.reused = set()
+        self.current, self.started = None, None
+
+    def position(self, name):
+        return "%d/%d" % (self.names.index(name) + 1, len(self.names))
+
+    def start(self, name, now):
+        self.current, self.started = name, now
+
+    def finish(self, name, now):
+        self.took[name] = now - self.started
+        self.current = None
+
+    def eta(self, pass_eta, now):
+        """Seconds left in the run: the running pass's ETA plus the passes after it."""
+        if self.current is None:
+            return None
+        later = self.names[self.names.index(self.current) + 1:]
+        rest = sum(self.weight[n] for n in later if n not in self.reused)
+        elapsed = now - self.started
+        w = sum(self.weight[n] for n in self.took)
+        if w:
+            rate = sum(self.took.values()) / w
+        elif pass_eta is not None and self.weight[self.current]:
+            rate = (elapsed + pass_eta) / self.weight[self.current]
+        else:
+            return None
+        here = pass_eta if pass_eta is not None else max(
+            0.0, rate * self.weight[self.current] - elapsed)
+        return here + rest * rate
 
 
 class Progress:
     """The polling thread; ``with progress.named(name):`` around each pass's Spark jobs."""
 
-    def __init__(self, spark, interval):
+    def __init__(self, spark, interval, plan):
         self.sc = spark.sparkContext
+        self.clock = RunClock(plan)
         self.interval = interval
         self.name = None
         self.rest = None
@@ -81,11 +135,20 @@ class Progress:
     def named(self, name):
         """Run the enclosed Spark jobs in job group ``name``; report them under that name."""
         self.sc.setJobGroup(name, name)
+        self.clock.start(name, time.time())
         self.name = name
         try:
             yield
         finally:
             self.name = None
+        self.clock.finish(name, time.time())
+
+    def reused(self, name):
+        """Pass ``name`` is reused by --resume: no time of its own, none left to spend."""
+        self.clock.reused.add(name)
+
+    def position(self, name):
+        return "pass %s %s" % (self.clock.position(name), name)
 
     def _loop(self):
         while not self._stop.wait(self.interval):
@@ -97,7 +160,9 @@ class Progress:
             except Exception:  # the context is stopping; a report is never worth a failure
                 continue
             if stages and self.name == name:
-                log(progress_line(name, stages, time.time()))
+                now = time.time()
+                log(progress_line(name, stages, now, self.clock.position(name),
+                                  self.clock.eta(stages_eta(stages, now), now)))
 
     def running_stages(self, name):
         tracker = self.sc.statusTracker()

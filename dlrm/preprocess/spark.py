@@ -151,13 +151,7 @@ class Inputs:
                   .collect()):
             counts[int(r["_part"])] = int(r["n"])
             blocks.append((int(r["_part"]), int(r["b0"]), int(r["b1"])))
-        blocks.sort()
-        for (p0, _, end0), (p1, start1, _) in zip(blocks, blocks[1:]):
-            if not end0 < start1:
-                raise PreprocessError(
-                    "internal error: Spark did not read %s in file order (partition %d starts "
-                    "at byte %d, partition %d at byte %d); line positions cannot be computed"
-                    % (self.paths[idx], p0, end0, p1, start1), 1)
+        check_block_order(self.paths[idx], sorted(blocks))
         return counts
 
     def locate_split_file(self):
@@ -197,6 +191,17 @@ class Inputs:
             return df.withColumn("_split", F.lit("train"))
         df = df.withColumn("_line", self.line_index())
         return df.withColumn("_split", split_expr(F.col("_line"), bounds))
+
+
+def check_block_order(path, blocks):
+    """Raise PreprocessError unless the partitions of file ``path`` hold its byte ranges in
+    file order; blocks: sorted (partition, first block start, last block start)."""
+    for (p0, _, end0), (p1, start1, _) in zip(blocks, blocks[1:]):
+        if not end0 < start1:
+            raise PreprocessError(
+                "internal error: Spark did not read %s in file order (partition %d starts "
+                "at byte %d, partition %d at byte %d); line positions cannot be computed"
+                % (path, p0, end0, p1, start1), 1)
 
 
 def split_expr(line, bounds):
