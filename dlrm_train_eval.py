@@ -21,7 +21,7 @@ import numpy as np
 import oneflow as flow
 
 from dlrm.checkpoint import checkpoint_name, locate_checkpoint, restore, save_checkpoint, train_state
-from dlrm.config import OPTIMIZERS, int_list, resolve
+from dlrm.config import INTERACTION_TYPES, OPTIMIZERS, int_list, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import EvalSet, evaluate
@@ -44,6 +44,10 @@ def get_parser():
     a("--disable_interaction_padding", action="store_true", help="do not pad the interaction output to x8")
     a("--disable_dense_input_padding", action="store_true", help="do not pad the 13 dense inputs to 16")
     a("--interaction_itself", action="store_true", help="include self dot products in the interaction")
+    a("--interaction_type", type=str, default="dot", choices=INTERACTION_TYPES,
+      help="dot: pairwise dot products (the original's); dcn: DCNv2 low-rank cross layers")
+    a("--dcn_num_layers", type=int, default=3, help="dcn: number of cross layers")
+    a("--dcn_low_rank_dim", type=int, default=512, help="dcn: rank r of each cross layer's W = V U")
     # Checkpoints
     a("--model_load_dir", type=str, default=None, help="load weights (and resume, if it is ours) from here")
     a("--model_save_dir", type=str, default=None, help="write checkpoints and metrics here")

@@ -21,6 +21,7 @@ from dlrm.data import DataError, check_schema, eval_batches_per_rank, list_row_g
 STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 LOSS_SCALE_POLICIES = ("static", "dynamic")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
+INTERACTION_TYPES = ("dot", "dcn")
 # Floats kept per embedding value: the value plus the optimizer's state (Adagrad's sum of squared
 # gradients; Adam's two moments). OneEmbedding stores them in the row (its size_factor).
 OPTIMIZER_STATE_FACTOR = {"sgd": 1, "adagrad": 2, "adam": 3}
@@ -47,6 +48,10 @@ class ModelConfig:
     dense_input_padding: bool
     interaction_padding: bool
     interaction_itself: bool
+    # DCNv2 (TorchRec's DLRM_DCN names and defaults); defaults let configs written without them load.
+    interaction_type: str = "dot"
+    dcn_num_layers: int = 3
+    dcn_low_rank_dim: int = 512
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,11 @@ def check_args(args, world_size, device):
         raise ArgError(f"--store_type {args.store_type!r} is not one of {', '.join(STORE_TYPES)}")
     if args.optimizer not in OPTIMIZERS:
         raise ArgError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
+    if args.interaction_type not in INTERACTION_TYPES:
+        raise ArgError(f"--interaction_type must be dot or dcn, not {args.interaction_type!r}")
+    if args.dcn_num_layers < 1 or args.dcn_low_rank_dim < 1:
+        raise ArgError(f"--dcn_num_layers and --dcn_low_rank_dim must be >= 1, not {args.dcn_num_layers} and "
+                       f"{args.dcn_low_rank_dim}")
     if args.loss_scale_policy not in LOSS_SCALE_POLICIES:
         raise ArgError(f"--loss_scale_policy must be static or dynamic, not {args.loss_scale_policy!r}")
     if args.embedding_vec_size != args.bottom_mlp[-1]:
@@ -263,7 +273,9 @@ def resolve(args, world_size, cuda_available, local_world_size=1):
             # nn.FusedMLP is the fast path on GPUs and ~2x slower than plain layers on CPU
             fused_mlp=not args.disable_fusedmlp and device == "cuda",
             dense_input_padding=not args.disable_dense_input_padding,
-            interaction_padding=not args.disable_interaction_padding, interaction_itself=args.interaction_itself),
+            interaction_padding=not args.disable_interaction_padding, interaction_itself=args.interaction_itself,
+            interaction_type=args.interaction_type, dcn_num_layers=args.dcn_num_layers,
+            dcn_low_rank_dim=args.dcn_low_rank_dim),
         store=store, optimizer=optimizer,
         data=DataConfig(
             data_dir=args.data_dir, eval_split=args.eval_split,
