@@ -164,6 +164,12 @@ class LocalEmbedding(nn.Module):
         rows = (ids % self.sizes + self.sizes) % self.sizes + self.offsets  # `%` truncates like C
         return flow.nn.functional.embedding(rows, self.weight)
 
+    def row_index(self, ids):
+        """forward's rows of a NumPy (B, 26) id array, in NumPy (np.mod is already non-negative)."""
+        sizes = self.sizes.to_local().numpy() if self.sizes.is_global else self.sizes.numpy()
+        offsets = self.offsets.to_local().numpy() if self.offsets.is_global else self.offsets.numpy()
+        return np.mod(ids.astype(np.int64), sizes) + offsets
+
 
 def interaction_indices(num_features, interaction_itself):
     """Flat indices into a (F, F) matrix of the lower triangle, row by row (the fused op's order)."""
@@ -281,6 +287,9 @@ class DLRM(nn.Module):
         return [p for p in self.parameters() if id(p) not in sparse]
 
     def forward(self, dense, sparse):
+        return self.head(dense, self.embedding(sparse))
+
+    def head(self, dense, emb):
+        """The logits from the dense inputs and the looked-up embeddings emb (B, 26, D)."""
         x = self.bottom_mlp(self.dense(dense))
-        emb = self.embedding(sparse)
         return self.top_mlp(self.interaction(x, emb))

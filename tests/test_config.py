@@ -81,7 +81,7 @@ def test_resolve_refuses_in_one_line(tiny_dataset, extra, world, error):
         resolve(flags(tiny_dataset, *extra), world, cuda_available=False)
 
 
-@pytest.mark.parametrize("optimizer,factor,sparse", [("sgd", 1, True), ("adagrad", 2, False), ("adam", 3, True)])
+@pytest.mark.parametrize("optimizer,factor,sparse", [("sgd", 1, True), ("adagrad", 2, True), ("adam", 3, True)])
 def test_optimizer_sets_store_size_and_sparse_update(tiny_dataset, optimizer, factor, sparse):
     cuda = resolve(flags(tiny_dataset, "--optimizer", optimizer, "--persistent_path", "/p", "--eval_batch_size", "40"),
                    8, cuda_available=True)

@@ -248,3 +248,37 @@ def test_dcn_trains_in_graph_mode():
     labels = flow.tensor(RNG.integers(0, 2, size=(64, 1)).astype(np.float32))
     losses = [float(graph(labels, dense, sparse).numpy()) for _ in range(20)]
     assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_sparse_adagrad_equals_dense_adagrad_in_process():
+    """dlrm.sparse_adagrad's step (unique rows, probe gradient, NumPy update) against OneFlow's dense
+    Adagrad over the whole table, from the same initial weights, on batches that repeat ids."""
+    from dlrm.config import OptimizerConfig
+    from dlrm.distributed import cpu_placement, to_global
+    from dlrm.graphs import build_train_graph
+    from dlrm.sparse_adagrad import SUM_KEY, SparseAdagradTrainGraph
+    cpu = cpu_placement()
+    schedule = ScheduleConfig(learning_rate=0.1, warmup_batches=3, decay_start=100, decay_batches=1, train_batches=100)
+    models, graphs = [], []
+    for sparse in (True, False):
+        flow.manual_seed(3)
+        np.random.seed(3)
+        model = small_model(table_sizes=(50,) * 26, fused_mlp=False)
+        model.to_global(cpu, flow.sbp.broadcast)
+        models.append(model)
+        graphs.append(build_train_graph(model, OptimizerConfig("adagrad", sparse), schedule, "cpu", global_batch=32))
+    assert isinstance(graphs[0], SparseAdagradTrainGraph) and not isinstance(graphs[1], SparseAdagradTrainGraph)
+    initial = models[0].embedding.weight.to_local().numpy().copy()
+    rng = np.random.default_rng(5)
+    for _ in range(6):  # ids 0..29: rows 30..49 of each table are never touched
+        batch = [rng.integers(-1, 30, size=(32, 13)).astype(np.float32), rng.integers(0, 30, size=(32, 26))]
+        label = rng.integers(0, 2, size=(32, 1)).astype(np.float32)
+        losses = [float(g(to_global(label, cpu), to_global(batch[0], cpu), to_global(batch[1], cpu)).numpy())
+                  for g in graphs]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    sparse_w, dense_w = (m.embedding.weight.to_local().numpy() for m in models)
+    np.testing.assert_allclose(sparse_w, dense_w, rtol=1e-5, atol=1e-6)
+    untouched = (np.arange(50 * 26) % 50) >= 30
+    assert (sparse_w[untouched] == initial[untouched]).all() and (sparse_w[~untouched] != initial[~untouched]).any()
+    sums = graphs[0].host_variables()[SUM_KEY].to_local().numpy()
+    assert (sums[untouched] == 0).all() and (sums[~untouched] > 0).mean() > 0.9

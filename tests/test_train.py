@@ -280,12 +280,13 @@ def final_params(out):
     return load_params(out / [p for p in os.listdir(out) if p.startswith("step_")][0])
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sparse_embedding_update_equals_the_dense_one(synthetic_parquet, tmp_path, nproc):
+@pytest.mark.parametrize("optimizer,nproc", [("sgd", 1), ("sgd", 2), ("adagrad", 1), ("adagrad", 2)])
+def test_sparse_embedding_update_equals_the_dense_one(synthetic_parquet, tmp_path, optimizer, nproc):
+    """SGD: OneFlow's IndexedSlices kernel; Adagrad: dlrm.sparse_adagrad's update around the graph."""
     runs = {}
     for name, extra in (("sparse", []), ("dense", ["--dense_embedding_update"])):
         launch(["--data_dir", str(synthetic_parquet / "parquet"), *SMALL_MODEL, *SCHEDULE, *SHORT, *extra,
-                "--model_save_dir", str(tmp_path / name)], nproc=nproc)
+                "--optimizer", optimizer, "--model_save_dir", str(tmp_path / name)], nproc=nproc)
         runs[name] = ([m["loss"] for m in read_metrics(tmp_path / name / "metrics.jsonl") if m["kind"] == "train"],
                       final_params(tmp_path / name))
     (sparse_losses, sparse), (dense_losses, dense) = runs["sparse"], runs["dense"]
