@@ -200,12 +200,12 @@ def main(argv=None):
             eval_due = (cfg.log.eval_interval > 0 and step % cfg.log.eval_interval == 0) or step == sched.train_batches
             if eval_due:
                 t0 = time.time()
-                auc, n = evaluate(eval_graph, module, eval_set, cpu)
+                auc, logloss, n = evaluate(eval_graph, module, eval_set, cpu)
                 eval_time, gpu_mib, host_mib = time.time() - t0, gpu_memory_mib(cfg.device), host_memory_mib()
                 metrics.log(
-                    f"Step {step}, AUC {auc:.5f}, Eval_time {eval_time:.2f} s, Eval_samples {n}, "
+                    f"Step {step}, AUC {auc:.5f}, Log_loss {logloss:.5f}, Eval_time {eval_time:.2f} s, Eval_samples {n}, "
                     f"GPU_Memory {gpu_mib}, Host_Memory {host_mib:.0f} MiB",
-                    kind="eval", step=step, auc=auc, eval_time_s=eval_time, eval_samples=n,
+                    kind="eval", step=step, auc=auc, logloss=logloss, eval_time_s=eval_time, eval_samples=n,
                     split=data.eval_split, host_memory_mib=host_mib, gpu_memory_mib=gpu_mib)
                 reached = cfg.log.target_auc is not None and auc >= cfg.log.target_auc
                 if ckpt.model_save_dir and (ckpt.save_model_after_each_eval or reached or step == sched.train_batches):
