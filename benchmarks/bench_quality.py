@@ -46,10 +46,10 @@ from dlrm.quickstart import epoch_batches
 from dlrm.schema import NUM_SPARSE, read_dataset_info
 
 # The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; README "A recipe for small real
-# data"): vocabulary ids with values seen once folded, Adagrad 0.05 at a flat rate, batch 256, --epochs passes.
+# data"): vocabulary ids with values seen once folded, Adagrad 0.02 at a flat rate, batch 256, --epochs passes.
 PREPROCESS_ARGS = "--min_frequency 2"
 TRAIN_ARGS = ("--bottom_mlp 64,32 --embedding_vec_size 32 --top_mlp 64,32 --train_batch_size 256 "
-              "--eval_batch_size 1000 --optimizer adagrad --learning_rate 0.05 --warmup_batches 0 "
+              "--eval_batch_size 1000 --optimizer adagrad --learning_rate 0.02 --warmup_batches 0 "
               "--decay_start 1000000000 --decay_batches 1 --loss_print_interval 100")
 DCN_ARGS = "--interaction_type dcn --dcn_num_layers 2 --dcn_low_rank_dim 64"
 WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every val row is evaluated

@@ -32,12 +32,12 @@
 #   EPOCHS [1], TRAIN_BATCHES [EPOCHS passes over train], EVAL_INTERVAL [a quarter of the run],
 #   EVAL_BATCHES [the whole test split], LOSS_PRINT_INTERVAL [50],
 #   TRAIN_BATCH_SIZE [256], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
-#   OPTIMIZER [adagrad], LEARNING_RATE [0.05], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
+#   OPTIMIZER [adagrad], LEARNING_RATE [0.02], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
 #   DECAY_BATCHES [1], INTERACTION_TYPE [dot; dcn: 2 cross layers of rank 64]
 #   PY                python to use [the venv of scripts/setup_env.sh]
 # The recipe, chosen on real click rows (README, "A recipe for small real data"): vocabulary ids
 # with values seen once folded (MIN_FREQUENCY 2), one epoch (CTR models overfit from the second
-# epoch on), Adagrad at 0.05 (per-row step sizes for sparse ids; on CPU only the rows a batch
+# epoch on), Adagrad at 0.02 (per-row step sizes for sparse ids; on CPU only the rows a batch
 # touches are updated) in batches of 256, evaluation on the whole test split. The model is small
 # (embedding 32, bottom MLP 64,32, top MLP 64,32, dot interaction); on GPUs OneEmbedding gets --persistent_path RUN_DIR/persistent
 # --store_type device_mem. Extra arguments go to dlrm_train_eval.py last, so they override anything here.
@@ -59,7 +59,7 @@ DAYS="${DAYS:-3}" ROWS_PER_DAY="${ROWS_PER_DAY:-300000}" SEED="${SEED:-0}"
 TRAIN_FILES="${TRAIN_FILES:-16}" EVAL_FILES="${EVAL_FILES:-4}" DRIVER_MEMORY_GB="${DRIVER_MEMORY_GB:-4}"
 SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}" MIN_FREQUENCY="${MIN_FREQUENCY:-2}"
 EPOCHS="${EPOCHS:-1}" LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}"
-OPTIMIZER="${OPTIMIZER:-adagrad}" LEARNING_RATE="${LEARNING_RATE:-0.05}" WARMUP_BATCHES="${WARMUP_BATCHES:-0}"
+OPTIMIZER="${OPTIMIZER:-adagrad}" LEARNING_RATE="${LEARNING_RATE:-0.02}" WARMUP_BATCHES="${WARMUP_BATCHES:-0}"
 INTERACTION_TYPE="${INTERACTION_TYPE:-dot}"
 [[ "$INTERACTION_TYPE" == dot || "$INTERACTION_TYPE" == dcn ]] \
   || die "INTERACTION_TYPE must be dot or dcn, not '$INTERACTION_TYPE'" 2
