@@ -155,6 +155,9 @@ def check_args(args, world_size, device):
         raise ArgError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
     if args.interaction_type not in INTERACTION_TYPES:
         raise ArgError(f"--interaction_type must be dot or dcn, not {args.interaction_type!r}")
+    if args.interaction_type == "dcn" and args.interaction_itself:
+        raise ArgError("--interaction_itself is a setting of the dot interaction; --interaction_type dcn has no "
+                       "self dot products")
     if args.dcn_num_layers < 1 or args.dcn_low_rank_dim < 1:
         raise ArgError(f"--dcn_num_layers and --dcn_low_rank_dim must be >= 1, not {args.dcn_num_layers} and "
                        f"{args.dcn_low_rank_dim}")
