@@ -28,11 +28,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 take_paths 2 "$@"
-check_gpu_run "${PATHS[@]}" 8
-launch_dlrm "${PATHS[@]}" 8 1 0 127.0.0.1 "${MASTER_PORT:-}" \
+launch_one_node 8 \
   --embedding_vec_size 128 --bottom_mlp 512,256,128 --top_mlp 1024,1024,512,256 \
   --interaction_type dcn --dcn_num_layers 3 --dcn_low_rank_dim 512 \
   --optimizer adagrad --learning_rate 0.005 --warmup_batches 0 --decay_start 64014 --decay_batches 1 \
   --train_batch_size 65536 --train_batches 64014 \
   --eval_split val --eval_batch_size 65536 --eval_batches 1000000 --eval_interval 3200 \
-  --loss_print_interval 1000 "${ARGS[@]}"
+  --loss_print_interval 1000
