@@ -20,7 +20,8 @@ import time
 import numpy as np
 import oneflow as flow
 
-from dlrm.checkpoint import checkpoint_name, locate_checkpoint, restore, save_checkpoint, train_state
+from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, reader_plan, restore, \
+    save_checkpoint, saved_train_batch, train_state
 from dlrm.config import INTERACTION_TYPES, OPTIMIZERS, int_list, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
@@ -80,6 +81,8 @@ def get_parser():
     a("--seed", type=int, default=1234, help="seed for initialisation and the train shuffle")
     a("--metrics_file", type=str, default=None, help="JSON-lines metrics (default: model_save_dir/metrics.jsonl)")
     a("--save_interval", type=int, default=0, help="also checkpoint every N steps (0: off)")
+    a("--keep_checkpoints", type=int, default=0,
+      help="keep the N newest checkpoints, deleting older ones and their OneEmbedding snapshots (0: all)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --model_save_dir")
     a("--optimizer", type=str, default="sgd", choices=OPTIMIZERS, help="sgd (the original's), adagrad or adam")
     a("--reader_threads", type=int, default=0,
@@ -117,11 +120,12 @@ def build(cfg):
 
 
 def read_losses(losses, cfg):
-    """[(step, loss)] of the steps since the last log line, read in one go (one sync per interval).
+    """[(step, loss)] of the steps since the last log line, read in one go (one collective per interval).
 
     Raises FloatingPointError naming the first non-finite step, except under AMP's dynamic loss
     scaling, which skips such steps itself."""
-    values = [(s, float(gather_to_all(loss).numpy())) for s, loss in losses]
+    gathered = gather_to_all(flow.stack([loss.reshape(-1) for _, loss in losses])).numpy().reshape(-1)
+    values = [(s, float(v)) for (s, _), v in zip(losses, gathered)]
     bad = [(s, v) for s, v in values if not math.isfinite(v)]
     if bad and not (cfg.amp and cfg.loss_scale_policy == "dynamic"):
         raise FloatingPointError(f"loss is {bad[0][1]} at step {bad[0][0]}; stopping (lower --learning_rate "
@@ -138,7 +142,7 @@ def main(argv=None):
 
     # 1. Check everything cheap to check, and resolve the flags, before building anything.
     try:
-        cfg = resolve(args, world, flow.cuda.is_available(), local_world)
+        cfg = resolve(args, world, flow.cuda.is_available(), local_world, rank)
     except ValueError as e:  # ArgError, DataError and the store options' checks
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,21 +157,31 @@ def main(argv=None):
     # 3. Load weights; resume step, optimizer state, LR schedule and reader position from our
     #    checkpoints. Rank 0 finds and reads the checkpoint (node-local directories are fine).
     found = broadcast_json(locate_checkpoint(ckpt) if rank == 0 else None, cpu)
-    start_step = 0
+    start_step, plan = 0, None
     if found:
         try:
             start_step = restore(module, train_graph, found, cfg, cpu)
+            plan = reader_plan(found["state"], cfg) if start_step else None
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         metrics.log(f"Loaded {found['path']}" + (f", resuming after step {start_step}" if start_step else ""))
+        if plan and plan["base_step"] == start_step and plan["prefix"]:
+            rows = sum(b - a for part in plan["prefix"] for _, a, b in part)
+            metrics.log(f"Written by {found['state']['world_size']} processes with --train_batch_size "
+                        f"{saved_train_batch(found['state'])}: the {rows} rows its ranks had not read of epoch(s) "
+                        f"up to {plan['first_epoch'] - 1} come first, shared by {world} processes")
     reader = BatchReader(data.train_groups, data.train_batch_per_rank, rank, world, train=True, seed=cfg.seed,
-                         start_batch=start_step, workers=data.reader_threads)
+                         start_batch=start_step, workers=data.reader_threads, plan=plan)
     eval_set = EvalSet(data, rank, world, local_world)
 
     def save(name, state):
         path = save_checkpoint(module, ckpt.model_save_dir, name, state, train_graph)
         metrics.log(f"Saved checkpoint {path}")
+        if ckpt.keep_checkpoints:
+            store = cfg.store.persistent_path if cfg.device == "cuda" else None
+            for old in prune_checkpoints(ckpt.model_save_dir, ckpt.keep_checkpoints, store):
+                metrics.log(f"Deleted checkpoint {old} (--keep_checkpoints {ckpt.keep_checkpoints})")
 
     if ckpt.save_initial_model and ckpt.model_save_dir and start_step == 0:
         save("initial_checkpoint", train_state(0, cfg))

@@ -10,6 +10,9 @@ Layout of <model_save_dir>/<name>/:
   graph_state/                    the train graph's own variables: optimizer state (Adagrad sums,
                                   Adam moments) and the step counter (ours only; with OneEmbedding
                                   the embedding's optimizer state is in its snapshot).
+  MANIFEST.json                   every other file's size and sha256, written last (ours only):
+                                  loading verifies it first, so a truncated or damaged file is one
+                                  line naming it, and --resume falls back to an older checkpoint.
 MLP parameters load in either layout (nn.FusedMLP's `weight_<i>` or the plain layers'
 `<i>.features.0.weight`), so a checkpoint of a fused (GPU) run loads into an unfused (CPU) run and
 back.
@@ -17,17 +20,25 @@ The folder is written as .tmp-<name> and renamed when complete, so a killed run 
 checkpoint that looks whole; --resume takes the newest complete one.
 """
 import glob
+import hashlib
+import json
 import os
+import sys
 import re
 import shutil
 
+import numpy as np
 import oneflow as flow
 
-from dlrm.distributed import sum_over_ranks
+from dlrm.data import fresh_plan, resume_plan
+from dlrm.distributed import broadcast_json, broadcast_rows, cpu_placement, sum_over_ranks
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
+from dlrm.store import (OPTIMIZER_STATE_SUFFIXES, StoreError, dataset_ids, missing_snapshot, rank_paths,
+                        read_rows, store_to_table)
 
 STATE_FILE = "train_state.json"
+MANIFEST_FILE = "MANIFEST.json"
 GRAPH_STATE_DIR = "graph_state"
 STEP_KEY = "System-Train-TrainStep"  # nn.Graph's step counter, which drives the LR schedulers
 _FUSED_KEY = re.compile(r"^(?P<mlp>.*)\.linear_layers\.(?P<kind>weight|bias)_(?P<layer>\d+)$")
@@ -57,12 +68,17 @@ def save_checkpoint(module, save_dir, name, train_state, graph=None):
         os.makedirs(save_dir, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     flow.comm.barrier()
-    flow.save(module.state_dict(), tmp, global_dst_rank=0)
+    state_dict = module.state_dict()  # with OneEmbedding, this writes a snapshot of the store
+    flow.save(state_dict, tmp, global_dst_rank=0)
     variables = graph_variables(graph)
     if variables:
         flow.save(variables, os.path.join(tmp, GRAPH_STATE_DIR), global_dst_rank=0)
     if rank == 0:
+        entry = store_entry(state_dict)
+        if entry:  # the snapshot's name, for prune_checkpoints
+            train_state = dict(train_state, snapshot=entry[0])
         write_json(os.path.join(tmp, STATE_FILE), train_state, indent=1)
+        write_manifest(tmp)
         if os.path.exists(final):  # e.g. a rerun reaching the same step: replace it whole
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -70,18 +86,92 @@ def save_checkpoint(module, save_dir, name, train_state, graph=None):
     return final
 
 
+def prune_checkpoints(save_dir, keep, persistent_path=None):
+    """Collective: delete all but the `keep` newest checkpoints of ours in save_dir, and each rank
+    its own directory of their OneEmbedding snapshots under persistent_path (the rows stay in the
+    store's files, which only grow). Returns the deleted checkpoints."""
+    rank, world = flow.env.get_rank(), flow.env.get_world_size()
+    old = [(path, (read_train_state(path) or {}).get("snapshot")) for path in complete_checkpoints(save_dir)[keep:]] \
+        if rank == 0 else None
+    old = broadcast_json(old, cpu_placement())
+    if persistent_path:
+        mine = rank_paths(persistent_path, world)[rank]
+        for _, snapshot in old:
+            if snapshot:
+                shutil.rmtree(os.path.join(mine, "snapshots", snapshot), ignore_errors=True)
+    if rank == 0:
+        for path, _ in old:
+            shutil.rmtree(path)
+    flow.comm.barrier()
+    return [path for path, _ in old]
+
+
 def read_train_state(path):
     return read_json(os.path.join(path, STATE_FILE))
 
 
-def latest_checkpoint(save_dir):
-    """Newest complete checkpoint (highest step) of ours in save_dir, or None."""
-    best, best_step = None, -1
-    for path in glob.glob(os.path.join(save_dir, "*", STATE_FILE)):
-        step = read_train_state(os.path.dirname(path))["step"]
-        if step > best_step:
-            best, best_step = os.path.dirname(path), step
-    return best
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_files(folder):
+    """Relative paths of the files under folder, sorted, without the manifest."""
+    out = []
+    for root, _, files in os.walk(folder):
+        out += [os.path.relpath(os.path.join(root, f), folder) for f in files]
+    return sorted(f for f in out if f != MANIFEST_FILE)
+
+
+def write_manifest(folder):
+    """MANIFEST.json: {file: {size, sha256}} of every file under folder (written last, before the rename)."""
+    files = {f: {"size": os.path.getsize(os.path.join(folder, f)), "sha256": file_sha256(os.path.join(folder, f))}
+             for f in checkpoint_files(folder)}
+    write_json(os.path.join(folder, MANIFEST_FILE), {"files": files}, indent=1)
+
+
+def verify_manifest(folder):
+    """None when every file the manifest lists is there with its size and checksum (or when there is
+    no manifest: the original's checkpoints), else one line naming the file."""
+    manifest = read_json(os.path.join(folder, MANIFEST_FILE))
+    if manifest is None:
+        return None
+    for name, want in manifest["files"].items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"checkpoint {folder}: {name} is missing (listed in {MANIFEST_FILE})"
+        size = os.path.getsize(path)
+        if size != want["size"]:
+            return (f"checkpoint {folder}: {name} is {size} bytes, {MANIFEST_FILE} says {want['size']} "
+                    f"(damaged or partly copied)")
+        if file_sha256(path) != want["sha256"]:
+            return f"checkpoint {folder}: {name} differs from its sha256 in {MANIFEST_FILE} (damaged)"
+    extra = [f for f in checkpoint_files(folder) if f not in manifest["files"]]
+    if extra:
+        return f"checkpoint {folder}: {extra[0]} is not listed in {MANIFEST_FILE} (written after the save?)"
+    return None
+
+
+def complete_checkpoints(save_dir):
+    """Our complete checkpoints in save_dir, newest (highest step) first."""
+    found = [(read_train_state(os.path.dirname(p))["step"], os.path.dirname(p))
+             for p in glob.glob(os.path.join(save_dir, "*", STATE_FILE))]
+    return [path for _, path in sorted(found, key=lambda x: (-x[0], x[1]))]
+
+
+def latest_checkpoint(save_dir, log=None):
+    """Newest complete checkpoint of ours in save_dir that verifies against its manifest, or None.
+    A newer one that does not verify is skipped with one line to `log` saying why."""
+    for path in complete_checkpoints(save_dir):
+        error = verify_manifest(path)
+        if error is None:
+            return path
+        if log:
+            log(f"warning: skipping {path}: {error}")
+    return None
 
 
 def mlp_key(key):
@@ -111,23 +201,125 @@ def state_keys(module):
     return keys
 
 
-def load_weights(module, path):
-    """Load weights saved by us or by the original script, in the fused or the plain MLP layout.
+SNAPSHOT_KEY = "OneEmbeddingSnapshot"        # with OneEmbedding: the snapshot name (a string) ...
+OPTIONS_KEY = "OneEmbeddingKeyValueOptions"  # ... and its store options (JSON: path, parallel_num)
+TABLE_KEY = "embedding.weight"               # a CPU run's table (model.LocalEmbedding)
+GRAPH_MODULE = "module."                     # how TrainGraph's variables name the module's parameters
 
-    Extra keys are ignored (as the original's strict=False), but a checkpoint that lacks any of
-    this model's tensors is an error rather than a silently half-initialised model.
+
+def one_embedding_of(module):
+    """The model's flow.one_embedding.MultiTableEmbedding, or None (a CPU model)."""
+    for _, sub in module.named_modules():
+        if isinstance(sub, flow.one_embedding.MultiTableEmbedding):
+            return sub
+    return None
+
+
+def store_entry(state_dict):
+    """(snapshot name, store options dict) of a checkpoint written with OneEmbedding, else None."""
+    for key, value in state_dict.items():
+        if key.split(".")[-1] == SNAPSHOT_KEY:
+            options = state_dict.get(key[:-len(SNAPSHOT_KEY)] + OPTIONS_KEY)
+            return value, json.loads(options) if isinstance(options, str) else None
+    return None
+
+
+def recorded_data_dir(path):
+    state = read_train_state(path)
+    return state["config"]["data"]["data_dir"] if state and "config" in state else None
+
+
+def store_paths(options, persistent_path=None):
+    """Every rank's directory of the store a checkpoint names (persistent_path overrides its root)."""
+    return rank_paths(persistent_path or options["kv_store"]["persistent_table"]["path"], options["parallel_num"])
+
+
+def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None):
+    """A GPU checkpoint's rows as a CPU table, (rows, dim x factor) float32: the embedding of every id
+    the dataset can hold (store.dataset_ids) and, after it, the optimizer state the store keeps;
+    rows of ids the store lacks keep `embedding`'s current values (and zero state)."""
+    snapshot, options = entry
+    if options is None:
+        raise StoreError(f"checkpoint {path} names snapshot {snapshot!r} but not its store options")
+    keys, values = read_rows(store_paths(options, persistent_path), snapshot)
+    weight = embedding.weight.to_local().numpy()
+    dim = weight.shape[1]
+    if values.shape[1] % dim:
+        raise StoreError(f"checkpoint {path}: its store keeps {values.shape[1]} floats per row, not a multiple of "
+                         f"--embedding_vec_size {dim}")
+    data_dir = data_dir or recorded_data_dir(path)
+    if not data_dir or not os.path.isdir(data_dir):
+        raise StoreError(f"checkpoint {path}: the ids of its store rows are mapped to CPU rows with the dataset's "
+                         f"ids, and its data_dir {data_dir} is not here: pass --data_dir")
+    sizes = embedding.sizes.to_local().numpy().reshape(-1)
+    rows = np.zeros((len(weight), values.shape[1]), dtype=np.float32)
+    rows[:, :dim] = weight
+    store_to_table(keys, values, dataset_ids(data_dir, sizes), sizes, rows)
+    return rows
+
+
+def state_suffixes(factor):
+    """The optimizer state names (OPTIMIZER_STATE_SUFFIXES) a store of size_factor `factor` holds."""
+    return next((s for s in OPTIMIZER_STATE_SUFFIXES.values() if len(s) + 1 == factor), ())
+
+
+def agree(error, path):
+    """Collective: every rank raises the same ValueError (one line) if any rank has an error."""
+    failed = sum_over_ranks(1.0 if error else 0.0, cpu_placement())
+    if failed:
+        raise ValueError(error or f"checkpoint {path}: loading failed on {int(failed)} other rank(s)")
+
+
+def load_weights(module, path, verify=True, persistent_path=None, data_dir=None):
+    """Load weights saved by us or by the original script, in the fused or the plain MLP layout, on
+    CUDA (OneEmbedding) or CPU, from a checkpoint of either: a CPU model reads a GPU checkpoint's
+    rows from its store (the root the checkpoint records, or persistent_path; ids mapped with the
+    dataset at data_dir, default the recorded one).
+
+    Collective; every rank raises the same ValueError (one line) if any rank fails. With verify,
+    rank 0 first checks the checkpoint against its manifest. Extra keys are ignored (as the
+    original's strict=False), but a checkpoint that lacks any of this model's tensors is an error
+    rather than a silently half-initialised model; with OneEmbedding every rank checks that its
+    snapshot exists first (OneFlow would only log it and go on with fresh rows).
+    Returns {graph variable name: tensor}: the embedding's optimizer state read from a store into a
+    CPU model (restore loads it into the train graph), else {}.
     """
+    if verify:
+        error = broadcast_json(verify_manifest(path) if flow.env.get_rank() == 0 else None, cpu_placement())
+        if error:
+            raise ValueError(error)
     keys = state_keys(module)
     state_dict = match_mlp_layout(flow.load(path, global_src_rank=0), keys)
-    missing = [k for k in keys if k not in state_dict]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} of this model's tensors "
-                         f"(e.g. {', '.join(missing[:3])}): different --bottom_mlp/--top_mlp or device?")
+    entry, one_embedding = store_entry(state_dict), one_embedding_of(module)
+    from_store = entry is not None and one_embedding is None and TABLE_KEY in keys
+    error, rows = None, None
     try:
-        module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # OneEmbedding could not load its snapshot
-        raise ValueError(f"checkpoint {path}: {str(e).splitlines()[-1].strip()} (same --persistent_path "
-                         f"and number of GPUs as the run that wrote it?)") from None
+        if one_embedding is not None and entry is None and TABLE_KEY in state_dict:
+            raise ValueError(f"checkpoint {path} holds the embedding table itself (a CPU run's): write its rows to a "
+                             f"store with tools/convert_checkpoint.py --persistent_path P --world_size N")
+        missing = [k for k in keys if k not in state_dict and not (from_store and k == TABLE_KEY)]
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks {len(missing)} of this model's tensors "
+                             f"(e.g. {', '.join(missing[:3])}): different --bottom_mlp/--top_mlp?")
+        if one_embedding is not None:  # this rank's snapshot, before OneFlow silently skips it
+            options = json.loads(one_embedding.key_value_store_options)
+            error = missing_snapshot(store_paths(options)[flow.env.get_rank()], entry[0], options["parallel_num"])
+        if from_store and flow.env.get_rank() == 0:  # rank 0 reads the store (it may be on node 0 only)
+            rows = read_store_table(module.embedding, path, entry, persistent_path, data_dir)
+    except ValueError as e:
+        error = str(e)
+    agree(error, path)
+    extra = {}
+    if from_store:
+        weight = module.embedding.weight
+        factor = int(broadcast_json(rows.shape[1] // weight.shape[1] if rows is not None else None, cpu_placement()))
+        rows = broadcast_rows(rows, (weight.shape[0], weight.shape[1] * factor), weight.placement)
+        dim = weight.shape[1]
+        state_dict[TABLE_KEY] = rows[:, :dim]
+        for i, suffix in enumerate(state_suffixes(factor)):
+            extra[f"{GRAPH_MODULE}{TABLE_KEY}-{suffix}"] = rows[:, (i + 1) * dim:(i + 2) * dim]
+    module.load_state_dict(state_dict, strict=False)
+    return extra
 
 
 def checkpoint_name(step, auc=None):
@@ -141,7 +333,7 @@ def train_state(step, cfg, reader=None, auc=None):
     state = {"step": step, "lr": lr_at(step + 1, cfg.schedule), "auc": auc, "world_size": cfg.world_size,
              "config": cfg.to_dict()}
     if reader is not None:
-        state["reader"] = {"batches_consumed_per_rank": step, "seed": cfg.seed,
+        state["reader"] = {"batches_consumed_per_rank": step, "seed": cfg.seed, "plan": reader.plan,
                            "epoch_segment_row_per_rank": [reader.position(step, r) for r in range(cfg.world_size)]}
     return state
 
@@ -152,42 +344,78 @@ def locate_checkpoint(ckpt):
     --resume takes the newest complete checkpoint in --model_save_dir, else --model_load_dir. Only
     rank 0 looks at the files and reads them (flow.load with global_src_rank=0): other nodes need
     not see the checkpoint directories; main broadcasts this to every rank."""
-    path = (latest_checkpoint(ckpt.model_save_dir) if ckpt.resume else None) or ckpt.model_load_dir
+    def warn(line):
+        print(line, file=sys.stderr, flush=True)
+
+    path = (latest_checkpoint(ckpt.model_save_dir, warn) if ckpt.resume else None) or ckpt.model_load_dir
     if not path:
         return None
     if not os.path.isdir(path):
         return {"path": path, "error": f"--model_load_dir {path}: no such checkpoint directory"}
+    error = verify_manifest(path)
+    if error:
+        return {"path": path, "error": error}
     return {"path": path, "state": read_train_state(path),
             "graph_state": os.path.isdir(os.path.join(path, GRAPH_STATE_DIR))}
 
 
+def graph_state_for(module, saved):
+    """A train graph's saved variables (`module.<parameter>-<state>`) named after this module's
+    parameters: the MLPs' optimizer state of a fused (GPU) run loads into a plain (CPU) one and back."""
+    names = [GRAPH_MODULE + k for k, _ in module.named_parameters()]
+    out = {}
+    for key, value in saved.items():
+        param, dash, suffix = key.rpartition("-")
+        if dash and param.startswith(GRAPH_MODULE) and param not in names:
+            match = match_mlp_layout({param[len(GRAPH_MODULE):]: None},
+                                     [n[len(GRAPH_MODULE):] for n in names])
+            renamed = [k for k in match if k != param[len(GRAPH_MODULE):]]
+            if renamed:
+                key = f"{GRAPH_MODULE}{renamed[0]}-{suffix}"
+        out[key] = value
+    return out
+
+
+def saved_train_batch(state):
+    return state["config"]["data"]["train_batch_size"] if "config" in state \
+        else state["args"]["train_batch_size"]  # checkpoints of version 0.1 stored the flags
+
+
+def reader_plan(state, cfg):
+    """The train reader's plan (data.reader_stream) to continue a checkpoint's run: its own with the
+    same processes and batch size; else the rows its ranks had not read of the epochs they had
+    started, dealt to this run's ranks first (data.resume_plan)."""
+    reader = state.get("reader") or {}
+    plan = reader.get("plan") or fresh_plan(state["world_size"])
+    world, batch = state["world_size"], saved_train_batch(state)
+    if (world, batch) == (cfg.world_size, cfg.data.train_batch_size):
+        return plan
+    groups = cfg.data.train_groups
+    if any(g >= len(groups) for part in plan["prefix"] or [] for g, _, _ in part) or \
+            len(groups) < plan["world_size"]:
+        raise ValueError(f"train_state.json's reader plan does not fit the {len(groups)} row groups of "
+                         f"{cfg.data.data_dir}/train: resume on the dataset the run was trained on")
+    return resume_plan(groups, reader.get("seed", cfg.seed), plan, batch // world, state["step"], cfg.world_size)
+
+
 def restore(module, train_graph, found, cfg, placement):
     """Load what locate_checkpoint found: the weights and, for our checkpoints, the step, the optimizer
-    state and so the LR schedule and the reader position. Collective; every rank raises the same
-    ValueError (one line) if any rank fails. Returns the steps already taken (0: weights only)."""
+    state and so the LR schedule (reader_plan gives the reader position, on any number of processes
+    and batch size). Collective; every rank raises the same ValueError (one line) if any rank fails.
+    Returns the steps already taken (0: weights only)."""
     path, state = found["path"], found.get("state")
-    error = found.get("error")
-    if error is None:
-        try:
-            load_weights(module, path)
-        except ValueError as e:
-            error = str(e)
-    failed = sum_over_ranks(1.0 if error else 0.0, placement)
-    if failed:
-        raise ValueError(error or f"checkpoint {path}: loading failed on {int(failed)} other rank(s)")
+    if found.get("error"):  # every rank has the same `found` (rank 0's, broadcast)
+        raise ValueError(found["error"])
+    embedding_state = load_weights(module, path, verify=False,  # locate_checkpoint verified it
+                                   persistent_path=cfg.store.persistent_path, data_dir=cfg.data.data_dir)
     if state is None or state["step"] == 0:
         return 0
-    saved_batch = state["config"]["data"]["train_batch_size"] if "config" in state \
-        else state["args"]["train_batch_size"]  # checkpoints of version 0.1 stored the flags
-    if state["world_size"] != cfg.world_size or saved_batch != cfg.data.train_batch_size:
-        raise ValueError(f"{path} was written by {state['world_size']} processes with --train_batch_size "
-                         f"{saved_batch}; resume with the same (now {cfg.world_size}, "
-                         f"{cfg.data.train_batch_size}), or pass a weights-only checkpoint")
     if found["graph_state"]:  # optimizer state and step counter, loaded when the graph compiles
-        variables = flow.load(os.path.join(path, GRAPH_STATE_DIR), global_src_rank=0)
-        if hasattr(train_graph, "load_host_variables"):
-            variables = train_graph.load_host_variables(variables)
-        train_graph.load_state_dict(variables, strict=False)
+        saved = flow.load(os.path.join(path, GRAPH_STATE_DIR), global_src_rank=0)
+        saved = {**graph_state_for(module, saved), **embedding_state}
+        if hasattr(train_graph, "load_host_variables"):  # dlrm.sparse_adagrad keeps the table's sums itself
+            saved = train_graph.load_host_variables(saved)
+        train_graph.load_state_dict(saved, strict=False)
     else:  # checkpoints of version 0.1 hold no optimizer state (plain SGD has none): set the clock
         step = flow.tensor([state["step"]], dtype=flow.int64).to_global(placement=placement, sbp=flow.sbp.broadcast)
         train_graph.load_state_dict({STEP_KEY: step}, strict=False)

@@ -6,7 +6,6 @@ dataset's files, columns, table sizes, row groups), computes what the run derive
 Nothing downstream reads `args`; train_state.json stores `RunConfig.to_dict()`.
 """
 import dataclasses
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -17,14 +16,12 @@ import psutil
 from dlrm import schema
 from dlrm.data import DataError, check_schema, eval_batches_per_rank, list_row_groups, shardable_row_groups, \
     split_files
+from dlrm.store import OPTIMIZER_STATE_FACTOR, STORE_TYPES, check_store, make_store_options, rank_paths, \
+    store_capacity
 
-STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 LOSS_SCALE_POLICIES = ("static", "dynamic")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 INTERACTION_TYPES = ("dot", "dcn")
-# Floats kept per embedding value: the value plus the optimizer's state (Adagrad's sum of squared
-# gradients; Adam's two moments). OneEmbedding stores them in the row (its size_factor).
-OPTIMIZER_STATE_FACTOR = {"sgd": 1, "adagrad": 2, "adam": 3}
 # OneFlow 0.9.0 has IndexedSlices (sparse) update kernels for SGD and Adam; Adagrad's sparse update
 # is dlrm.sparse_adagrad's.
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
@@ -112,6 +109,7 @@ class CheckpointConfig:
     save_initial_model: bool
     save_model_after_each_eval: bool
     save_interval: int
+    keep_checkpoints: int  # 0: all
 
 
 @dataclass(frozen=True)
@@ -175,6 +173,8 @@ def check_args(args, world_size, device):
     for flag in ("train_batches", "decay_batches", "loss_print_interval"):
         if getattr(args, flag) <= 0:
             raise ArgError(f"--{flag} must be > 0, not {getattr(args, flag)}")
+    if args.keep_checkpoints < 0:
+        raise ArgError(f"--keep_checkpoints must be >= 0 (0: keep all), not {args.keep_checkpoints}")
     if args.warmup_batches < 0 or args.decay_start < 0:
         raise ArgError("--warmup_batches and --decay_start must be >= 0")
     if args.resume and not args.model_save_dir:
@@ -228,13 +228,15 @@ def reader_threads(requested, device, local_world_size):
     return max(1, min(8, (os.cpu_count() or 1) // max(local_world_size, 1)))
 
 
-def store_capacity(rows, world_size):
-    """Rows to reserve across GPUs for `rows` distinct ids: OneEmbedding shards ids by hash, so a
-    GPU may receive more than rows / world_size, and a full (device_mem) cache must hold its share
-    whatever it is. Headroom: 4 standard deviations of a binomial share, plus 1024 rows per GPU."""
-    if world_size == 1:
-        return rows
-    return int(rows + world_size * (4 * math.sqrt(rows / world_size) + 1024))
+def check_run_store(store, embedding_vec_size, optimizer, world_size, rank=None):
+    """An existing store under --persistent_path fits this run (key and value sizes) and no other
+    process holds it: OneFlow would abort every rank at model build (StoreError, one line). With
+    `rank`, only that rank's directory: the others may be on other nodes, or already opened by
+    their own rank (which holds their LOCK) while this one is still checking."""
+    paths = rank_paths(store.persistent_path, world_size)
+    key_size = 4 if store.key_type == "int32" else 8
+    check_store(paths if rank is None else [paths[rank]], key_size, 4 * embedding_vec_size * store.size_factor,
+                f"--embedding_vec_size {embedding_vec_size} x {store.size_factor} for --optimizer {optimizer}")
 
 
 def full_batches_per_rank(groups, batch_size, world_size):
@@ -242,8 +244,9 @@ def full_batches_per_rank(groups, batch_size, world_size):
     return sum(n for _, _, n in groups) // world_size // (batch_size // world_size)
 
 
-def resolve(args, world_size, cuda_available, local_world_size=1):
-    """Parsed flags -> RunConfig, or ArgError / DataError (one line) before any model is built."""
+def resolve(args, world_size, cuda_available, local_world_size=1, rank=None):
+    """Parsed flags -> RunConfig, or ArgError / DataError / StoreError (one line) before any model is
+    built. rank: the process's (its store directory is checked; None: every rank's)."""
     device = pick_device(args.device, cuda_available)
     check_args(args, world_size, device)
     train_files = split_files(args.data_dir, "train")
@@ -257,9 +260,9 @@ def resolve(args, world_size, cuda_available, local_world_size=1):
                         args.one_embedding_key_type, capacity=store_capacity(sum(table_sizes), world_size),
                         size_factor=OPTIMIZER_STATE_FACTOR[args.optimizer])
     if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
-        from dlrm.model import make_store_options
         make_store_options(store.store_type, store.persistent_path, store.capacity, store.cache_memory_budget_mb,
                            store.size_factor)
+        check_run_store(store, args.embedding_vec_size, args.optimizer, world_size, rank)
     eval_groups = list_row_groups(eval_files)
     train_groups = shardable_row_groups(train_files, world_size)
     if full_batches_per_rank(train_groups, args.train_batch_size, world_size) == 0:
@@ -296,5 +299,5 @@ def resolve(args, world_size, cuda_available, local_world_size=1):
                       args.metrics_file if args.metrics_file or not args.model_save_dir
                       else os.path.join(args.model_save_dir, "metrics.jsonl")),
         checkpoint=CheckpointConfig(args.model_save_dir, args.model_load_dir, args.resume, args.save_initial_model,
-                                    args.save_model_after_each_eval, args.save_interval),
+                                    args.save_model_after_each_eval, args.save_interval, args.keep_checkpoints),
     )

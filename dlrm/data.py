@@ -113,7 +113,7 @@ class Batch(NamedTuple):
     label: np.ndarray   # [B, 1] float32
     dense: np.ndarray   # [B, 13] float32
     sparse: np.ndarray  # [B, 26] int32/int64 ids
-    rows: int           # real rows; the rest (eval's last batches) is zero padding
+    rows: int           # real rows; the rest (eval's last batches) is padding (zeros, a real row's ids)
 
 
 def decode_segment(segment):
@@ -171,19 +171,107 @@ def take(parts, n):
     return concat(out)
 
 
-def padded(batch, size):
-    """batch with zero rows appended up to size rows (rows keeps the real count)."""
+def padded(batch, size, ids):
+    """batch with rows appended up to size rows (rows keeps the real count): zero label and dense
+    features, and the ids `ids` (a real row's: OneEmbedding inserts an id it does not hold into its
+    store, and id 0 need not be one the dataset has)."""
     pad = size - len(batch.label)
-    return Batch(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-                   for a in (batch.label, batch.dense, batch.sparse)), batch.rows)
+    label, dense = (np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) for a in (batch.label, batch.dense))
+    return Batch(label, dense, np.concatenate([batch.sparse, np.broadcast_to(ids.astype(batch.sparse.dtype),
+                                                                              (pad, len(ids)))]), batch.rows)
+
+
+def first_row_ids(groups):
+    """The ids of the first row of a split's row groups (the eval padding's)."""
+    path, rg, _ = groups[0]
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=1, row_groups=[rg], columns=SPARSE_COLUMNS))
+    return np.array([first.column(j).to_numpy()[0] for j in range(len(SPARSE_COLUMNS))])
+
+
+def fresh_plan(world_size):
+    """A run's reading plan from its start: whole epochs of world_size-way sharding (reader_stream)."""
+    return {"base_step": 0, "world_size": world_size, "first_epoch": 0, "prefix": None}
+
+
+def reader_stream(groups, plan, rank, seed, train):
+    """(epoch, segment) of a rank's rows in reading order. Training: the plan's prefix for this rank
+    (rows of earlier epochs that an interrupted run with other ranks or batches did not read,
+    tagged first_epoch - 1; segments as [row group index, start, stop]), then every epoch from
+    first_epoch on, endless. Evaluation: this rank's slice of the split."""
+    if not train:
+        for segment in eval_segments(groups, rank, plan["world_size"]):
+            yield 0, segment
+        return
+    if plan["prefix"]:
+        for g, start, stop in plan["prefix"][rank]:
+            yield plan["first_epoch"] - 1, (groups[g][0], groups[g][1], start, stop)
+    epoch = plan["first_epoch"]
+    while True:
+        segments = train_segments(groups, rank, plan["world_size"], seed, epoch)
+        if not segments:
+            return
+        for segment in segments:
+            yield epoch, segment
+        epoch += 1
+
+
+def stream_position(groups, plan, rank, seed, train, skip):
+    """(epoch, segment index within the epoch, row within it) after `skip` rows of a rank's stream."""
+    last, index = None, 0
+    for epoch, (_, _, start, stop) in reader_stream(groups, plan, rank, seed, train):
+        index = index + 1 if epoch == last else 0
+        last = epoch
+        if skip < stop - start:
+            return epoch, index, skip
+        skip -= stop - start
+    return (last + 1 if last is not None else 0), 0, 0
+
+
+def rest_of_stream(groups, plan, rank, seed, train, skip):
+    """reader_stream after its first `skip` rows (the segment they end in cut)."""
+    for epoch, (path, rg, start, stop) in reader_stream(groups, plan, rank, seed, train):
+        if skip >= stop - start:
+            skip -= stop - start
+            continue
+        yield epoch, (path, rg, start + skip, stop)
+        skip = 0
+
+
+def resume_plan(groups, seed, plan, batch_per_rank, step, world_size):
+    """The plan of a run resumed after `step` steps of a run that read with `plan` and
+    batch_per_rank, on world_size processes: the rows the interrupted run had not read of every
+    epoch up to the newest one any of its ranks had started, dealt to the new ranks in contiguous
+    equal parts (its prefix), then whole epochs. Every row of those epochs is read exactly once
+    across the interruption; the batch size may differ too."""
+    skip = (step - plan["base_step"]) * batch_per_rank
+    now = max(stream_position(groups, plan, r, seed, True, skip)[0] for r in range(plan["world_size"]))
+    index = {(path, rg): g for g, (path, rg, _) in enumerate(groups)}
+    left = []  # [row group index, start, stop] not read, every old rank's in turn
+    for r in range(plan["world_size"]):
+        for epoch, (path, rg, start, stop) in rest_of_stream(groups, plan, r, seed, True, skip):
+            if epoch > now:
+                break
+            left.append([index[(path, rg)], start, stop])
+    total = sum(stop - start for _, start, stop in left)
+    bounds = [r * total // world_size for r in range(world_size + 1)]
+    prefix, first = [[] for _ in range(world_size)], 0
+    for g, start, stop in left:  # cut the list at the bounds
+        for r in range(world_size):
+            lo, hi = max(start, bounds[r] - first + start), min(stop, bounds[r + 1] - first + start)
+            if lo < hi:
+                prefix[r].append([g, lo, hi])
+        first += stop - start
+    return {"base_step": step, "world_size": world_size, "first_epoch": now + 1, "prefix": prefix}
 
 
 class BatchReader:
     """Per-rank Batches from a shard of a split's row groups (list_row_groups).
 
     train=True: endless full batches, row groups reshuffled per epoch; start_batch skips
-    already-consumed batches without reading them. train=False: one pass over this rank's slice
-    of the split, the last batch zero-padded (Batch.rows says how many rows are real); with
+    already-consumed batches without reading them; `plan` (reader_stream) is how a run resumed on
+    another number of processes or batch size reads the rest of the interrupted epoch first.
+    train=False: one pass over this rank's slice of the split, the last batch padded (Batch.rows
+    says how many rows are real); with
     max_batches, exactly that many batches (padding batches after the data, so every rank runs
     the same number of steps), or the first max_batches if the slice holds more.
     `workers` threads decode row groups ahead in parallel (pyarrow and numpy release the GIL); a
@@ -191,9 +279,10 @@ class BatchReader:
     """
 
     def __init__(self, groups, batch_size, rank, world_size, train, seed=1234,
-                 start_batch=0, max_batches=None, prefetch=4, workers=1):
+                 start_batch=0, max_batches=None, prefetch=4, workers=1, plan=None):
         self.groups = list(groups)  # [(file, row_group, rows)]: list_row_groups / shardable_row_groups
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.plan = plan or fresh_plan(world_size)  # see reader_stream
         self.train, self.seed = train, seed
         self.start_batch, self.max_batches = start_batch, max_batches
         self.workers = max(1, workers)
@@ -202,37 +291,18 @@ class BatchReader:
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
 
-    def segments(self, epoch, rank=None):
-        rank = self.rank if rank is None else rank
-        if self.train:
-            return train_segments(self.groups, rank, self.world_size, self.seed, epoch)
-        return eval_segments(self.groups, rank, self.world_size) if epoch == 0 else []
-
     def position(self, batches_consumed, rank=None):
-        """(epoch, segment index within the epoch, row within it) where a rank's next batch starts."""
-        skip = batches_consumed * self.batch_size
-        epoch = 0
-        while True:
-            segments = self.segments(epoch, rank)
-            for i, (_, _, start, stop) in enumerate(segments):
-                if skip < stop - start:
-                    return epoch, i, skip
-                skip -= stop - start
-            if not segments:
-                return epoch, 0, 0
-            epoch += 1
+        """(epoch, segment index within the epoch, row within it) where a rank's next batch starts
+        (epoch first_epoch - 1: the plan's prefix)."""
+        rank = self.rank if rank is None else rank
+        return stream_position(self.groups, self.plan, rank, self.seed, self.train,
+                               (batches_consumed - self.plan["base_step"]) * self.batch_size)
 
     def _segments_from_start(self):
         """(file, row_group, start, stop) in reading order, from where batch start_batch starts."""
-        epoch, first, offset = self.position(self.start_batch)
-        while True:
-            segments = self.segments(epoch)
-            if not segments:
-                return
-            for path, rg, start, stop in segments[first:]:
-                yield path, rg, start + offset, stop
-                offset = 0
-            epoch, first = epoch + 1, 0
+        skip = (self.start_batch - self.plan["base_step"]) * self.batch_size
+        for _, segment in rest_of_stream(self.groups, self.plan, self.rank, self.seed, self.train, skip):
+            yield segment
 
     def _decoded(self):
         """decode_segment of each segment in order, `workers` of them in flight."""
@@ -265,8 +335,9 @@ class BatchReader:
             return  # (only an empty shard ends a training stream)
         # Evaluation covers every row: the tail, zero-padded, then empty batches up to max_batches.
         tail = concat(parts) if parts else None
+        ids = first_row_ids(self.groups)
         while (emitted < self.max_batches) if self.max_batches is not None else tail is not None:
-            yield padded(tail or self._empty(), B)
+            yield padded(tail or self._empty(), B, ids)
             tail, emitted = None, emitted + 1
 
     def _empty(self):

@@ -42,3 +42,12 @@ def broadcast_json(obj, placement):
     whole = flow.tensor(local).to_global(placement=placement, sbp=flow.sbp.partial_sum).to_global(
         sbp=flow.sbp.broadcast).to_local().numpy()
     return json.loads(whole.astype(np.uint8).tobytes().decode())
+
+
+def broadcast_rows(array, shape, placement):
+    """Rank 0's float32 array (other ranks pass None) as a global tensor on `placement`, whole on every rank."""
+    if flow.env.get_world_size() > 1:
+        local = flow.tensor(array if flow.env.get_rank() == 0 else np.zeros(shape, np.float32))
+        flow.comm.broadcast(local, 0)
+        array = local.numpy()
+    return flow.tensor(array).to_global(placement=placement, sbp=flow.sbp.broadcast)

@@ -70,16 +70,16 @@ def evaluate(eval_graph, module, eval_set, placement):
     """(AUC, log loss, samples) over the eval batches of every rank (padding rows left out), on every rank."""
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
     module.eval()
-    labels, preds = [], []
+    gathered = []  # [label, prediction] of every rank's rows, one collective per batch
     for batch in eval_set:
         pred = eval_graph(to_global(batch.dense, placement), to_global(batch.sparse, placement))
-        preds.append(gather_to_all(pred))
-        labels.append(gather_to_all(to_global(batch.label, placement)))
+        gathered.append(gather_to_all(flow.cat([to_global(batch.label, placement), pred], dim=1)).numpy())
     module.train()
-    keep = real_rows_mask(eval_set.data, world, len(preds))
+    keep = real_rows_mask(eval_set.data, world, len(gathered))
     auc = loss = 0.0
     if rank == 0:
-        y, p = flow.cat(labels).numpy()[keep], flow.cat(preds).numpy()[keep]
-        auc, loss = roc_auc(flow.tensor(y), flow.tensor(p)), log_loss(y, p)
+        both = np.concatenate(gathered)[keep]
+        auc = roc_auc(flow.tensor(both[:, 0].copy()), flow.tensor(both[:, 1].copy()))
+        loss = log_loss(both[:, 0], both[:, 1])
     flow.comm.barrier()
     return broadcast_float(auc, placement), broadcast_float(loss, placement), int(keep.sum())

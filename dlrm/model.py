@@ -16,8 +16,8 @@ import numpy as np
 import oneflow as flow
 import oneflow.nn as nn
 
-from dlrm.config import STORE_TYPES
 from dlrm.schema import NUM_DENSE, NUM_SPARSE
+from dlrm.store import make_store_options
 
 
 def pad_to_multiple(n, multiple=8):
@@ -81,31 +81,6 @@ class _Dense(nn.Module):
 def embedding_init_bounds(table_size_array):
     """Uniform init bound sqrt(1/rows) per table (the facebook DLRM init)."""
     return [math.sqrt(1.0 / n) for n in table_size_array]
-
-
-def make_store_options(store_type, persistent_path, capacity, cache_memory_budget_mb, size_factor=1):
-    """OneEmbedding store options for one of STORE_TYPES (pure Python: testable without CUDA).
-
-    capacity is the total number of embedding rows across ranks (OneEmbedding divides it by
-    world size); cache_memory_budget_mb is per GPU; size_factor is config.OPTIMIZER_STATE_FACTOR.
-    """
-    if store_type not in STORE_TYPES:
-        raise ValueError(f"--store_type {store_type!r} is not one of {', '.join(STORE_TYPES)}")
-    if not persistent_path:
-        raise ValueError(f"--persistent_path is required with OneEmbedding (store_type {store_type})")
-    one_embedding = flow.one_embedding
-    if store_type == "device_mem":
-        return one_embedding.make_device_mem_store_options(persistent_path=persistent_path, capacity=capacity,
-                                                           size_factor=size_factor)
-    if cache_memory_budget_mb <= 0:
-        raise ValueError(f"--cache_memory_budget_mb must be > 0 with store_type {store_type}")
-    if store_type == "cached_host_mem":
-        return one_embedding.make_cached_host_mem_store_options(
-            cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity,
-            size_factor=size_factor)
-    return one_embedding.make_cached_ssd_store_options(
-        cache_budget_mb=cache_memory_budget_mb, persistent_path=persistent_path, capacity=capacity,
-        size_factor=size_factor)
 
 
 def make_table_options(table_size_array):

@@ -14,20 +14,23 @@ A training step with `--optimizer adagrad` on CPU:
    unchanged in the dense update too.
 The table is the module's parameter (`embedding.weight`, viewed through NumPy without a copy:
 the eval graph and checkpoints see the update); the sums are saved with the graph's variables
-under SUM_KEY. Every step reads and writes O(batch) rows whatever the table's size.
+under SUM_KEY, the dense update's name for them. Every step reads and writes O(batch) rows whatever the table's size.
 """
 import numpy as np
 import oneflow as flow
 import oneflow.nn as nn
 
-from dlrm.checkpoint import STEP_KEY
+from dlrm.checkpoint import GRAPH_MODULE, STEP_KEY, TABLE_KEY
 from dlrm.distributed import cpu_placement, gather_to_all, to_global
 from dlrm.graphs import TrainGraph, make_grad_scaler
 from dlrm.schedule import lr_at, make_lr_scheduler
 from dlrm.schema import NUM_SPARSE
 
 ADAGRAD_EPS = 1e-10  # flow.optim.Adagrad's default eps, which the dense parameters' optimizer uses
-SUM_KEY = "embedding.weight-adagrad_sum"
+# The name the train graph gives the table's Adagrad sums when it updates the whole table
+# (--dense_embedding_update) and that checkpoint conversion uses: checkpoints of either update load
+# into the other.
+SUM_KEY = f"{GRAPH_MODULE}{TABLE_KEY}-sum"
 
 
 class RowGradientProbe(nn.Module):

@@ -7,9 +7,10 @@ import oneflow as flow
 import pytest
 
 from dlrm.checkpoint import (checkpoint_name, latest_checkpoint, load_weights, locate_checkpoint, mlp_key,
-                             read_train_state, restore, save_checkpoint, train_state)
+                             read_train_state, reader_plan, restore, save_checkpoint, train_state,
+                             verify_manifest)
+from dlrm.data import BatchReader, fresh_plan
 from dlrm.config import resolve
-from dlrm.data import BatchReader
 from dlrm.distributed import cpu_placement
 from dlrm.graphs import make_train_graph
 from dlrm.model import DLRM
@@ -67,18 +68,20 @@ def test_weights_round_trip_and_restore_sets_the_step(cfg, tmp_path):
         np.testing.assert_array_equal(params(b)[k], v, err_msg=k)
 
 
-def test_restore_refuses_other_ranks_or_batch_and_missing_tensors(cfg, tmp_path):
+def test_restore_with_another_batch_plans_the_rest_of_the_epoch_and_refuses_missing_tensors(cfg, tmp_path):
     tmp_path = tmp_path / "ckpt"
     module = model(cfg)
-    save_checkpoint(module, str(tmp_path), "step_30", train_state(30, cfg))
+    save_checkpoint(module, str(tmp_path), "step_5", train_state(5, cfg))  # 100 of the 240 train rows read
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_batch_size=40))
-    with pytest.raises(ValueError, match="written by 1 processes with --train_batch_size 20; resume with the same "
-                                         r"\(now 1, 40\)"):
-        restore(module, None, locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(
-            tmp_path / "step_30"))), other, cpu_placement())
+    found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "step_5")))
+    assert restore(module, make_train_graph(module, other), found, other, cpu_placement()) == 5
+    plan = reader_plan(found["state"], other)
+    assert plan["base_step"] == 5 and plan["first_epoch"] == 1
+    assert sum(b - a for _, a, b in plan["prefix"][0]) == 140
+    assert reader_plan(found["state"], cfg) == fresh_plan(1)  # the same processes and batch: its own plan
     bigger = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, top_mlp=(16, 8)))
     with pytest.raises(ValueError, match="lacks 2 of this model's tensors"):
-        load_weights(model(bigger), str(tmp_path / "step_30"))
+        load_weights(model(bigger), str(tmp_path / "step_5"))
     found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="--model_load_dir .*nope: no such checkpoint directory"):
         restore(module, None, found, cfg, cpu_placement())
@@ -88,7 +91,8 @@ def test_weights_only_checkpoint_restores_no_step(cfg, tmp_path):
     tmp_path = tmp_path / "ckpt"
     module = model(cfg)
     save_checkpoint(module, str(tmp_path), "initial_checkpoint", train_state(0, cfg))
-    os.remove(tmp_path / "initial_checkpoint" / "train_state.json")  # e.g. the original's checkpoint
+    for name in ("train_state.json", "MANIFEST.json"):  # as the original's checkpoints
+        os.remove(tmp_path / "initial_checkpoint" / name)
     found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "initial_checkpoint")))
     assert found["state"] is None and restore(module, None, found, cfg, cpu_placement()) == 0
 
@@ -120,3 +124,50 @@ def test_fused_and_plain_mlp_checkpoints_load_into_each_other(cfg, tmp_path, sav
         cpu_placement(), flow.sbp.broadcast)
     ids = flow.tensor(np.arange(4 * 26).reshape(4, 26)).to_global(cpu_placement(), flow.sbp.broadcast)
     np.testing.assert_allclose(saved(dense, ids).to_local().numpy(), other(dense, ids).to_local().numpy(), rtol=1e-5)
+
+
+def biggest_tensor_file(checkpoint):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(checkpoint) for f in fs if f == "out"]
+    return max(files, key=os.path.getsize)
+
+
+def test_a_damaged_checkpoint_is_one_line_and_resume_takes_the_newest_that_verifies(cfg, tmp_path, capsys):
+    module = model(cfg)
+    for step in (10, 20, 30):
+        save_checkpoint(module, str(tmp_path), checkpoint_name(step), train_state(step, cfg))
+    assert os.path.isfile(tmp_path / "step_30" / "MANIFEST.json")
+    assert verify_manifest(str(tmp_path / "step_30")) is None
+    truncated = biggest_tensor_file(tmp_path / "step_30")  # the embedding table: 182 x 8 floats
+    size = os.path.getsize(truncated)
+    with open(truncated, "r+b") as f:
+        f.truncate(size - 100)
+    name = os.path.relpath(truncated, tmp_path / "step_30")
+    state_size = os.path.getsize(tmp_path / "step_20" / "train_state.json")
+    with open(tmp_path / "step_20" / "train_state.json", "a") as f:  # one byte more
+        f.write(" ")
+    ckpt = dataclasses.replace(cfg.checkpoint, model_save_dir=str(tmp_path), resume=True)
+    assert locate_checkpoint(ckpt)["path"] == str(tmp_path / "step_10")
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: skipping {tmp_path / 'step_30'}: checkpoint {tmp_path / 'step_30'}: {name} is "
+                   f"{size - 100} bytes, MANIFEST.json says {size} (damaged or partly copied)",
+                   f"warning: skipping {tmp_path / 'step_20'}: checkpoint {tmp_path / 'step_20'}: train_state.json "
+                   f"is {state_size + 1} bytes, MANIFEST.json says {state_size} (damaged or partly copied)"]
+    found = locate_checkpoint(dataclasses.replace(ckpt, resume=False, model_load_dir=str(tmp_path / "step_30")))
+    with pytest.raises(ValueError, match=f"{name} is {size - 100} bytes"):
+        restore(module, None, found, cfg, cpu_placement())
+    with pytest.raises(ValueError, match=f"{name} is {size - 100} bytes"):
+        load_weights(module, str(tmp_path / "step_30"))
+    with open(truncated, "ab") as f:  # the right size again, other bytes
+        f.write(b"\0" * 100)
+    assert verify_manifest(str(tmp_path / "step_30")) == \
+        f"checkpoint {tmp_path / 'step_30'}: {name} differs from its sha256 in MANIFEST.json (damaged)"
+
+
+def test_graph_state_of_a_fused_run_is_named_after_a_plain_models_parameters(cfg):
+    from dlrm.checkpoint import graph_state_for
+    plain = model(cfg)  # CPU: plain layers
+    saved = {"module.bottom_mlp.linear_layers.weight_0-m": 1, "module.top_mlp.linear_layers.bias_1-v": 2,
+             "module.embedding.weight-m": 3, "System-Train-TrainStep": 4}
+    assert graph_state_for(plain, saved) == {
+        "module.bottom_mlp.linear_layers.0.features.0.weight-m": 1, "module.top_mlp.linear_layers.1.features.bias-v": 2,
+        "module.embedding.weight-m": 3, "System-Train-TrainStep": 4}

@@ -1,5 +1,4 @@
 """CPU-side checks of the CUDA path's pieces that can run without a GPU (fast)."""
-import dataclasses
 import os
 import shutil
 import stat
@@ -9,7 +8,7 @@ import oneflow as flow
 import pytest
 
 from conftest import write_tiny_dataset
-from dlrm.checkpoint import load_weights, locate_checkpoint, restore, save_checkpoint, state_keys, train_state
+from dlrm.checkpoint import load_weights, save_checkpoint, state_keys, train_state
 from dlrm.config import resolve
 from dlrm.distributed import cpu_placement
 from dlrm.evaluation import EvalSet, real_rows_mask
@@ -78,25 +77,6 @@ def test_gpu_memory_asks_for_this_ranks_visible_device(fake_nvidia_smi, monkeypa
     assert gpu_memory_mib("cpu") is None
 
 
-class SnapshotMissing(DLRM):
-    """load_state_dict fails as OneEmbedding's does when its snapshot is not under --persistent_path."""
-
-    def load_state_dict(self, *args, **kwargs):
-        raise RuntimeError('Error(s) in loading state_dict for DLRM:\n\tWhile Loading OneEmbedding Snapshot named '
-                           '"2026-11-26-10-00-00-000000" failed, please check whether the Snapshot exist')
-
-
-def test_a_failed_snapshot_load_is_one_line(tmp_path):
-    cfg, saved, model = saved_and_other(tmp_path, SnapshotMissing)
-    save_checkpoint(saved, str(tmp_path / "ckpt"), "step_5", train_state(5, cfg))
-    found = locate_checkpoint(dataclasses.replace(cfg.checkpoint, model_load_dir=str(tmp_path / "ckpt" / "step_5")))
-    with pytest.raises(ValueError) as e:
-        restore(model, None, found, cfg, cpu_placement())
-    message = str(e.value)
-    assert "\n" not in message and 'Snapshot named "2026-11-26-10-00-00-000000" failed' in message
-    assert "same --persistent_path and number of GPUs" in message
-
-
 def test_padding_mask_is_derived_from_the_slices(tmp_path):
     root = write_tiny_dataset(str(tmp_path / "d"))  # 100 test rows: slices of 33, 33, 34
     cfg = resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "21", "--eval_batch_size", "30",
@@ -106,3 +86,16 @@ def test_padding_mask_is_derived_from_the_slices(tmp_path):
     gathered = np.concatenate([np.arange(10) < readers[r][i].rows for i in range(4) for r in range(3)])
     np.testing.assert_array_equal(real_rows_mask(cfg.data, 3, 4), gathered)
     assert real_rows_mask(cfg.data, 3, 4).sum() == 100
+
+
+def test_eval_padding_rows_carry_a_real_rows_ids(tmp_path):
+    root = write_tiny_dataset(str(tmp_path / "d"))  # test rows 240..339: ids r % 7 + 7 j
+    cfg = resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "20", "--eval_batch_size", "30",
+                                           "--bottom_mlp", "16,8", "--embedding_vec_size", "8"]), 1, False)
+    batches = list(EvalSet(cfg.data, 0, 1))
+    assert [b.rows for b in batches] == [30, 30, 30, 10]
+    first = 240 % 7 + 7 * np.arange(26)
+    np.testing.assert_array_equal(batches[0].sparse[0], first)
+    np.testing.assert_array_equal(batches[3].sparse[10:], np.tile(first, (20, 1)))
+    assert not batches[3].label[10:].any() and not batches[3].dense[10:].any()
+    assert (batches[3].sparse[10:] != 0).all()  # id 0 is table 0's row 0, not the padding's

@@ -4,7 +4,7 @@ In write_tiny_dataset every row's I1 is its global row number, so a batch says w
 import numpy as np
 import pytest
 
-from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups, split_files
+from dlrm.data import BatchReader, eval_batches_per_rank, fresh_plan, list_row_groups, resume_plan, split_files
 
 
 def groups(root, split="train"):
@@ -75,9 +75,37 @@ def test_eval_covers_every_row_with_a_padded_tail(tiny_dataset):
     assert [[b.rows for b in s] for s in slices] == [[10, 10, 10, 3], [10, 10, 10, 3], [10, 10, 10, 4]]
     assert sorted(x for s in slices for x in rows_of(s)) == list(range(240, 340))
     last = slices[0][-1]
-    assert last.dense.shape == (10, 13) and (last.dense[3:] == 0).all() and (last.sparse[3:] == 0).all()
+    assert last.dense.shape == (10, 13) and (last.dense[3:] == 0).all()
+    assert (last.sparse[3:] == 240 % 7 + 7 * np.arange(26)).all()  # the split's first row's ids, real ones
     # Ranks with less data run empty batches, so that every rank takes the same number of steps.
     padded_out = list(BatchReader(g, 10, 0, 3, train=False, max_batches=6))
     assert [b.rows for b in padded_out] == [10, 10, 10, 3, 0, 0] and padded_out[-1].sparse.dtype == np.int64
     assert [b.rows for b in BatchReader(g, 10, 0, 1, train=False, max_batches=4)] == [10] * 4
     assert [b.rows for b in BatchReader(g, 40, 0, 1, train=False)] == [40, 40, 20]
+
+
+@pytest.mark.parametrize("old_world,old_batch,step,new_world,new_batch", [
+    (2, 10, 5, 1, 20), (1, 20, 5, 2, 10),  # 2 -> 1 and 1 -> 2 processes, same global batch
+    (5, 10, 5, 2, 8),  # uneven shares: ranks 2-4 are 10 rows into epoch 1, ranks 0-1 not yet
+    (2, 10, 17, 3, 7)])  # another global batch too
+def test_a_run_resumed_on_other_processes_reads_every_row_once(tiny_dataset, old_world, old_batch, step,
+                                                               new_world, new_batch):
+    g = groups(tiny_dataset)  # 240 rows
+    old = [rows_of(take(BatchReader(g, old_batch, r, old_world, train=True, seed=2), step))
+           for r in range(old_world)]
+    plan = resume_plan(g, 2, fresh_plan(old_world), old_batch, step, new_world)
+    epochs = plan["first_epoch"]
+    prefix = [sum(b - a for _, a, b in part) for part in plan["prefix"]]
+    assert sum(prefix) == 240 * epochs - old_world * old_batch * step and max(prefix) - min(prefix) <= 1
+    new = []
+    for r in range(new_world):
+        reader = BatchReader(g, new_batch, r, new_world, train=True, seed=2, start_batch=step, plan=plan)
+        rows = rows_of(take(reader, -(-prefix[r] // new_batch) + 30 // new_batch + 1))
+        new.append(rows)
+        assert BatchReader(g, new_batch, r, new_world, True, seed=2, plan=plan).position(step)[0] == epochs - 1
+    # The interrupted run's rows and the new ranks' prefixes: every row once in each started epoch;
+    # then the new ranks go on with whole epochs of their own sharding.
+    read = np.bincount(sum(old, []) + sum((rows[:n] for rows, n in zip(new, prefix)), []), minlength=240)
+    assert (read == epochs).all(), read
+    after = sum((rows[n:] for rows, n in zip(new, prefix)), [])
+    assert len(set(after)) == len(after)  # the first rows of the next epoch, no repeats

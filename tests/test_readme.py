@@ -1,5 +1,6 @@
 """The README's argument tables are the CLI contract: every flag there exists in argparse with the
 same default, and every argparse flag is in the table."""
+import importlib.util
 import os
 import re
 
@@ -29,6 +30,14 @@ ORIGINAL_TOOL_DEFAULTS = {
 }
 
 
+def tool_parser(name):
+    """get_parser() of a script under tools/ (not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_parser()
+
+
 def readme_table(heading):
     text = open(os.path.join(REPO, "README.md")).read()
     section = text.split(heading, 1)[1].split("\n#", 1)[0]
@@ -49,6 +58,7 @@ def argparse_defaults(parser):
 @pytest.mark.parametrize("heading,parser,original", [
     ("### `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
     ("### `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
+    ("### `tools/convert_checkpoint.py` arguments", tool_parser("convert_checkpoint"), {}),
 ])
 def test_readme_table_matches_argparse(heading, parser, original):
     table, real = readme_table(heading), argparse_defaults(parser)

@@ -11,7 +11,7 @@ import oneflow as flow
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, read_metrics
+from conftest import REPO, read_metrics, write_tiny_dataset
 
 import dlrm_train_eval as train
 
@@ -339,3 +339,43 @@ def test_optimizer_state_resumes_exactly(synthetic_parquet, tmp_path, optimizer,
                                                          if p.startswith("step_60")][0] / "train_state.json"))
         assert {k: state["config"]["model"][k] for k in ("interaction_type", "dcn_num_layers", "dcn_low_rank_dim")} \
             == {"interaction_type": "dcn", "dcn_num_layers": 2, "dcn_low_rank_dim": 16}
+
+
+def test_resume_skips_a_truncated_checkpoint_naming_the_file(tmp_path):
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    common = ["--data_dir", data, "--bottom_mlp", "16,8", "--embedding_vec_size", "8", "--top_mlp", "16",
+              "--train_batch_size", "20", "--eval_batch_size", "20", "--eval_interval", "0", "--eval_batches", "2",
+              "--loss_print_interval", "5", "--save_interval", "10", "--model_save_dir", str(tmp_path / "ckpt")]
+    launch([*common, "--train_batches", "20"])
+    newest = [p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_20")][0]
+    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "ckpt" / newest) for f in fs if f == "out"]
+    table = max(files, key=os.path.getsize)
+    size = os.path.getsize(table)
+    with open(table, "r+b") as f:
+        f.truncate(size // 2)
+    log = launch([*common, "--train_batches", "30", "--resume"])
+    name = os.path.relpath(table, tmp_path / "ckpt" / newest)
+    assert (f"warning: skipping {tmp_path / 'ckpt' / newest}: checkpoint {tmp_path / 'ckpt' / newest}: {name} is "
+            f"{size // 2} bytes, MANIFEST.json says {size}") in log
+    assert f"Loaded {tmp_path / 'ckpt' / 'step_10'}, resuming after step 10" in log
+    assert "done: 30 steps" in log
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_processes_reads_the_rest_of_the_epoch(tmp_path, before, after):
+    """20-row global batches over the 240 train rows: 5 steps read 100 rows; the resumed run reads
+    the other 140 in 7 steps and is then exactly at the start of epoch 1 on every rank."""
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    common = ["--data_dir", data, "--bottom_mlp", "16,8", "--embedding_vec_size", "8", "--top_mlp", "16",
+              "--train_batch_size", "20", "--eval_batch_size", "20", "--eval_interval", "0", "--eval_batches", "2",
+              "--loss_print_interval", "1", "--model_save_dir", str(tmp_path / "ckpt")]
+    launch([*common, "--train_batches", "5"], nproc=before)
+    log = launch([*common, "--train_batches", "12", "--resume"], nproc=after)
+    assert "resuming after step 5" in log
+    assert (f"Written by {before} processes with --train_batch_size 20: the 140 rows its ranks had not read of "
+            f"epoch(s) up to 0 come first, shared by {after} processes") in log
+    final = [p for p in os.listdir(tmp_path / "ckpt") if p.startswith("step_12")][0]
+    state = json.load(open(tmp_path / "ckpt" / final / "train_state.json"))
+    assert state["world_size"] == after and state["reader"]["epoch_segment_row_per_rank"] == [[1, 0, 0]] * after
+    steps = [m["step"] for m in read_metrics(tmp_path / "ckpt" / "metrics.jsonl") if m["kind"] == "train"]
+    assert steps == list(range(1, 13))
