@@ -23,7 +23,7 @@ import oneflow as flow
 
 from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, reader_plan, restore, \
     save_checkpoint, saved_train_batch, train_state
-from dlrm.config import OPTIMIZERS, int_list, resolve
+from dlrm.config import INTERACTION_TYPES, OPTIMIZERS, int_list, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import EvalSet, evaluate
@@ -47,6 +47,10 @@ def get_parser():
     a("--disable_interaction_padding", action="store_true", help="do not pad the interaction output to x8")
     a("--disable_dense_input_padding", action="store_true", help="do not pad the 13 dense inputs to 16")
     a("--interaction_itself", action="store_true", help="include self dot products in the interaction")
+    a("--interaction_type", type=str, default="dot", choices=INTERACTION_TYPES,
+      help="dot: pairwise dot products (the original's); dcn: DCNv2 low-rank cross layers")
+    a("--dcn_num_layers", type=int, default=3, help="dcn: number of cross layers")
+    a("--dcn_low_rank_dim", type=int, default=512, help="dcn: rank r of each cross layer's W = V U")
     # Checkpoints
     a("--model_load_dir", type=str, default=None, help="load weights (and resume, if it is ours) from here")
     a("--model_save_dir", type=str, default=None, help="write checkpoints and metrics here")
@@ -223,12 +227,12 @@ def main(argv=None):
             eval_due = (cfg.log.eval_interval > 0 and step % cfg.log.eval_interval == 0) or step == sched.train_batches
             if eval_due:
                 t0 = time.time()
-                auc, n = evaluate(eval_graph, module, eval_set, cpu)
+                auc, logloss, n = evaluate(eval_graph, module, eval_set, cpu)
                 eval_time, gpu_mib, host_mib = time.time() - t0, gpu_memory_mib(cfg.device), host_memory_mib()
                 metrics.log(
-                    f"Step {step}, AUC {auc:.5f}, Eval_time {eval_time:.2f} s, Eval_samples {n}, "
+                    f"Step {step}, AUC {auc:.5f}, Log_loss {logloss:.5f}, Eval_time {eval_time:.2f} s, Eval_samples {n}, "
                     f"GPU_Memory {gpu_mib}, Host_Memory {host_mib:.0f} MiB",
-                    kind="eval", step=step, auc=auc, eval_time_s=eval_time, eval_samples=n,
+                    kind="eval", step=step, auc=auc, logloss=logloss, eval_time_s=eval_time, eval_samples=n,
                     split=data.eval_split, host_memory_mib=host_mib, gpu_memory_mib=gpu_mib)
                 reached = cfg.log.target_auc is not None and auc >= cfg.log.target_auc
                 if ckpt.model_save_dir and (ckpt.save_model_after_each_eval or reached or step == sched.train_batches):

@@ -1,34 +1,39 @@
 #!/usr/bin/env python3
-"""Quality benchmark: our DLRM against a hashed logistic regression on the same split, test AUC of each.
+"""Quality benchmark: our DLRM (dot and DCN) against a hashed logistic regression on the same split.
 
 One run prints figures (it is not a test):
 
 1. raw data: --raw (a directory of day_0.. files, or a Kaggle train.txt, or any file in that format,
-   linked as train.txt), or by default synthetic days written by tools/make_synthetic_criteo.py
-   (--days x --rows_per_day, --seed; with its planted click model);
+   linked as train.txt); by default the real sample REAL_SAMPLE (../shared/criteo/, 117,547 Kaggle
+   rows in time order) when it exists, else (or with --synthetic) synthetic days written by
+   tools/make_synthetic_criteo.py (--days x --rows_per_day, --seed; with its planted click model);
 2. our preprocessing: tools/criteo1t_parquet.py (local Spark; --preprocess_args passed through, e.g.
-   "--min_frequency 2"), cached under --work_dir by the raw files' identity and the flags;
-3. our DLRM: dlrm_train_eval.py (--nproc ranks, CPU) with the recipe --train_args (default: the
-   quickstart's, TRAIN_ARGS below), evaluated on the whole test split at the end; its AUC is the
-   last `eval` record of its metrics file;
-4. the baseline: scikit-learn LogisticRegression (liblinear, dual: fewer rows than buckets) on the same parquet rows: a one-hot of
-   each categorical id hashed with its column into 2^--hash_bits buckets, plus log1p(max(raw, 0)) of
-   each dense value (the parquet stores raw + 1); C from --lr_c chosen by the AUC on the val split,
-   never on test; its test AUC at that C;
-5. a table: method, test AUC, seconds (and, on synthetic data, the planted model's AUC on the test
-   day, planted_model.json per_day[-1]: the optimum a model can reach there).
+   "--min_frequency 2"), cached under --work_dir by the raw files' identity and the flags; a Kaggle
+   file is split by the Kaggle rule (in file order: 6/7 train, then 1/14 test, 1/14 val);
+3. our DLRM, each of --models: dlrm_train_eval.py (--nproc ranks, CPU) with the recipe --train_args
+   (default: the quickstart's, TRAIN_ARGS below; the dcn model adds --dcn_args), evaluated on val at
+   the end and checkpointed; the checkpoint is then scored on val and test in this process (the model
+   rebuilt from its train_state.json alone);
+4. the baseline: scikit-learn LogisticRegression (liblinear, dual: fewer rows than buckets) on the same
+   parquet rows: a one-hot of each categorical id hashed with its column into 2^--hash_bits buckets,
+   plus log1p(max(raw, 0)) of each dense value (the parquet stores raw + 1); C from --lr_c chosen by
+   the AUC on the val split, never on test;
+5. a table: method, val and test AUC and log loss, seconds (and, on synthetic data, the planted
+   model's AUC on the test day, planted_model.json per_day[-1]: the optimum a model can reach there).
 
-Goals: on real rows, our AUC >= the logistic regression's; on the quickstart's synthetic data, within
-0.01 of the planted AUC.
+Goals: on real rows, our test AUC >= the logistic regression's; on the quickstart's synthetic data,
+within 0.01 of the planted AUC. Choose recipes on val; test is for reporting.
 
-    python benchmarks/bench_quality.py                    # synthetic 3 x 300k (~10 min: Spark, training, LR)
+    python benchmarks/bench_quality.py                    # the real sample (~6 min), else synthetic 3 x 300k
+    python benchmarks/bench_quality.py --synthetic --models dot   # the quickstart's synthetic data (~10 min)
     python benchmarks/bench_quality.py --raw ../shared/criteo/kaggle_train_head10k.tsv
-    python benchmarks/bench_quality.py --preprocess_args "--min_frequency 2" --epochs 2 --train_args "..."
+    python benchmarks/bench_quality.py --preprocess_args "--min_frequency 3" --epochs 2 --train_args "..."
 """
 import argparse
 import hashlib
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -41,12 +46,15 @@ from dlrm.quickstart import epoch_batches
 from dlrm.schema import NUM_SPARSE, read_dataset_info
 
 # The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; README "A recipe for small real
-# data"): vocabulary ids with rare values folded, Adam 0.001 at a flat rate, batch 128, --epochs passes.
-PREPROCESS_ARGS = "--min_frequency 3"
-TRAIN_ARGS = ("--bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32 --train_batch_size 128 "
-              "--eval_batch_size 1000 --optimizer adam --learning_rate 0.001 --warmup_batches 0 "
-              "--decay_start 1000000000 --decay_batches 1 --eval_interval 0 --loss_print_interval 50")
-WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every test row is evaluated
+# data"): vocabulary ids with values seen once folded, Adagrad 0.02 at a flat rate, batch 256, --epochs passes.
+PREPROCESS_ARGS = "--min_frequency 2"
+TRAIN_ARGS = ("--bottom_mlp 64,32 --embedding_vec_size 32 --top_mlp 64,32 --train_batch_size 256 "
+              "--eval_batch_size 1000 --optimizer adagrad --learning_rate 0.02 --warmup_batches 0 "
+              "--decay_start 1000000000 --decay_batches 1 --loss_print_interval 100")
+DCN_ARGS = "--interaction_type dcn --dcn_num_layers 2 --dcn_low_rank_dim 64"
+WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every val row is evaluated
+# The real rows used when present: a 0.3% sample of Kaggle's train.txt (117,547 rows, time order).
+REAL_SAMPLE = os.path.join(harness.REPO, "..", "shared", "criteo", "kaggle_sample_train117k.tsv")
 
 
 # ----------------------------------------------------------------------------- 1./2. data
@@ -106,18 +114,21 @@ def ensure_parquet(args, raw, num_test):
 
 
 # ----------------------------------------------------------------------------- 3. our DLRM
-def train_dlrm(args, data_dir):
-    run_dir = os.path.join(args.work_dir, "train")
-    os.makedirs(run_dir, exist_ok=True)
+def train_dlrm(args, data_dir, name, recipe_args):
+    """Train one of our models (the recipe plus --eval_split val: the test split is not looked at while
+    training), checkpointed at the end; then score that checkpoint on val and test."""
+    from dlrm.checkpoint import latest_checkpoint
+
+    run_dir = os.path.join(args.work_dir, f"train_{name}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        os.remove(metrics)
-    recipe = shlex.split(args.train_args)
+    recipe = shlex.split(recipe_args)
     batch = int(recipe[recipe.index("--train_batch_size") + 1]) if "--train_batch_size" in recipe else 55296
     train_rows = read_dataset_info(data_dir)["rows"]["train"]
-    train_args = ["--data_dir", data_dir, "--device", "cpu", "--metrics_file", metrics,
+    train_args = ["--data_dir", data_dir, "--device", "cpu", "--metrics_file", metrics, "--model_save_dir", run_dir,
                   "--train_batches", str(epoch_batches(train_rows, batch, args.epochs)), *recipe,
-                  "--eval_split", "test", "--eval_batches", str(WHOLE_SPLIT_EVAL_BATCHES)]
+                  "--eval_split", "val", "--eval_interval", "0", "--eval_batches", str(WHOLE_SPLIT_EVAL_BATCHES)]
     cmd = train_command(train_args, nproc=args.nproc)
     print(f"  $ {' '.join(map(str, cmd))}", flush=True)
     env = dict(os.environ)
@@ -133,10 +144,42 @@ def train_dlrm(args, data_dir):
         cmd, os.path.join(run_dir, "train.log"), evals, env=env, timeout=args.timeout,
         on_record=lambda r: print(f"    step {r['step']:>5}: {r['split']} AUC {r['auc']:.4f} "
                                   f"({r['eval_samples']:,} rows)", flush=True))
-    if code != 0 or not points:
+    ckpt = latest_checkpoint(run_dir)
+    if code != 0 or not points or ckpt is None:
         sys.exit(f"error: training failed (exit {code}); see {os.path.join(run_dir, 'train.log')}")
-    last = points[-1][0]
-    return {"auc": last["auc"], "rows": last["eval_samples"], **run}
+    scores = score_checkpoint(ckpt, data_dir)
+    return {**scores, "train_val_auc": points[-1][0]["auc"], **run}
+
+
+def score_checkpoint(path, data_dir, batch=10000):
+    """{split: (AUC, log loss)} on val and test of the model in checkpoint `path`, rebuilt from its
+    train_state.json (config.model) alone, in this process."""
+    import numpy as np
+    import oneflow as flow
+    from sklearn.metrics import roc_auc_score
+
+    from dlrm.checkpoint import load_weights, read_train_state
+    from dlrm.config import ModelConfig
+    from dlrm.distributed import cpu_placement, to_global
+    from dlrm.evaluation import log_loss
+    from dlrm.model import DLRM
+
+    saved = read_train_state(path)["config"]["model"]
+    model = DLRM(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}), None, "cpu")
+    cpu = cpu_placement()
+    model.to_global(cpu, flow.sbp.broadcast)
+    load_weights(model, path)
+    model.eval()
+    out = {}
+    for split in ("val", "test"):
+        b = read_split(data_dir, split)
+        with flow.no_grad():
+            preds = np.concatenate([
+                model(to_global(b.dense[i:i + batch], cpu), to_global(b.sparse[i:i + batch], cpu)).sigmoid()
+                .to_local().numpy().reshape(-1) for i in range(0, b.rows, batch)])
+        y = b.label.ravel()
+        out[split] = (roc_auc_score(y, preds), log_loss(y, preds))
+    return out
 
 
 # ----------------------------------------------------------------------------- 4. logistic regression
@@ -171,6 +214,10 @@ def logistic_regression(args, data_dir):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
+    from dlrm.evaluation import log_loss
+
+    scores = {}
+
     with CpuWindow() as w:
         data = {s: read_split(data_dir, s) for s in ("train", "val", "test")}
         X = {s: hashed_features(b, args.hash_bits) for s, b in data.items()}
@@ -182,10 +229,12 @@ def logistic_regression(args, data_dir):
             val = roc_auc_score(y["val"], m.predict_proba(X["val"])[:, 1])
             print(f"    C={C:g}: val AUC {val:.4f} ({time.time() - t:.1f} s)", flush=True)
             fits.append((val, C, m))
-        val, C, m = max(fits, key=lambda f: f[0])
-        test = roc_auc_score(y["test"], m.predict_proba(X["test"])[:, 1])
+        _, C, m = max(fits, key=lambda f: f[0])
+        for s in ("val", "test"):
+            p = m.predict_proba(X[s])[:, 1]
+            scores[s] = (roc_auc_score(y[s], p), log_loss(y[s], p))
     rec = w.record()
-    rec.update(auc=test, val_auc=val, C=C, rows={s: b.rows for s, b in data.items()})
+    rec.update(scores, C=C, rows={s: b.rows for s, b in data.items()})
     return rec
 
 
@@ -199,7 +248,11 @@ def get_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--raw", default=None, help="raw data: a directory of day_N files, or a Kaggle-format file (train.txt); "
-                                  "default: synthetic days")
+                                  "default: REAL_SAMPLE when it exists, else synthetic days")
+    a("--synthetic", action="store_true", help="synthetic days even when REAL_SAMPLE exists")
+    a("--models", type=lambda t: [m for m in t.split(",") if m], default="dot,dcn",
+      help="our models to train: dot (the recipe), dcn (the recipe plus --dcn_args)")
+    a("--dcn_args", default=DCN_ARGS, help="flags added to the recipe for the dcn model")
     a("--work_dir", default=os.path.join(tempfile.gettempdir(), "dlrm_bench_quality"),
       help="where the raw synthetic data, the parquet datasets and the training run go")
     a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
@@ -221,6 +274,8 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.raw is None and not args.synthetic and os.path.exists(REAL_SAMPLE):
+        args.raw = REAL_SAMPLE
     t_start = time.time()
     os.makedirs(args.work_dir, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs, {harness.cpu_model()}")
@@ -229,32 +284,42 @@ def main(argv=None):
     rows = read_dataset_info(data_dir)["rows"]
     print(f"rows: {', '.join(f'{s} {n:,}' for s, n in rows.items())}")
 
-    print(f"\n== our DLRM (dlrm_train_eval.py, {args.nproc} rank(s), CPU; recipe: {args.train_args})")
-    ours = train_dlrm(args, data_dir)
-    print(f"  test AUC {ours['auc']:.4f} on {ours['rows']:,} rows; {ours['wall_s']:.0f} s{load_note(ours)}")
+    results = []
+    for name in args.models:
+        recipe = args.train_args + (" " + args.dcn_args if name == "dcn" else "")
+        print(f"\n== our DLRM, {name} (dlrm_train_eval.py, {args.nproc} rank(s), CPU; recipe: {recipe})")
+        ours = train_dlrm(args, data_dir, name, recipe)
+        print(f"  val AUC {ours['val'][0]:.4f} (the run's own evaluation: {ours['train_val_auc']:.4f}), "
+              f"test AUC {ours['test'][0]:.4f}; {ours['wall_s']:.0f} s{load_note(ours)}")
+        results.append((f"our DLRM, {name} ({args.nproc} ranks)", ours))
 
     print(f"\n== logistic regression (scikit-learn liblinear; 2^{args.hash_bits} hashed one-hot + log1p dense; "
           f"C from {args.lr_c} on val)")
     lr = logistic_regression(args, data_dir)
-    print(f"  C={lr['C']:g}: test AUC {lr['auc']:.4f}; {lr['wall_s']:.0f} s{load_note(lr)}")
+    print(f"  C={lr['C']:g}: val AUC {lr['val'][0]:.4f}, test AUC {lr['test'][0]:.4f}; {lr['wall_s']:.0f} s"
+          f"{load_note(lr)}")
+    results.append((f"hashed logistic regression (C={lr['C']:g})", lr))
 
-    print("\n" + "=" * 80)
-    print(f"SUMMARY  {raw}; test split {rows['test']:,} rows")
-    print("-" * 80)
-    print(f"{'method':46s} {'test AUC':>10} {'seconds':>10}")
-    print(f"{'our DLRM (' + str(args.nproc) + ' ranks, the recipe)':46s} {ours['auc']:>10.4f} {ours['wall_s']:>10.0f}")
-    print(f"{'hashed logistic regression (C=' + format(lr['C'], 'g') + ')':46s} {lr['auc']:>10.4f} "
-          f"{lr['wall_s']:>10.0f}")
+    print("\n" + "=" * 96)
+    print(f"SUMMARY  {raw}; val {rows['val']:,} rows, test {rows['test']:,} rows")
+    print("-" * 96)
+    print(f"{'method':42s} {'val AUC':>9} {'val logloss':>12} {'test AUC':>9} {'test logloss':>13} {'seconds':>8}")
+    for label, r in results:
+        print(f"{label:42s} {r['val'][0]:>9.4f} {r['val'][1]:>12.4f} {r['test'][0]:>9.4f} {r['test'][1]:>13.4f} "
+              f"{r['wall_s']:>8.0f}")
     if planted is not None:
-        print(f"{'planted model (test day, synthetic optimum)':46s} {planted:>10.4f} {'':>10}")
-    print("-" * 80)
-    print(f"ours - logistic regression: {ours['auc'] - lr['auc']:+.4f} "
-          f"({'OK' if ours['auc'] >= lr['auc'] else 'BELOW'}: goal >= 0 on real rows)")
-    if planted is not None:
-        gap = planted - ours["auc"]
-        print(f"planted - ours: {gap:+.4f} ({'OK' if gap <= 0.01 else 'ABOVE 0.01'}: goal <= 0.01 on synthetic data)")
-    print("=" * 80)
-    harness.busy_note([("DLRM", ours), ("LR", lr)], "the seconds are")
+        print(f"{'planted model (test day, synthetic optimum)':42s} {'':>9} {'':>12} {planted:>9.4f}")
+    print("-" * 96)
+    for label, r in results[:-1]:
+        diff = r["test"][0] - lr["test"][0]
+        print(f"{label} - logistic regression, test AUC: {diff:+.4f} "
+              f"({'OK' if diff >= 0 else 'BELOW'}: goal >= 0 on real rows)")
+        if planted is not None:
+            gap = planted - r["test"][0]
+            print(f"planted - {label}: {gap:+.4f} ({'OK' if gap <= 0.01 else 'ABOVE 0.01'}: goal <= 0.01 on "
+                  f"synthetic data)")
+    print("=" * 96)
+    harness.busy_note(results, "the seconds are")
     print(f"total {time.time() - t_start:.0f} s (preprocessing {prep_s:.0f} s)")
     return 0
 

@@ -22,6 +22,8 @@ One run prints figures (it is not a test):
    (the default) and with --dense_embedding_update: samples/s, large/small ratio (goal >= 0.7 with
    the sparse update), and each run's RSS (peak: the tree's largest process, from wait4; at the end:
    rank 0's host_memory_mib at its last evaluation) next to dlrm.config.cpu_embedding_bytes;
+   --tables_optimizer picks the optimizer (sgd: OneFlow's IndexedSlices kernel; adagrad:
+   dlrm.sparse_adagrad), --only_tables runs this phase alone;
 5c. with --peer_dlrm PATH --peer_python PY: facebookresearch/dlrm's dlrm_s_pytorch.py on CPU (its own
    random data, --num-indices-per-lookup=1 --num-indices-per-lookup-fixed=True: one id per feature;
    BCE loss, SGD) and our 1-rank training, in alternating rounds (--peer_rounds, at least 2 each), at
@@ -362,19 +364,20 @@ def table_size_phase(args, data_dir, env):
     bottom, top, dim = arch = tables_arch(args)
     small = load_table_sizes(data_dir)
     large = [args.tables_rows] * NUM_SPARSE
-    print(f"\n== table size (1 rank, batch {args.batch_size}, bottom {bottom}, top {top}, dim {dim}; "
+    print(f"\n== table size (1 rank, {args.tables_optimizer}, batch {args.batch_size}, bottom {bottom}, top {top}, dim {dim}; "
           f"the dataset's tables ({sum(small):,} rows) vs {NUM_SPARSE} x {args.tables_rows:,})")
     runs = {}
     for update in ("sparse", "dense"):
         for size, sizes in (("small", small), ("large", large)):
-            extra = ["--table_size_array", ",".join(map(str, sizes))]
+            extra = ["--table_size_array", ",".join(map(str, sizes)), "--optimizer", args.tables_optimizer]
             extra += ["--dense_embedding_update"] if update == "dense" else []
             try:
                 rec = run_training(args, data_dir, 1, env, name=f"tables_{update}_{size}", arch=arch, extra=extra)
             except RuntimeError as e:
                 print(f"  {update} update, {size} tables: FAILED: {e}")
                 continue
-            rec["expected_bytes"] = cpu_embedding_bytes(sum(sizes), dim, OptimizerConfig("sgd", update == "sparse"))
+            rec["expected_bytes"] = cpu_embedding_bytes(sum(sizes), dim,
+                                                        OptimizerConfig(args.tables_optimizer, update == "sparse"))
             rec["table_rows"] = sum(sizes)
             runs[update, size] = rec
             end = "-" if rec["end_rss"] is None else f"{rec['end_rss'] / 2**30:.2f}"
@@ -736,6 +739,8 @@ def get_parser():
     a("--tables_bottom_mlp", default="512,256,64,16",
       help="bottom MLP of the table-size phase (its last width is the embedding width)")
     a("--tables_top_mlp", default="512,256", help="top MLP of the table-size phase")
+    a("--tables_optimizer", default="sgd", choices=["sgd", "adagrad", "adam"], help="optimizer of the table-size phase")
+    a("--only_tables", action="store_true", help="run the table-size phase alone")
     a("--peer_dlrm", default=None,
       help="facebookresearch/dlrm checkout (or its dlrm_s_pytorch.py): run it next to ours, see the docstring")
     a("--peer_python", default="python3", help="the interpreter (with torch) that runs --peer_dlrm")
@@ -789,6 +794,11 @@ def main(argv=None):
         env["OPENBLAS_CORETYPE"] = args.openblas_coretype
     common = ["--data_dir", data_dir, "--batch_size", str(B), "--bottom_mlp", args.bottom_mlp,
               "--top_mlp", args.top_mlp, "--embedding_vec_size", str(args.embedding_vec_size)]
+
+    if args.only_tables:
+        table_size_phase(args, data_dir, env)
+        print(f"total {time.time() - t_start:.0f} s")
+        return 0
 
     # 2. readers
     print(f"\n== reader throughput ({len(files)} train files, batch {B}, {args.reader_batches} batches timed "

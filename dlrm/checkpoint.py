@@ -53,7 +53,10 @@ def graph_variables(graph):
     if graph is None or not graph._is_compiled:
         return {}
     c = graph._c_nn_graph
-    return dict(zip(c.additional_var_names, c.additional_var_tensors))
+    variables = dict(zip(c.additional_var_names, c.additional_var_tensors))
+    if hasattr(graph, "host_variables"):  # optimizer state kept outside the graph (dlrm.sparse_adagrad)
+        variables.update(graph.host_variables())
+    return variables
 
 
 def save_checkpoint(module, save_dir, name, train_state, graph=None):
@@ -409,7 +412,10 @@ def restore(module, train_graph, found, cfg, placement):
         return 0
     if found["graph_state"]:  # optimizer state and step counter, loaded when the graph compiles
         saved = flow.load(os.path.join(path, GRAPH_STATE_DIR), global_src_rank=0)
-        train_graph.load_state_dict({**graph_state_for(module, saved), **embedding_state}, strict=False)
+        saved = {**graph_state_for(module, saved), **embedding_state}
+        if hasattr(train_graph, "load_host_variables"):  # dlrm.sparse_adagrad keeps the table's sums itself
+            saved = train_graph.load_host_variables(saved)
+        train_graph.load_state_dict(saved, strict=False)
     else:  # checkpoints of version 0.1 hold no optimizer state (plain SGD has none): set the clock
         step = flow.tensor([state["step"]], dtype=flow.int64).to_global(placement=placement, sbp=flow.sbp.broadcast)
         train_graph.load_state_dict({STEP_KEY: step}, strict=False)

@@ -21,8 +21,10 @@ from dlrm.store import OPTIMIZER_STATE_FACTOR, STORE_TYPES, check_store, make_st
 
 LOSS_SCALE_POLICIES = ("static", "dynamic")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
-# OneFlow 0.9.0 has IndexedSlices (sparse) update kernels for SGD and Adam, not for Adagrad.
-SPARSE_OPTIMIZERS = ("sgd", "adam")
+INTERACTION_TYPES = ("dot", "dcn")
+# OneFlow 0.9.0 has IndexedSlices (sparse) update kernels for SGD and Adam; Adagrad's sparse update
+# is dlrm.sparse_adagrad's.
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 
 
 class ArgError(ValueError):
@@ -44,6 +46,10 @@ class ModelConfig:
     dense_input_padding: bool
     interaction_padding: bool
     interaction_itself: bool
+    # DCNv2 (TorchRec's DLRM_DCN names and defaults); defaults let configs written without them load.
+    interaction_type: str = "dot"
+    dcn_num_layers: int = 3
+    dcn_low_rank_dim: int = 512
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str
-    sparse_embedding: bool  # CPU: update only the embedding rows a batch touches (IndexedSlices)
+    sparse_embedding: bool  # CPU: update only the embedding rows a batch touches
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,14 @@ def check_args(args, world_size, device):
         raise ArgError(f"--store_type {args.store_type!r} is not one of {', '.join(STORE_TYPES)}")
     if args.optimizer not in OPTIMIZERS:
         raise ArgError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
+    if args.interaction_type not in INTERACTION_TYPES:
+        raise ArgError(f"--interaction_type must be dot or dcn, not {args.interaction_type!r}")
+    if args.interaction_type == "dcn" and args.interaction_itself:
+        raise ArgError("--interaction_itself is a setting of the dot interaction; --interaction_type dcn has no "
+                       "self dot products")
+    if args.dcn_num_layers < 1 or args.dcn_low_rank_dim < 1:
+        raise ArgError(f"--dcn_num_layers and --dcn_low_rank_dim must be >= 1, not {args.dcn_num_layers} and "
+                       f"{args.dcn_low_rank_dim}")
     if args.loss_scale_policy not in LOSS_SCALE_POLICIES:
         raise ArgError(f"--loss_scale_policy must be static or dynamic, not {args.loss_scale_policy!r}")
     if args.embedding_vec_size != args.bottom_mlp[-1]:
@@ -175,7 +189,7 @@ def check_args(args, world_size, device):
 
 def cpu_embedding_bytes(rows, dim, optimizer):
     """Peak memory of the CPU embedding per process: the table and the optimizer's state and, when
-    the whole table is updated every step (no sparse kernel: Adagrad), a full gradient and update.
+    the whole table is updated every step (--dense_embedding_update), a full gradient and update.
     Measured (26 x 1.3M x 16, 2.0 GiB table): peak RSS = base + 1.0x with sparse SGD, + 4.0x with
     Adagrad (dense)."""
     dense_update = 0 if optimizer.sparse_embedding else 2
@@ -266,7 +280,9 @@ def resolve(args, world_size, cuda_available, local_world_size=1, rank=None):
             # nn.FusedMLP is the fast path on GPUs and ~2x slower than plain layers on CPU
             fused_mlp=not args.disable_fusedmlp and device == "cuda",
             dense_input_padding=not args.disable_dense_input_padding,
-            interaction_padding=not args.disable_interaction_padding, interaction_itself=args.interaction_itself),
+            interaction_padding=not args.disable_interaction_padding, interaction_itself=args.interaction_itself,
+            interaction_type=args.interaction_type, dcn_num_layers=args.dcn_num_layers,
+            dcn_low_rank_dim=args.dcn_low_rank_dim),
         store=store, optimizer=optimizer,
         data=DataConfig(
             data_dir=args.data_dir, eval_split=args.eval_split,

@@ -59,8 +59,15 @@ def real_rows_mask(data, world_size, num_batches):
     return np.concatenate([offsets < size - i * B for i in range(num_batches) for size in sizes])
 
 
+def log_loss(labels, preds, eps=1e-7):
+    """Mean binary cross-entropy of probabilities (clipped to [eps, 1 - eps], as scikit-learn's)."""
+    p = np.clip(np.asarray(preds, dtype=np.float64).reshape(-1), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def evaluate(eval_graph, module, eval_set, placement):
-    """(AUC, samples) over the eval batches of every rank (padding rows left out), on every rank."""
+    """(AUC, log loss, samples) over the eval batches of every rank (padding rows left out), on every rank."""
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
     module.eval()
     gathered = []  # [label, prediction] of every rank's rows, one collective per batch
@@ -69,9 +76,10 @@ def evaluate(eval_graph, module, eval_set, placement):
         gathered.append(gather_to_all(flow.cat([to_global(batch.label, placement), pred], dim=1)).numpy())
     module.train()
     keep = real_rows_mask(eval_set.data, world, len(gathered))
-    auc = 0.0
+    auc = loss = 0.0
     if rank == 0:
         both = np.concatenate(gathered)[keep]
         auc = roc_auc(flow.tensor(both[:, 0].copy()), flow.tensor(both[:, 1].copy()))
+        loss = log_loss(both[:, 0], both[:, 1])
     flow.comm.barrier()
-    return broadcast_float(auc, placement), int(keep.sum())
+    return broadcast_float(auc, placement), broadcast_float(loss, placement), int(keep.sum())

@@ -30,12 +30,17 @@ def make_optimizers(module, optimizer, learning_rate):
 
 def make_train_graph(module, cfg):
     """The training step for a RunConfig (see build_train_graph)."""
-    return build_train_graph(module, cfg.optimizer, cfg.schedule, cfg.device, cfg.amp, cfg.loss_scale_policy)
+    return build_train_graph(module, cfg.optimizer, cfg.schedule, cfg.device, cfg.amp, cfg.loss_scale_policy,
+                             cfg.data.train_batch_size)
 
 
-def build_train_graph(module, optimizer, schedule, device, amp=False, loss_scale_policy="static"):
+def build_train_graph(module, optimizer, schedule, device, amp=False, loss_scale_policy="static", global_batch=None):
     """The training step: the optimizers of an OptimizerConfig with the LR schedule of a
-    ScheduleConfig, on `device`, with AMP and its loss scaling when asked."""
+    ScheduleConfig, on `device`, with AMP and its loss scaling when asked. Sparse Adagrad (CPU)
+    updates the embedding rows outside the graph (dlrm.sparse_adagrad) and needs the global batch."""
+    if optimizer.sparse_embedding and optimizer.name == "adagrad":
+        from dlrm.sparse_adagrad import SparseAdagradTrainGraph  # it builds on this module
+        return SparseAdagradTrainGraph(module, schedule, global_batch)
     optimizers = [(opt, make_lr_scheduler(opt, schedule), sparse)
                   for opt, sparse in make_optimizers(module, optimizer, schedule.learning_rate)]
     return TrainGraph(module, optimizers, device, amp, make_grad_scaler(loss_scale_policy))

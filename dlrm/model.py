@@ -1,4 +1,7 @@
-"""The DLRM model: dense features -> bottom MLP, embeddings, dot interaction, top MLP -> logit.
+"""The DLRM model: dense features -> bottom MLP, embeddings, interaction, top MLP -> logit.
+
+The interaction (ModelConfig.interaction_type): `dot`, the pairwise dot products of the original
+DLRM, or `dcn`, DCNv2 low-rank cross layers (TorchRec's DLRM_DCN, MLPerf's DLRMv2).
 
 Two embedding/interaction back ends, picked by device:
 - cuda: OneEmbedding (flow.one_embedding.MultiTableEmbedding, model-parallel, with a
@@ -136,6 +139,12 @@ class LocalEmbedding(nn.Module):
         rows = (ids % self.sizes + self.sizes) % self.sizes + self.offsets  # `%` truncates like C
         return flow.nn.functional.embedding(rows, self.weight)
 
+    def row_index(self, ids):
+        """forward's rows of a NumPy (B, 26) id array, in NumPy (np.mod is already non-negative)."""
+        sizes = self.sizes.to_local().numpy() if self.sizes.is_global else self.sizes.numpy()
+        offsets = self.offsets.to_local().numpy() if self.offsets.is_global else self.offsets.numpy()
+        return np.mod(ids.astype(np.int64), sizes) + offsets
+
 
 def interaction_indices(num_features, interaction_itself):
     """Flat indices into a (F, F) matrix of the lower triangle, row by row (the fused op's order)."""
@@ -175,8 +184,61 @@ class Interaction(nn.Module):
         return out
 
 
+class CrossLayer(nn.Module):
+    """One DCNv2 cross layer with a low-rank weight W = V U: x_{l+1} = x0 * (V (U x_l) + b) + x_l.
+
+    U (r x n, `down`) and V (n x r, `up`) start Glorot-normal and b at zero, as TorchRec's
+    LowRankCrossNet. OneFlow 0.9.0's fused_cross_feature_interaction (CUDA only) computes
+    x0 * (x W^T + b) + x for a full n x n W: it cannot take the rank-r product without forming W,
+    which costs n / 2r times the two thin GEMMs per sample (3.4x at DLRMv2's n = 3456, r = 512), so
+    the layer is two plain GEMMs and elementwise ops on every device."""
+
+    def __init__(self, in_features, low_rank_dim):
+        super().__init__()
+        self.down = nn.Linear(in_features, low_rank_dim, bias=False)
+        self.up = nn.Linear(low_rank_dim, in_features)
+        std = math.sqrt(2.0 / (in_features + low_rank_dim))
+        nn.init.normal_(self.down.weight, 0.0, std)
+        nn.init.normal_(self.up.weight, 0.0, std)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x0, x):
+        return x0 * self.up(self.down(x)) + x
+
+
+class CrossInteraction(nn.Module):
+    """DCNv2: x0 = [dense vector, 26 embeddings] flattened (27 * D), then cross layers; the last
+    layer's output (zero-padded to a multiple of 8 with padding) goes to the top MLP."""
+
+    def __init__(self, embedding_vec_size, num_layers, low_rank_dim, padding):
+        super().__init__()
+        n = (NUM_SPARSE + 1) * embedding_vec_size
+        self.layers = nn.ModuleList([CrossLayer(n, low_rank_dim) for _ in range(num_layers)])
+        self.output_size = pad_to_multiple(n) if padding else n
+        self.output_padding = self.output_size - n
+
+    def forward(self, x, emb):
+        x0 = flow.cat([x, emb.reshape(emb.shape[0], -1)], dim=1)
+        out = x0
+        for layer in self.layers:
+            out = layer(x0, out)
+        if self.output_padding:
+            out = flow.nn.functional.pad(out, (0, self.output_padding), value=0.0)
+        return out
+
+
+def make_interaction(model, device):
+    """The interaction of a ModelConfig (on CUDA the dot interaction is the fused op)."""
+    if model.interaction_type == "dcn":
+        return CrossInteraction(model.embedding_vec_size, model.dcn_num_layers, model.dcn_low_rank_dim,
+                                padding=model.interaction_padding)
+    return Interaction(model.embedding_vec_size, model.interaction_itself, padding=model.interaction_padding,
+                       use_fused_op=(device == "cuda"))
+
+
 class DLRM(nn.Module):
-    """model: a ModelConfig; store: a StoreConfig (used on CUDA only); seed: OneEmbedding's init seed."""
+    """model: a ModelConfig (the whole architecture); store: a StoreConfig (used on CUDA only); seed:
+    OneEmbedding's init seed."""
 
     def __init__(self, model, store, device, seed=0):
         super().__init__()
@@ -186,8 +248,7 @@ class DLRM(nn.Module):
             self.embedding = OneEmbedding(model.table_sizes, model.embedding_vec_size, store, seed=seed)
         else:
             self.embedding = LocalEmbedding(model.table_sizes, model.embedding_vec_size)
-        self.interaction = Interaction(model.embedding_vec_size, model.interaction_itself,
-                                       padding=model.interaction_padding, use_fused_op=(device == "cuda"))
+        self.interaction = make_interaction(model, device)
         self.top_mlp = MLP(self.interaction.output_size, list(model.top_mlp) + [1], model.fused_mlp,
                            skip_final_activation=True)
 
@@ -201,6 +262,9 @@ class DLRM(nn.Module):
         return [p for p in self.parameters() if id(p) not in sparse]
 
     def forward(self, dense, sparse):
+        return self.head(dense, self.embedding(sparse))
+
+    def head(self, dense, emb):
+        """The logits from the dense inputs and the looked-up embeddings emb (B, 26, D)."""
         x = self.bottom_mlp(self.dense(dense))
-        emb = self.embedding(sparse)
         return self.top_mlp(self.interaction(x, emb))

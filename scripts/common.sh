@@ -56,6 +56,15 @@ check_gpu_run() {
   make_dir PERSISTENT_PATH "$2"
 }
 
+# launch_one_node NGPUS SETTINGS...: the body of a single-node GPU launcher after take_paths: PATHS
+# (DATA_DIR, PERSISTENT_PATH) checked for NGPUS GPUs, then launch_dlrm with the script's SETTINGS
+# and its extra arguments (ARGS) last, so they override.
+launch_one_node() {
+  local n="$1"; shift
+  check_gpu_run "${PATHS[@]}" "$n"
+  launch_dlrm "${PATHS[@]}" "$n" 1 0 127.0.0.1 "${MASTER_PORT:-}" "$@" "${ARGS[@]}"
+}
+
 # check_output_dir OUTPUT_DIR ARGS...: a preprocessing output must be new or empty, unless ARGS
 # hold --overwrite.
 check_output_dir() {

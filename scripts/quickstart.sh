@@ -22,7 +22,7 @@
 #   NUM_TEST_EXAMPLES rows of the last day that go to test [half of it]
 #   TRAIN_FILES, EVAL_FILES    parquet files per split [16, 4]
 #   DRIVER_MEMORY_GB  Spark driver memory [4]
-#   MIN_FREQUENCY     vocabulary ids: values seen fewer times in train share one id per column [3]
+#   MIN_FREQUENCY     vocabulary ids: values seen fewer times in train share one id per column [2]
 #   SHUFFLE_PARTITIONS  Spark shuffle partitions [4; Spark's 200 only add overhead at this size]
 #   OVERWRITE=1       regenerate raw/ and rebuild parquet/ even if they exist. Without it an existing
 #                     dataset is reused when it was built from the same raw files and settings
@@ -31,15 +31,15 @@
 #   NPROC             training processes [number of GPUs nvidia-smi -L lists, else 2 on CPU]
 #   EPOCHS [1], TRAIN_BATCHES [EPOCHS passes over train], EVAL_INTERVAL [a quarter of the run],
 #   EVAL_BATCHES [the whole test split], LOSS_PRINT_INTERVAL [50],
-#   TRAIN_BATCH_SIZE [128], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
-#   OPTIMIZER [adam], LEARNING_RATE [0.001], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
-#   DECAY_BATCHES [1]
+#   TRAIN_BATCH_SIZE [256], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
+#   OPTIMIZER [adagrad], LEARNING_RATE [0.02], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
+#   DECAY_BATCHES [1], INTERACTION_TYPE [dot; dcn: 2 cross layers of rank 64]
 #   PY                python to use [the venv of scripts/setup_env.sh]
-# The recipe, chosen for real click data (README, "A recipe for small real data"): vocabulary ids
-# with rare values folded (MIN_FREQUENCY 3, as NVIDIA's frequency_limit), one epoch (CTR models
-# overfit from the second epoch on), Adam at its usual 0.001 (on CPU only the rows a batch touches
-# are updated) in batches of 128 (~1000 steps for 150k rows), evaluation on the whole test split. The model is small (embedding 16, bottom MLP
-# 64,32,16, top MLP 64,32); on GPUs OneEmbedding gets --persistent_path RUN_DIR/persistent
+# The recipe, chosen on real click rows (README, "A recipe for small real data"): vocabulary ids
+# with values seen once folded (MIN_FREQUENCY 2), one epoch (CTR models overfit from the second
+# epoch on), Adagrad at 0.02 (per-row step sizes for sparse ids; on CPU only the rows a batch
+# touches are updated) in batches of 256, evaluation on the whole test split. The model is small
+# (embedding 32, bottom MLP 64,32, top MLP 64,32, dot interaction); on GPUs OneEmbedding gets --persistent_path RUN_DIR/persistent
 # --store_type device_mem. Extra arguments go to dlrm_train_eval.py last, so they override anything here.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -57,9 +57,12 @@ elapsed() { local t=$((SECONDS - T0)); printf '%dm%02ds' $((t / 60)) $((t % 60))
 WORK_DIR="$(abspath "${WORK_DIR:-./runs/quickstart}")"
 DAYS="${DAYS:-3}" ROWS_PER_DAY="${ROWS_PER_DAY:-300000}" SEED="${SEED:-0}"
 TRAIN_FILES="${TRAIN_FILES:-16}" EVAL_FILES="${EVAL_FILES:-4}" DRIVER_MEMORY_GB="${DRIVER_MEMORY_GB:-4}"
-SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}" MIN_FREQUENCY="${MIN_FREQUENCY:-3}"
+SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}" MIN_FREQUENCY="${MIN_FREQUENCY:-2}"
 EPOCHS="${EPOCHS:-1}" LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}"
-OPTIMIZER="${OPTIMIZER:-adam}" LEARNING_RATE="${LEARNING_RATE:-0.001}" WARMUP_BATCHES="${WARMUP_BATCHES:-0}"
+OPTIMIZER="${OPTIMIZER:-adagrad}" LEARNING_RATE="${LEARNING_RATE:-0.02}" WARMUP_BATCHES="${WARMUP_BATCHES:-0}"
+INTERACTION_TYPE="${INTERACTION_TYPE:-dot}"
+[[ "$INTERACTION_TYPE" == dot || "$INTERACTION_TYPE" == dcn ]] \
+  || die "INTERACTION_TYPE must be dot or dcn, not '$INTERACTION_TYPE'" 2
 for v in DAYS ROWS_PER_DAY SEED TRAIN_FILES EVAL_FILES DRIVER_MEMORY_GB SHUFFLE_PARTITIONS MIN_FREQUENCY \
          LOSS_PRINT_INTERVAL WARMUP_BATCHES; do
   need_int "$v" "${!v}"
@@ -153,7 +156,7 @@ else
   nproc_train=2
 fi
 round_up() { echo $(( ($1 + $2 - 1) / $2 * $2 )); }
-TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-$(round_up 128 "$nproc_train")}"
+TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-$(round_up 256 "$nproc_train")}"
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-$(round_up 1000 "$nproc_train")}"
 TRAIN_BATCHES="${TRAIN_BATCHES:-$(quickstart batches "$parquet" train "$TRAIN_BATCH_SIZE" "$EPOCHS")}"
 EVAL_BATCHES="${EVAL_BATCHES:-$(quickstart batches "$parquet" test "$EVAL_BATCH_SIZE" 1)}"
@@ -167,11 +170,12 @@ mkdir -p "$run_dir"
 ln -sfn "$(basename "$run_dir")" "$WORK_DIR/train/latest"
 where="CPU ($GPU_PROBE_NOTE)"
 train=(--model_save_dir "$run_dir" --metrics_file "$run_dir/metrics.jsonl"
-       --bottom_mlp 64,32,16 --embedding_vec_size 16 --top_mlp 64,32
+       --bottom_mlp 64,32 --embedding_vec_size 32 --top_mlp 64,32 --interaction_type "$INTERACTION_TYPE"
        --train_batch_size "$TRAIN_BATCH_SIZE" --eval_batch_size "$EVAL_BATCH_SIZE"
        --optimizer "$OPTIMIZER" --learning_rate "$LEARNING_RATE" --warmup_batches "$WARMUP_BATCHES"
        --decay_start "$DECAY_START" --decay_batches "$DECAY_BATCHES" --train_batches "$TRAIN_BATCHES"
        --eval_interval "$EVAL_INTERVAL" --eval_batches "$EVAL_BATCHES" --loss_print_interval "$LOSS_PRINT_INTERVAL")
+[[ "$INTERACTION_TYPE" == dcn ]] && train+=(--dcn_num_layers 2 --dcn_low_rank_dim 64)
 persistent=""  # CPU: no --persistent_path
 if (( GPU_COUNT > 0 )); then
   where="$GPU_COUNT GPU(s)"

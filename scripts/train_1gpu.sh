@@ -22,5 +22,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 take_paths 2 "$@"
-check_gpu_run "${PATHS[@]}" 1
-launch_dlrm "${PATHS[@]}" 1 1 0 127.0.0.1 "${MASTER_PORT:-}" "${ARGS[@]}"
+launch_one_node 1

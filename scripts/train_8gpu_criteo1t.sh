@@ -24,9 +24,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 take_paths 2 "$@"
-check_gpu_run "${PATHS[@]}" 8
-launch_dlrm "${PATHS[@]}" 8 1 0 127.0.0.1 "${MASTER_PORT:-}" \
+launch_one_node 8 \
   --embedding_vec_size 128 --bottom_mlp 512,256,128 --top_mlp 1024,1024,512,256 \
   --train_batch_size 55296 --train_batches 75000 --learning_rate 24 \
   --warmup_batches 2750 --decay_start 49315 --decay_batches 27772 \
-  --eval_batch_size 55296 --eval_batches 1612 --eval_interval 10000 --loss_print_interval 1000 "${ARGS[@]}"
+  --eval_batch_size 55296 --eval_batches 1612 --eval_interval 10000 --loss_print_interval 1000

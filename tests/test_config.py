@@ -73,6 +73,8 @@ def test_resolve_picks_the_device_and_drops_amp_on_cpu(tiny_dataset, capsys):
     (["--eval_split", "val", "--table_size_array", "1,2"], 1, "--table_size_array has 2 entries"),
     (["--table_size_array", ",".join(["0"] * 26)], 1, "entries must be > 0"),
     (["--one_embedding_key_type", "int32"], 1, "column C1 holds int64 ids but --one_embedding_key_type is int32"),
+    (["--interaction_type", "dcn", "--dcn_low_rank_dim", "0"], 1, "--dcn_num_layers and --dcn_low_rank_dim must be >= 1"),
+    (["--interaction_type", "dcn", "--interaction_itself"], 1, "--interaction_itself is a setting of the dot"),
 ])
 def test_resolve_refuses_in_one_line(tiny_dataset, extra, world, error):
     if world == 13:
@@ -81,7 +83,7 @@ def test_resolve_refuses_in_one_line(tiny_dataset, extra, world, error):
         resolve(flags(tiny_dataset, *extra), world, cuda_available=False)
 
 
-@pytest.mark.parametrize("optimizer,factor,sparse", [("sgd", 1, True), ("adagrad", 2, False), ("adam", 3, True)])
+@pytest.mark.parametrize("optimizer,factor,sparse", [("sgd", 1, True), ("adagrad", 2, True), ("adam", 3, True)])
 def test_optimizer_sets_store_size_and_sparse_update(tiny_dataset, optimizer, factor, sparse):
     cuda = resolve(flags(tiny_dataset, "--optimizer", optimizer, "--persistent_path", "/p", "--eval_batch_size", "40"),
                    8, cuda_available=True)

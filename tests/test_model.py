@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from dlrm.config import ModelConfig, ScheduleConfig
-from dlrm.evaluation import roc_auc
+from dlrm.evaluation import log_loss, roc_auc
 from dlrm.model import DLRM, DenseFeatures, Interaction, LocalEmbedding, interaction_indices, make_store_options
 from dlrm.schedule import lr_at, make_lr_scheduler
 from dlrm_train_eval import get_parser
@@ -180,3 +180,114 @@ def test_auc_equals_sklearn_with_ties():
     ours = roc_auc(flow.tensor(labels), flow.tensor(preds))
     assert ours == pytest.approx(roc_auc_score(labels, preds), abs=1e-6)
     assert 0.9 < ours < 0.99  # informative scores, far from the 0.5 of a broken metric
+
+
+def test_log_loss_equals_sklearn():
+    from sklearn.metrics import log_loss as sk_log_loss
+    labels = RNG.integers(0, 2, size=10_000)
+    preds = np.clip(RNG.random(10_000) * 0.5 + labels * 0.4, 0, 1).astype(np.float32)
+    preds[:3] = [0.0, 1.0, 1.0]  # clipped, not infinite
+    p64 = preds.astype(np.float64)
+    assert log_loss(labels, preds) == pytest.approx(sk_log_loss(labels, np.clip(p64, 1e-7, 1 - 1e-7)), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- DCNv2
+def numpy_cross(x, emb, layers, padding):
+    """x_{l+1} = x0 * (V_l (U_l x_l) + b_l) + x_l on x0 = [x, emb flattened], in float64."""
+    x0 = np.concatenate([x, emb.reshape(len(emb), -1)], axis=1).astype(np.float64)
+    xl = x0
+    for U, V, b in layers:
+        xl = x0 * ((xl @ U.T) @ V.T + b) + xl
+    return np.pad(xl, ((0, 0), (0, (-xl.shape[1]) % 8))) if padding else xl
+
+
+@pytest.mark.parametrize("dim,num_layers,rank,padding,width", [(16, 3, 8, True, 432), (6, 2, 5, True, 168),
+                                                               (6, 1, 200, False, 162)])
+def test_cross_interaction_matches_numpy(dim, num_layers, rank, padding, width):
+    from dlrm.model import CrossInteraction
+    layer = CrossInteraction(dim, num_layers, rank, padding)
+    for cross in layer.layers:  # a non-zero bias, so that b_l is checked too
+        flow.nn.init.normal_(cross.up.bias, 0.0, 0.1)
+    x = RNG.normal(size=(4, dim)).astype(np.float32)
+    emb = RNG.normal(scale=0.3, size=(4, 26, dim)).astype(np.float32)
+    out = layer(flow.tensor(x), flow.tensor(emb)).numpy()
+    assert out.shape == (4, width) and layer.output_size == width
+    weights = [(c.down.weight.numpy(), c.up.weight.numpy(), c.up.bias.numpy()) for c in layer.layers]
+    assert weights[0][0].shape == (rank, 27 * dim) and weights[0][1].shape == (27 * dim, rank)
+    np.testing.assert_allclose(out, numpy_cross(x, emb, weights, padding), rtol=1e-4, atol=1e-4)
+    if padding and width > 27 * dim:
+        assert (out[:, 27 * dim:] == 0).all()
+
+
+def test_cross_layer_init_is_torchrecs():
+    from dlrm.model import CrossLayer
+    layer = CrossLayer(3456, 512)
+    for w in (layer.down.weight.numpy(), layer.up.weight.numpy()):  # Glorot normal: std sqrt(2 / (n + r))
+        assert w.std() == pytest.approx(np.sqrt(2 / (3456 + 512)), rel=0.01)
+    assert (layer.up.bias.numpy() == 0).all()
+
+
+def test_dcn_model_gradients_reach_every_parameter():
+    model = small_model(interaction_type="dcn", dcn_num_layers=2, dcn_low_rank_dim=8, fused_mlp=False)
+    keys = [k for k in model.state_dict() if k.startswith("interaction")]
+    assert keys == ["interaction.layers.0.down.weight", "interaction.layers.0.up.weight",
+                    "interaction.layers.0.up.bias", "interaction.layers.1.down.weight",
+                    "interaction.layers.1.up.weight", "interaction.layers.1.up.bias"]
+    assert model.interaction.output_size == 27 * 16
+    dense = flow.tensor(RNG.integers(-1, 50, size=(8, 13)).astype(np.float32))
+    sparse = flow.tensor(RNG.integers(0, 10**9, size=(8, 26)))
+    labels = flow.tensor(RNG.integers(0, 2, size=(8, 1)).astype(np.float32))
+    logits = model(dense, sparse)
+    assert logits.shape == (8, 1)
+    flow.nn.BCEWithLogitsLoss()(logits, labels).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and np.abs(p.grad.numpy()).max() > 0, name
+
+
+def test_dcn_trains_in_graph_mode():
+    """One compiled training graph (the CPU path of dlrm.graphs) lowers the loss on a fixed batch."""
+    from dlrm.config import OptimizerConfig
+    from dlrm.graphs import build_train_graph
+    model = small_model(interaction_type="dcn", dcn_num_layers=3, dcn_low_rank_dim=16, fused_mlp=False)
+    schedule = ScheduleConfig(learning_rate=0.05, warmup_batches=0, decay_start=100, decay_batches=1,
+                              train_batches=100)
+    graph = build_train_graph(model, OptimizerConfig("adagrad", sparse_embedding=False), schedule, "cpu")
+    dense = flow.tensor(RNG.integers(-1, 50, size=(64, 13)).astype(np.float32))
+    sparse = flow.tensor(RNG.integers(0, 10, size=(64, 26)))
+    labels = flow.tensor(RNG.integers(0, 2, size=(64, 1)).astype(np.float32))
+    losses = [float(graph(labels, dense, sparse).numpy()) for _ in range(20)]
+    assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_sparse_adagrad_equals_dense_adagrad_in_process():
+    """dlrm.sparse_adagrad's step (unique rows, probe gradient, NumPy update) against OneFlow's dense
+    Adagrad over the whole table, from the same initial weights, on batches that repeat ids."""
+    from dlrm.config import OptimizerConfig
+    from dlrm.distributed import cpu_placement, to_global
+    from dlrm.graphs import build_train_graph
+    from dlrm.sparse_adagrad import SUM_KEY, SparseAdagradTrainGraph
+    cpu = cpu_placement()
+    schedule = ScheduleConfig(learning_rate=0.1, warmup_batches=3, decay_start=100, decay_batches=1, train_batches=100)
+    models, graphs = [], []
+    for sparse in (True, False):
+        flow.manual_seed(3)
+        np.random.seed(3)
+        model = small_model(table_sizes=(50,) * 26, fused_mlp=False)
+        model.to_global(cpu, flow.sbp.broadcast)
+        models.append(model)
+        graphs.append(build_train_graph(model, OptimizerConfig("adagrad", sparse), schedule, "cpu", global_batch=32))
+    assert isinstance(graphs[0], SparseAdagradTrainGraph) and not isinstance(graphs[1], SparseAdagradTrainGraph)
+    initial = models[0].embedding.weight.to_local().numpy().copy()
+    rng = np.random.default_rng(5)
+    for _ in range(6):  # ids 0..29: rows 30..49 of each table are never touched
+        batch = [rng.integers(-1, 30, size=(32, 13)).astype(np.float32), rng.integers(0, 30, size=(32, 26))]
+        label = rng.integers(0, 2, size=(32, 1)).astype(np.float32)
+        losses = [float(g(to_global(label, cpu), to_global(batch[0], cpu), to_global(batch[1], cpu)).numpy())
+                  for g in graphs]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    sparse_w, dense_w = (m.embedding.weight.to_local().numpy() for m in models)
+    np.testing.assert_allclose(sparse_w, dense_w, rtol=1e-5, atol=1e-6)
+    untouched = (np.arange(50 * 26) % 50) >= 30
+    assert (sparse_w[untouched] == initial[untouched]).all() and (sparse_w[~untouched] != initial[~untouched]).any()
+    sums = graphs[0].host_variables()[SUM_KEY].to_local().numpy()
+    assert (sums[untouched] == 0).all() and (sums[~untouched] > 0).mean() > 0.9

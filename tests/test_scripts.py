@@ -20,7 +20,7 @@ from conftest import PLOT_TOOL, REPO, error_lines, run_tool, write_tiny_dataset
 from dlrm import gpu_report, metrics, quickstart, schema, synthetic
 
 SCRIPTS = os.path.join(REPO, "scripts")
-GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_multinode.sh"]
+GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_8gpu_dlrmv2.sh", "train_multinode.sh"]
 PREPROCESS_SCRIPTS = ["preprocess_local.sh", "preprocess_spark_submit.sh"]
 LAUNCH_SCRIPTS = GPU_SCRIPTS + PREPROCESS_SCRIPTS
 # Environment each script needs to get past its variable checks to the path checks.
@@ -122,7 +122,7 @@ def test_gpu_scripts_fail_without_gpus_here(script, dirs):
 
 
 @pytest.mark.parametrize("script,want", [("train_1gpu.sh", 1), ("train_8gpu_criteo1t.sh", 8),
-                                         ("train_multinode.sh", 8)])
+                                         ("train_8gpu_dlrmv2.sh", 8), ("train_multinode.sh", 8)])
 def test_gpu_count_mismatch(script, want, dirs, fake_gpus):
     data, persistent = dirs
     have = want - 1
@@ -171,6 +171,24 @@ def test_8gpu_command_line(dirs, fake_gpus, tmp_path):
         assert flag in cmd, flag
     assert cmd.rstrip().endswith("--train_batches 100"), "extra arguments must come last (they override)"
     assert persistent.is_dir()
+
+
+def test_dlrmv2_command_line(dirs, fake_gpus):
+    """MLPerf DLRMv2's settings, and a command line dlrm_train_eval.py's own parser accepts."""
+    import dlrm_train_eval
+    data, persistent = dirs
+    proc = run("train_8gpu_dlrmv2.sh", data, persistent, "--train_batches", "100",
+               env={"FAKE_GPUS": "8", "DRY_RUN": "1", "AMP": "1"}, path_prefix=fake_gpus)
+    assert proc.returncode == 0, proc.stderr
+    cmd = proc.stdout.replace("\\,", ",").split()
+    args = dlrm_train_eval.get_parser().parse_args(cmd[cmd.index(f"{REPO}/dlrm_train_eval.py") + 1:])
+    assert (args.bottom_mlp, args.top_mlp, args.embedding_vec_size) == ([512, 256, 128], [1024, 1024, 512, 256], 128)
+    assert (args.interaction_type, args.dcn_num_layers, args.dcn_low_rank_dim) == ("dcn", 3, 512)
+    assert (args.optimizer, args.learning_rate, args.train_batch_size) == ("adagrad", 0.005, 65536)
+    assert (args.warmup_batches, args.decay_start) == (0, 64014)  # flat: no warmup, no decay in the epoch
+    assert (args.eval_split, args.eval_interval, args.amp) == ("val", 3200, True)
+    assert args.train_batches == 100  # extra arguments come last and override
+    assert str(persistent) == args.persistent_path and args.data_dir == str(data)
 
 
 def test_1gpu_command_line(dirs, fake_gpus):

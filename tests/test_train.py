@@ -294,12 +294,14 @@ def final_params(out):
     return load_params(out / [p for p in os.listdir(out) if p.startswith("step_")][0])
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sparse_embedding_update_equals_the_dense_one(synthetic_parquet, tmp_path, nproc):
+@pytest.mark.parametrize("optimizer,nproc", [("sgd", 1), ("sgd", 2), ("adagrad", 2)])
+def test_sparse_embedding_update_equals_the_dense_one(synthetic_parquet, tmp_path, optimizer, nproc):
+    """SGD: OneFlow's IndexedSlices kernel; Adagrad: dlrm.sparse_adagrad's update around the graph (one
+    process: test_model.py's in-process test)."""
     runs = {}
     for name, extra in (("sparse", []), ("dense", ["--dense_embedding_update"])):
         launch(["--data_dir", str(synthetic_parquet / "parquet"), *SMALL_MODEL, *SCHEDULE, *SHORT, *extra,
-                "--model_save_dir", str(tmp_path / name)], nproc=nproc)
+                "--optimizer", optimizer, "--model_save_dir", str(tmp_path / name)], nproc=nproc)
         runs[name] = ([m["loss"] for m in read_metrics(tmp_path / name / "metrics.jsonl") if m["kind"] == "train"],
                       final_params(tmp_path / name))
     (sparse_losses, sparse), (dense_losses, dense) = runs["sparse"], runs["dense"]
@@ -319,10 +321,15 @@ def load_params_initial(tmp_path, synthetic_parquet):
     return load_params(out / "initial_checkpoint")["embedding.weight"]
 
 
-@pytest.mark.parametrize("optimizer,lr", [("adagrad", "0.05"), ("adam", "0.002")])
-def test_optimizer_state_resumes_exactly(synthetic_parquet, tmp_path, optimizer, lr):
+DCN = ["--interaction_type", "dcn", "--dcn_num_layers", "2", "--dcn_low_rank_dim", "16"]
+
+
+@pytest.mark.parametrize("optimizer,lr,extra", [("adagrad", "0.05", []), ("adam", "0.002", []),
+                                                ("adagrad", "0.05", DCN)], ids=["adagrad", "adam", "adagrad-dcn"])
+def test_optimizer_state_resumes_exactly(synthetic_parquet, tmp_path, optimizer, lr, extra):
     common = ["--data_dir", str(synthetic_parquet / "parquet"), *SMALL_MODEL, *SCHEDULE, "--optimizer", optimizer,
-              "--learning_rate", lr, "--eval_interval", "0", "--eval_batches", "2", "--loss_print_interval", "1"]
+              "--learning_rate", lr, "--eval_interval", "0", "--eval_batches", "2", "--loss_print_interval", "1",
+              *extra]
     launch([*common, "--train_batches", "60", "--model_save_dir", str(tmp_path / "straight")])
     launch([*common, "--train_batches", "30", "--model_save_dir", str(tmp_path / "resumed")])
     assert os.path.isdir(tmp_path / "resumed" / [p for p in os.listdir(tmp_path / "resumed")
@@ -340,6 +347,12 @@ def test_optimizer_state_resumes_exactly(synthetic_parquet, tmp_path, optimizer,
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert straight[60] < straight[1]
+    if extra == DCN:
+        assert "interaction.layers.1.up.weight" in a
+        state = json.load(open(tmp_path / "straight" / [p for p in os.listdir(tmp_path / "straight")
+                                                         if p.startswith("step_60")][0] / "train_state.json"))
+        assert {k: state["config"]["model"][k] for k in ("interaction_type", "dcn_num_layers", "dcn_low_rank_dim")} \
+            == {"interaction_type": "dcn", "dcn_num_layers": 2, "dcn_low_rank_dim": 16}
 
 
 def test_resume_skips_a_truncated_checkpoint_naming_the_file(tmp_path):
