@@ -158,12 +158,10 @@ def locate_checkpoint(ckpt):
             "graph_state": os.path.isdir(os.path.join(path, GRAPH_STATE_DIR))}
 
 
-def restore(module, train_graph, found, cfg, placement):
-    """Load what locate_checkpoint found: the weights and, for our checkpoints, the step, the optimizer
-    state and so the LR schedule and the reader position. Collective; every rank raises the same
-    ValueError (one line) if any rank fails. Returns the steps already taken (0: weights only)."""
-    path, state = found["path"], found.get("state")
-    error = found.get("error")
+def load_found_weights(module, found, placement):
+    """Load the weights of what locate_checkpoint found (load_weights) on every rank. Collective:
+    every rank raises the same ValueError (one line) if any rank fails."""
+    path, error = found["path"], found.get("error")
     if error is None:
         try:
             load_weights(module, path)
@@ -172,6 +170,14 @@ def restore(module, train_graph, found, cfg, placement):
     failed = sum_over_ranks(1.0 if error else 0.0, placement)
     if failed:
         raise ValueError(error or f"checkpoint {path}: loading failed on {int(failed)} other rank(s)")
+
+
+def restore(module, train_graph, found, cfg, placement):
+    """Load what locate_checkpoint found: the weights and, for our checkpoints, the step, the optimizer
+    state and so the LR schedule and the reader position. Collective; every rank raises the same
+    ValueError (one line) if any rank fails. Returns the steps already taken (0: weights only)."""
+    path, state = found["path"], found.get("state")
+    load_found_weights(module, found, placement)
     if state is None or state["step"] == 0:
         return 0
     saved_batch = state["config"]["data"]["train_batch_size"] if "config" in state \
