@@ -64,7 +64,7 @@ def plan(args, world):
     found = locate_checkpoint(CheckpointConfig(None, args.model_load_dir, False, False, False, 0))
     trained = trained_from(found)
     data_dir, info = dataset_info(trained, args.data_dir)
-    batch = args.batch_size or trained.eval_batch_size
+    batch = trained.eval_batch_size if args.batch_size is None else args.batch_size
     if batch <= 0 or batch % world:
         raise PredictError(f"--batch_size {batch} is not a positive multiple of the number of ranks ({world})")
     out = {"found": found, "trained": vars(trained), "data_dir": data_dir, "info": info, "format": fmt,
