@@ -88,7 +88,9 @@ def raw_rows(args, p, rows_dir):
     from dlrm.preprocess.rows import ordered_row_groups, write_rows
     from dlrm.preprocess.spark import start_spark
 
-    spark = start_spark(SimpleNamespace(spark_master=args.spark_master, spark_tmp_dir=None, shuffle_partitions=None,
+    # the shuffles here (line counts, vocabulary joins) are small: a partition per core, not 200
+    spark = start_spark(SimpleNamespace(spark_master=args.spark_master, spark_tmp_dir=None,
+                                        shuffle_partitions=os.cpu_count() or 2,
                                         spark_driver_memory_gb=args.spark_driver_memory_gb))
     try:
         lines = write_rows(spark, p["files"], p["labeled"], p["info"], p["data_dir"], rows_dir)
@@ -228,8 +230,10 @@ def main(argv=None):
             return fail(e)
         groups = [tuple(g) for g in rows["groups"]]
         amp = device == "cuda" and bool(p["found"]["state"]["config"].get("amp"))
+        t_score = time.time()
         probs = score(module, device, amp, groups, p["batch_size"], cpu,
                       reader_threads(0, device, local_world))
+        t_score = time.time() - t_score
 
         # 4. Rank 0 writes the file and the last line.
         if rank == 0:
@@ -237,6 +241,7 @@ def main(argv=None):
             labels = read_columns(groups, ["label"]).column("label").to_numpy()
             table, bad = output_table(probs, labels, labeled, reasons, bool(labeled.any()))
             write_output(args.output, p["format"], table)
+            print(f"scored in {t_score:.2f} s ({len(probs) / t_score:.0f} rows/s)", flush=True)
             print(summary(args, probs, labels, labeled, bad) + f" ({time.time() - t0:.1f} s)", flush=True)
         flow.comm.barrier()
     finally:
