@@ -20,7 +20,7 @@ import pytest
 
 from conftest import KAGGLE_HEAD, REPO, SYNTH_TOOL, error_lines, read_metrics, requires_java, run_tool, \
     write_tiny_dataset
-from dlrm import schema
+from dlrm import quickstart, schema
 from dlrm.checkpoint import save_checkpoint, train_state
 from dlrm.config import resolve
 from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
@@ -226,6 +226,9 @@ def test_raw_text_gets_the_preprocessing_ids_in_every_mode(tmp_path, capsys):
         assert cli.main(["--input_dir", str(tmp_path / "raw"), "--output_dir", str(data), "--train_files", "2",
                          "--eval_files", "1", "--shuffle_partitions", "2", *spark[:2], *flags]) == 0
         assert schema.read_dataset_info(str(data))["id_mode"] == mode
+        # scripts/quickstart.sh's step: the dataset's test split as raw lines
+        assert quickstart.main(["test-rows", str(tmp_path / "raw"), str(data), str(tmp_path / "rows.tsv")]) == 0
+        assert (tmp_path / "rows.tsv").read_text() == "".join(test)
         ckpt = write_checkpoint(data, tmp_path / f"run_{mode}")
         code, _, err = predict(capsys, "--model_load_dir", ckpt, "--input", data / "test", "--output",
                                tmp_path / f"{mode}_split.csv")
