@@ -189,10 +189,15 @@ def main(argv=None):
 
     # 1. Rank 0 checks flags, checkpoint, dataset and input (they may be on its disk only).
     def checked(step):
+        """step()'s result or {"error": one line}: every failure on rank 0 reaches the other ranks,
+        which wait for it in a collective (a Spark failure too: its first line, with its type)."""
         try:
             return step()
         except (PredictError, ValueError, OSError) as e:
-            return {"error": str(e).splitlines()[0] if str(e) else repr(e)}
+            return {"error": str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}
+        except Exception as e:  # noqa: BLE001
+            text = str(e).strip().splitlines()
+            return {"error": f"{type(e).__name__}: {text[0] if text else ''} (while preparing {args.input})"}
 
     p = broadcast_json(checked(lambda: plan(args, world)) if rank == 0 else None, cpu)
     if "error" in p:

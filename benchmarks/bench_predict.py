@@ -36,7 +36,7 @@ def run(cmd, log_path):
     """Run cmd (output to log_path); its wall seconds and output. Exits with a message if it fails."""
     t = time.time()
     with open(log_path, "w") as f:
-        proc = subprocess.run(cmd, cwd=harness.REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([str(c) for c in cmd], cwd=harness.REPO, stdout=f, stderr=subprocess.STDOUT)
     wall = time.time() - t
     text = open(log_path).read()
     if proc.returncode != 0:
