@@ -53,19 +53,15 @@ class EvalSet:
 def real_rows_mask(data, world_size, num_batches):
     """Which rows of the gathered eval batches (batch by batch, each rank's part in rank order) are
     data, not padding: every rank knows every rank's slice size, so no exchange is needed."""
-    return slices_mask(data.eval_groups, data.eval_batch_per_rank, world_size, num_batches)
+    B = data.eval_batch_per_rank
+    offsets = np.arange(B)
+    return np.concatenate([offsets < size - i * B for i in range(num_batches)
+                           for size in slice_sizes(data.eval_groups, world_size)])
 
 
 def slice_sizes(groups, world_size):
     """Rows of each rank's eval_slice of a split's row groups."""
     return [hi - lo for lo, hi in (eval_slice(groups, r, world_size) for r in range(world_size))]
-
-
-def slices_mask(groups, batch_per_rank, world_size, num_batches):
-    """real_rows_mask for any row groups read by BatchReader(train=False) in batches of batch_per_rank."""
-    offsets = np.arange(batch_per_rank)
-    return np.concatenate([offsets < size - i * batch_per_rank for i in range(num_batches)
-                           for size in slice_sizes(groups, world_size)])
 
 
 def evaluate(eval_graph, module, eval_set, placement):
