@@ -1,5 +1,6 @@
 """JSON files the package writes beside its outputs (dataset_info.json, train_state.json,
-planted_model.json): read as a dict, None when absent; written whole."""
+planted_model.json, summary.json): read as a dict, None when absent; written atomically (a temp
+file beside it, then renamed), so a reader never sees half a file."""
 import json
 import os
 
@@ -13,7 +14,9 @@ def read_json(path):
 
 
 def write_json(path, obj, indent=2):
-    with open(path, "w") as f:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(obj, f, indent=indent)
         f.write("\n")
+    os.replace(tmp, path)
     return path

@@ -15,148 +15,14 @@ so a resumed run (or a second run into the same directory) continues it: a train
 not increase starts a new *segment*. For the curves, a later record for the same step replaces an
 earlier one; times add up over segments.
 
-Importable: ``load_metrics(path)``, ``summarize(records)``, ``plot(records, png, summary=None)``.
+Reading and summarising the file: dlrm.metrics (read_metrics, summarize); here ``plot(records, png, summary=None)``.
 """
 import argparse
-import json
-import math
 import os
 import sys
 
-__all__ = ["MetricsError", "load_metrics", "summarize", "plot", "main"]
-
-
-class MetricsError(Exception):
-    """A problem with the metrics file, reported as one line."""
-
-
-# ----------------------------------------------------------------------------- reading
-def load_metrics(path):
-    """The metrics file's records (dicts with a ``kind``), in file order.
-
-    Raises MetricsError for a missing or empty file, a malformed line (except a truncated last
-    line, which a run still writing can leave; it is skipped), or no train/eval records at all.
-    """
-    if not os.path.exists(path):
-        raise MetricsError(f"metrics file {path} does not exist")
-    if os.path.isdir(path):
-        raise MetricsError(f"{path} is a directory, not a metrics file (try {os.path.join(path, 'metrics.jsonl')})")
-    with open(path) as f:
-        lines = f.read().splitlines()
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    if not numbered:
-        raise MetricsError(f"metrics file {path} is empty (has the run logged anything yet?)")
-    records = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if k == len(numbered) - 1 and records:
-                print(f"warning: {path}:{lineno}: skipping a truncated last line", file=sys.stderr)
-                continue
-            raise MetricsError(f"{path}:{lineno}: not a JSON object: {line[:60]!r}") from None
-        if isinstance(rec, dict) and "kind" in rec:
-            records.append(rec)
-    if not any(r["kind"] in ("train", "eval") for r in records):
-        raise MetricsError(f"{path} has no train or eval records (is it a dlrm_train_eval.py metrics file?)")
-    return records
-
-
-def _finite(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def segments(records):
-    """Split the records into runs: a train step that does not increase starts a new segment."""
-    segs, last_step = [[]], None
-    for r in records:
-        if r["kind"] == "train":
-            if last_step is not None and r["step"] <= last_step:
-                segs.append([])
-            last_step = r["step"]
-        segs[-1].append(r)
-    return [s for s in segs if s]
-
-
-def curves(records):
-    """{kind: [record, ...] sorted by step}, a later record for the same step replacing an earlier one."""
-    out = {}
-    for kind in ("train", "eval"):
-        by_step = {}
-        for r in records:
-            if r["kind"] == kind and _finite(r.get("step")):
-                by_step[r["step"]] = r
-        out[kind] = [by_step[s] for s in sorted(by_step)]
-    return out
-
-
-# ----------------------------------------------------------------------------- summary
-def summarize(records):
-    """A dict: steps, best/final AUC and their steps, mean throughput, total time, counts.
-
-    - mean_throughput: mean samples/s of the train records, leaving out the first record of each
-      segment (it includes graph compilation); the first record is used if it is the only one.
-    - total_time_s: per segment, the last train record's elapsed_s plus the time of evaluations
-      logged after it (the final evaluation); summed over segments. Start-up (imports, data
-      checks) before the first step is not included.
-    """
-    c = curves(records)
-    train, evals = c["train"], [e for e in c["eval"] if _finite(e.get("auc"))]
-    segs = segments(records)
-
-    thr, total = [], 0.0
-    for seg in segs:
-        t = [r for r in seg if r["kind"] == "train"]
-        thr += [r["throughput"] for r in t[1:] if _finite(r.get("throughput"))]
-        last = max((i for i, r in enumerate(seg) if r["kind"] == "train"), default=-1)
-        if last >= 0 and _finite(seg[last].get("elapsed_s")):
-            total += seg[last]["elapsed_s"]
-        total += sum(r["eval_time_s"] for r in seg[last + 1:]
-                     if r["kind"] == "eval" and _finite(r.get("eval_time_s")))
-    if not thr:
-        thr = [r["throughput"] for r in train[:1] if _finite(r.get("throughput"))]
-
-    best = max(evals, key=lambda e: e["auc"]) if evals else None  # first of equal AUCs
-    final = evals[-1] if evals else None
-    steps = max([r["step"] for r in train] + [e["step"] for e in c["eval"]], default=0)
-    target = [r for r in records if r["kind"] == "target_reached"]
-    return {
-        "steps": steps,
-        "train_records": len(train),
-        "evaluations": len(evals),
-        "best_auc": best["auc"] if best else None,
-        "best_auc_step": best["step"] if best else None,
-        "final_auc": final["auc"] if final else None,
-        "final_auc_step": final["step"] if final else None,
-        "final_loss": train[-1]["loss"] if train else None,
-        "final_mean_loss": train[-1].get("mean_loss") if train else None,
-        "mean_throughput": sum(thr) / len(thr) if thr else None,
-        "total_time_s": total,
-        "eval_split": final.get("split") if final else None,
-        "target_reached_step": target[-1]["step"] if target else None,
-        "segments": len(segs),
-    }
-
-
-def summary_text(s):
-    """The summary as a few lines of text."""
-    def auc(key):
-        return "n/a" if s[key] is None else f"{s[key]:.5f} at step {s[key + '_step']}"
-
-    split = f" ({s['eval_split']} split)" if s["eval_split"] else ""
-    thr = "n/a" if s["mean_throughput"] is None else f"{s['mean_throughput']:.1f} samples/s"
-    lines = [
-        f"steps: {s['steps']} ({s['train_records']} train records, {s['evaluations']} evaluations"
-        + (f", {s['segments']} segments: resumed or appended runs" if s["segments"] > 1 else "") + ")",
-        f"best AUC: {auc('best_auc')}{split}",
-        f"final AUC: {auc('final_auc')}",
-        f"mean throughput: {thr} (first record left out)",
-        f"total time: {s['total_time_s']:.1f} s",
-    ]
-    if s["target_reached_step"] is not None:
-        lines.append(f"target AUC reached at step {s['target_reached_step']}")
-    return "\n".join(lines)
-
+from dlrm.jsonfile import write_json
+from dlrm.metrics import MetricsError, curves, finite, read_metrics, summarize, summary_text
 
 # ----------------------------------------------------------------------------- plot
 def plot(records, png, summary=None, title=None, reference_auc=None, reference_label="reference"):
@@ -171,7 +37,7 @@ def plot(records, png, summary=None, title=None, reference_auc=None, reference_l
 
     s = summary or summarize(records)
     c = curves(records)
-    train, evals = c["train"], [e for e in c["eval"] if _finite(e.get("auc"))]
+    train, evals = c["train"], [e for e in c["eval"] if finite(e.get("auc"))]
     fig, (ax_loss, ax_lr, ax_auc) = plt.subplots(3, 1, figsize=(9, 10), sharex=True,
                                                  gridspec_kw={"height_ratios": [1.3, 0.8, 1.3]})
 
@@ -182,7 +48,7 @@ def plot(records, png, summary=None, title=None, reference_auc=None, reference_l
     if train:
         ax_loss.plot(steps, [r.get("loss", float("nan")) for r in train], color="tab:blue", alpha=0.45,
                      lw=1, marker="." if len(train) < 60 else None, label="loss (at the logged step)")
-        if any(_finite(r.get("mean_loss")) for r in train):
+        if any(finite(r.get("mean_loss")) for r in train):
             ax_loss.plot(steps, [r.get("mean_loss", float("nan")) for r in train], color="tab:blue", lw=2,
                          label="mean_loss (over the interval)")
         ax_loss.legend(loc="upper right", fontsize=9)
@@ -247,15 +113,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     png = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics)), "metrics.png")
     try:
-        records = load_metrics(args.metrics)
+        records = read_metrics(args.metrics)
         s = summarize(records)
         plot(records, png, s, title=args.title or args.metrics, reference_auc=args.reference_auc,
              reference_label=args.reference_label)
         summary_path = os.path.join(os.path.dirname(os.path.abspath(png)), "summary.json")
-        with open(summary_path + ".tmp", "w") as f:
-            json.dump(dict(s, metrics_file=os.path.abspath(args.metrics), plot=os.path.abspath(png)), f, indent=2)
-            f.write("\n")
-        os.replace(summary_path + ".tmp", summary_path)
+        write_json(summary_path, dict(s, metrics_file=os.path.abspath(args.metrics), plot=os.path.abspath(png)))
     except (MetricsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

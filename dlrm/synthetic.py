@@ -29,14 +29,13 @@ Importable: ``generate(output_dir, ...)`` returns the planted_model.json content
 """
 
 import argparse
-import json
 import os
 import re
 import time
 
 import numpy as np
 
-from dlrm.jsonfile import read_json
+from dlrm.jsonfile import read_json, write_json
 from dlrm.schema import DENSE_COLUMNS, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS
 
 GENERATOR_VERSION = 1
@@ -386,11 +385,7 @@ def generate(output_dir, days=3, rows_per_day=100_000, seed=0, cardinalities=Non
         "seconds": round(seconds, 3),
         "rows_per_second": round(days * rows_per_day / max(seconds, 1e-9)),
     }
-    path = os.path.join(output_dir, PLANTED_MODEL_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(output_dir, PLANTED_MODEL_FILE), summary)
     return summary
 
 

@@ -143,4 +143,4 @@ fi
 
 dry && exit 0
 echo
-"$PY" -m dlrm.quickstart gpu-report "$WORK_DIR" "$STEPS" "${CHECKS[@]}"
+"$PY" -m dlrm.gpu_report "$WORK_DIR" "$STEPS" "${CHECKS[@]}"

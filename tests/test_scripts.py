@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import PLOT_TOOL, REPO, error_lines, run_tool, write_tiny_dataset
-from dlrm import plotting, quickstart, schema, synthetic
+from dlrm import gpu_report, metrics, quickstart, schema, synthetic
 
 SCRIPTS = os.path.join(REPO, "scripts")
 GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_multinode.sh"]
@@ -279,12 +279,12 @@ def test_summarize_resumed_run(tmp_path):
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in first + second)
         f.write('{"kind": "train", "st')  # a run killed mid-write
-    records = plotting.load_metrics(str(path))
-    s = plotting.summarize(records)
+    records = metrics.read_metrics(str(path))
+    s = metrics.summarize(records)
     assert s["segments"] == 2 and s["steps"] == 1000 and s["evaluations"] == 4
     assert s["best_auc"] == pytest.approx(0.761) and s["best_auc_step"] == 750
     assert s["total_time_s"] == pytest.approx(500 / 20 + 2.0 + (1000 / 20 - 20) + 2.0)  # each segment: + evals after its last train record
-    assert plotting.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
+    assert metrics.curves(records)["eval"][1]["auc"] == pytest.approx(0.741)  # step 500: the later one
 
 
 # ----------------------------------------------------------------------------- launch_dlrm (common.sh)
@@ -365,6 +365,12 @@ def test_gpu_check_data_dir_and_errors(tmp_path, fake_gpus):
     assert_one_line_error(proc, "STEPS must be a non-negative integer")
 
 
+def run_gpu_report(capsys, *args):
+    rc = gpu_report.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def write_check(work, name, exit_code=0, log=""):
     """A check directory of gpu_check.sh: a run of 1000 steps (write_metrics), its exit code and log."""
     d = work / name
@@ -384,7 +390,7 @@ def test_gpu_report(tmp_path, capsys):
         f.write(json.dumps(dict(step550, loss=step550["loss"] + 0.001)) + "\n")
     (tmp_path / "2gpu").mkdir()
     (tmp_path / "2gpu" / "skipped").write_text("1 GPU visible\n")
-    rc, out, _ = run_quickstart(capsys, "gpu-report", tmp_path, 1000, "device_mem", "cached_ssd", "kill_resume",
+    rc, out, _ = run_gpu_report(capsys, tmp_path, 1000, "device_mem", "cached_ssd", "kill_resume",
                                 "2gpu", "amp_static")
     assert rc == 1
     rows = {ln.split()[0]: ln for ln in out.splitlines()[1:-1]}
@@ -399,10 +405,10 @@ def test_gpu_report(tmp_path, capsys):
     assert [r["result"] for r in report] == ["PASS", "FAIL", "PASS", "SKIP", "FAIL"]
 
     write_check(tmp_path / "b", "kill_resume", log="resuming after step 1000\n")
-    rc, out, _ = run_quickstart(capsys, "gpu-report", tmp_path / "b", 1000, "kill_resume")
+    rc, out, _ = run_gpu_report(capsys, tmp_path / "b", 1000, "kill_resume")
     assert rc == 1 and "had finished before it was killed" in out
     write_check(tmp_path / "c", "kill_resume")
-    rc, out, _ = run_quickstart(capsys, "gpu-report", tmp_path / "c", 900, "kill_resume")
+    rc, out, _ = run_gpu_report(capsys, tmp_path / "c", 900, "kill_resume")
     assert rc == 1 and "stopped at step 1000 of 900" in out and "never resumed" in out
 
 
@@ -512,7 +518,7 @@ def test_quickstart_planted_auc(planted_raw, tmp_path, capsys):
 def test_quickstart_summary(planted_raw, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    s = plotting.summarize(write_metrics(run / "metrics.jsonl"))
+    s = metrics.summarize(write_metrics(run / "metrics.jsonl"))
     (run / "summary.json").write_text(json.dumps(s))
     test_day = synthetic.read_planted_model(planted_raw)["per_day"][-1]
     rc, out, _ = run_quickstart(capsys, "summary", run, planted_raw)
