@@ -172,7 +172,9 @@ def summary(args, probs, labels, labeled, bad):
 
 
 def fail(message):
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Exit code 2 with one line: every rank takes this path together, rank 0 prints it."""
+    if flow.env.get_rank() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
     return 2
 
 
