@@ -311,3 +311,9 @@ def test_two_processes_write_what_one_does(trained_kaggle, kaggle_head_parquet, 
              PREDICT_SCRIPT, *common, "--output", tmp_path / "two.parquet")
     one, two = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "two.parquet")
     assert one.num_rows == 714 and one.equals(two)
+    # a refusal stops both ranks, printed once
+    proc = run_tool("-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", free_port(),
+                    PREDICT_SCRIPT, *common[:4], "--data_dir", tmp_path / "moved", "--device", "cpu",
+                    "--output", tmp_path / "three.parquet", check=False)
+    assert proc.returncode != 0 and not os.path.exists(tmp_path / "three.parquet")
+    assert error_lines(proc.stderr) == [f"error: --data_dir {tmp_path / 'moved'}: no such directory"], proc.stderr
