@@ -398,16 +398,22 @@ def reader_plan(state, cfg):
     return resume_plan(groups, reader.get("seed", cfg.seed), plan, batch // world, state["step"], cfg.world_size)
 
 
+def load_found_weights(module, found, persistent_path=None, data_dir=None):
+    """Load the weights of what locate_checkpoint found (load_weights, which it verified already) on
+    every rank; returns load_weights' embedding state. Collective: every rank raises the same
+    ValueError (one line) if any rank fails."""
+    if found.get("error"):  # every rank has the same `found` (rank 0's, broadcast)
+        raise ValueError(found["error"])
+    return load_weights(module, found["path"], verify=False, persistent_path=persistent_path, data_dir=data_dir)
+
+
 def restore(module, train_graph, found, cfg, placement):
     """Load what locate_checkpoint found: the weights and, for our checkpoints, the step, the optimizer
     state and so the LR schedule (reader_plan gives the reader position, on any number of processes
     and batch size). Collective; every rank raises the same ValueError (one line) if any rank fails.
     Returns the steps already taken (0: weights only)."""
     path, state = found["path"], found.get("state")
-    if found.get("error"):  # every rank has the same `found` (rank 0's, broadcast)
-        raise ValueError(found["error"])
-    embedding_state = load_weights(module, path, verify=False,  # locate_checkpoint verified it
-                                   persistent_path=cfg.store.persistent_path, data_dir=cfg.data.data_dir)
+    embedding_state = load_found_weights(module, found, cfg.store.persistent_path, cfg.data.data_dir)
     if state is None or state["step"] == 0:
         return 0
     if found["graph_state"]:  # optimizer state and step counter, loaded when the graph compiles

@@ -54,9 +54,14 @@ def real_rows_mask(data, world_size, num_batches):
     """Which rows of the gathered eval batches (batch by batch, each rank's part in rank order) are
     data, not padding: every rank knows every rank's slice size, so no exchange is needed."""
     B = data.eval_batch_per_rank
-    sizes = [hi - lo for lo, hi in (eval_slice(data.eval_groups, r, world_size) for r in range(world_size))]
     offsets = np.arange(B)
-    return np.concatenate([offsets < size - i * B for i in range(num_batches) for size in sizes])
+    return np.concatenate([offsets < size - i * B for i in range(num_batches)
+                           for size in slice_sizes(data.eval_groups, world_size)])
+
+
+def slice_sizes(groups, world_size):
+    """Rows of each rank's eval_slice of a split's row groups."""
+    return [hi - lo for lo, hi in (eval_slice(groups, r, world_size) for r in range(world_size))]
 
 
 def log_loss(labels, preds, eps=1e-7):

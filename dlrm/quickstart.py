@@ -5,6 +5,7 @@
     python -m dlrm.quickstart dataset PARQUET_DIR                      # rows per split and table sizes
     python -m dlrm.quickstart planted-auc RAW_DIR                      # the planted model's test-day AUC
     python -m dlrm.quickstart summary RUN_DIR RAW_DIR                  # the final AUC (and planted AUC) lines
+    python -m dlrm.quickstart test-rows RAW_DIR PARQUET_DIR OUT        # the test split's raw lines -> OUT
 
 Each subcommand is the function of the same name below (its docstring is its help); a missing
 or unreadable input is one line ``error: ...`` and exit 1.
@@ -99,6 +100,27 @@ def summary(args):
               f"day_{day['day']}: the best any model can score)")
 
 
+def test_rows(args):
+    """Write the raw lines of the dataset's test split to OUT (the split file's lines by the dataset's split rule,
+    malformed ones included): new rows for dlrm_predict.py."""
+    from dlrm.preprocess.plan import split_bounds
+    from dlrm.preprocess.rows import open_text
+
+    info = dataset_info(args.parquet_dir)
+    name, read = info["input_files"][-1], info["lines_read"]
+    lines = sum(read.values()) if info["input_format"] == "kaggle" else read["test"] + read["val"]
+    first, end = split_bounds(info["input_format"], lines, info["num_test_examples"] or 0, name)["test"]
+    tmp = f"{args.out}.tmp-{os.getpid()}"
+    with open_text(os.path.join(args.raw_dir, name)) as src, open(tmp, "w") as dst:
+        for i, line in enumerate(src):
+            if i >= end:
+                break
+            if i >= first:
+                dst.write(line)
+    os.replace(tmp, args.out)
+    print(f"{end - first} test rows of {name} -> {args.out}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m dlrm.quickstart", description="The Python steps of scripts/quickstart.sh.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,6 +139,7 @@ def build_parser():
     command(batches, "parquet_dir", "split", "batch_size", "epochs", batch_size=int, epochs=float)
     command(planted_auc, "raw_dir")
     command(summary, "run_dir", "raw_dir")
+    command(test_rows, "raw_dir", "parquet_dir", "out")
     return p
 
 

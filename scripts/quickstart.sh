@@ -6,6 +6,7 @@
 #   3. preprocess them into parquet with a local Spark (tools/criteo1t_parquet.py)
 #   4. train and evaluate DLRM (launch_dlrm of scripts/common.sh: oneflow.distributed.launch ... dlrm_train_eval.py)
 #   5. plot the metrics (tools/plot_metrics.py)
+#   6. score the test split's rows, given as raw text, with the final checkpoint (dlrm_predict.py)
 # (the small Python steps in between -- reuse checks, summaries -- are `python -m dlrm.quickstart`)
 #
 # usage: scripts/quickstart.sh [extra dlrm_train_eval.py args...]
@@ -50,7 +51,7 @@ STAGE=0
 banner() {
   STAGE=$((STAGE + 1))
   local t=$((SECONDS - T0))
-  printf '\n==== [%d/5] %s  (t=%dm%02ds) ====\n' "$STAGE" "$1" $((t / 60)) $((t % 60))
+  printf '\n==== [%d/6] %s  (t=%dm%02ds) ====\n' "$STAGE" "$1" $((t / 60)) $((t % 60))
 }
 elapsed() { local t=$((SECONDS - T0)); printf '%dm%02ds' $((t / 60)) $((t % 60)); }
 
@@ -203,9 +204,21 @@ if [[ -n "${RAW_DIR:-}" ]]; then data="$RAW_DIR"; else data="synthetic Criteo, $
 
 # ------------------------------------------------------------------------------------------
 ckpt="$(ls -d "$run_dir"/step_* 2>/dev/null | sort -t_ -k2 -n | tail -n1 || true)"
+predictions=""
+if [[ -n "$ckpt" ]]; then
+  banner "score the test rows as raw text (dlrm_predict.py) -> $run_dir/predictions.csv"
+  quickstart test-rows "$raw" "$parquet" "$WORK_DIR/test_rows.tsv"
+  "$PY" -m oneflow.distributed.launch --nproc_per_node "$nproc_train" --master_port "$(free_port "$PY")" \
+      "$REPO/dlrm_predict.py" --model_load_dir "$ckpt" --input "$WORK_DIR/test_rows.tsv" \
+      --output "$run_dir/predictions.csv" --spark_master "local[$(nproc 2>/dev/null || echo 2)]" \
+      --spark_driver_memory_gb "$DRIVER_MEMORY_GB" 2>&1 | tee "$run_dir/predict.log" \
+    | sed -u -E '/^(libibverbs not available|[WE][0-9]{8} .*(cuda_device_descriptor|cuda_device_manager_factory)|WARNING: Using incubator|Setting default log level|To adjust logging level|Using Spark.s default log4j|.* WARN )/d'
+  predictions="$run_dir/predictions.csv"
+fi
 printf '\n==== quickstart done in %s ====\n' "$(elapsed)"
 echo "dataset:      $parquet"
 echo "checkpoint:   ${ckpt:-none written}"
 echo "metrics:      $run_dir/metrics.jsonl (training log: $run_dir/train.log)"
 echo "plot:         $run_dir/metrics.png (summary: $run_dir/summary.json)"
+echo "predictions:  ${predictions:-none (no checkpoint)} (the test rows scored as raw text; log: $run_dir/predict.log)"
 quickstart summary "$run_dir" "$raw"

@@ -13,7 +13,8 @@ from conftest import REPO
 BENCH = os.path.join(REPO, "benchmarks")
 
 
-@pytest.mark.parametrize("script", ["bench_train.py", "bench_reader.py", "bench_quality.py", "bench_preprocess.py"])
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_reader.py", "bench_quality.py", "bench_preprocess.py",
+                                    "bench_predict.py"])
 def test_help(script):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO
 
+import dlrm_predict
 import dlrm_train_eval
 from dlrm.preprocess.cli import build_parser as preprocess_parser
 
@@ -59,6 +60,7 @@ def argparse_defaults(parser):
     ("### `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
     ("### `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
     ("### `tools/convert_checkpoint.py` arguments", tool_parser("convert_checkpoint"), {}),
+    ("### `dlrm_predict.py` arguments", dlrm_predict.get_parser(), {}),
 ])
 def test_readme_table_matches_argparse(heading, parser, original):
     table, real = readme_table(heading), argparse_defaults(parser)

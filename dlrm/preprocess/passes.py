@@ -297,7 +297,7 @@ def build_vocabulary(spark, inputs, split_file, check, args, tmp_dir):
     return Vocabulary(dest, sizes, args.broadcast_vocab_rows)
 
 
-def _transformed(df, out_cols, *extra):
+def transformed(df, out_cols, *extra):
     """The output columns of the raw lines in ``value`` (split once per row), plus extra."""
     from pyspark.sql import functions as F
 
@@ -332,7 +332,7 @@ def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
         # both random keys are drawn before the shuffle (and the joins), so the result does
         # not depend on the order in which shuffle blocks arrive: deterministic for a seed
         # and input
-        df = (with_ids(_transformed(df.select("value"), out_cols)
+        df = (with_ids(transformed(df.select("value"), out_cols)
                        .select("*", F.rand(args.seed).alias("_r1"),
                                F.rand(args.seed + 1).alias("_r2")))
               .repartition(args.train_files, "_r1")
@@ -340,7 +340,7 @@ def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
               .drop("_r1", "_r2"))
     elif vocab:
         log("writing %s (file order) into up to %d files..." % (split, args.eval_files))
-        df = (with_ids(_transformed(df.select("value", "_line"), out_cols, "_line"))
+        df = (with_ids(transformed(df.select("value", "_line"), out_cols, "_line"))
               .repartitionByRange(args.eval_files, "_line")
               .sortWithinPartitions("_line").drop("_line"))
     else:
@@ -349,7 +349,7 @@ def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
         df = (df.select("value", "_line")
               .repartitionByRange(args.eval_files, "_line")
               .sortWithinPartitions("_line"))
-        df = _transformed(df, out_cols, "_line").drop("_line")
+        df = transformed(df, out_cols, "_line").drop("_line")
     dest = os.path.join(tmp_dir, split)
     df.write.mode("errorifexists").parquet(uri(dest))
     written, nfiles = _parquet_rows(dest)

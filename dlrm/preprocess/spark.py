@@ -165,11 +165,13 @@ class Inputs:
         self.split_lines = acc
         return acc
 
-    def line_index(self):
-        """0-based line index within the split file (native: literal offsets array)."""
+    def line_index(self, offsets=None):
+        """0-based line index within the split file (native: literal offsets array), or with
+        offsets (each partition's first line, from count_partitions), within any file."""
         from pyspark.sql import functions as F
 
-        arr = F.array(*[F.lit(int(o)).cast("long") for o in self.offsets])
+        offsets = self.offsets if offsets is None else offsets
+        arr = F.array(*[F.lit(int(o)).cast("long") for o in offsets])
         return F.element_at(arr, (F.col("_part") + 1).cast("int")) + F.col("_row")
 
     def line_number(self, idx, part, row):

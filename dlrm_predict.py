@@ -1,0 +1,261 @@
+"""Score rows with a trained DLRM checkpoint: click probabilities to a CSV or parquet file.
+
+One process per device, as training:
+
+    python -m oneflow.distributed.launch --nproc_per_node 2 dlrm_predict.py \
+        --model_load_dir RUN/step_1000_val_auc_0.76 --input test.txt --output predictions.csv
+
+The run: rank 0 checks the flags, the checkpoint (its train_state.json names the model and the
+dataset) and the dataset against each other, and the input; raw Criteo text goes through one local
+Spark job with the preprocessing's own transforms (dlrm.preprocess.rows) into temporary parquet
+beside the output; a preprocessed parquet split is scored as it is. Every rank then scores a
+contiguous slice of the rows with the evaluation graph, and rank 0 writes one row per input row,
+in input order, atomically.
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import oneflow as flow
+
+from dlrm.checkpoint import load_found_weights, locate_checkpoint
+from dlrm.config import CheckpointConfig, pick_device, reader_threads
+from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
+from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
+from dlrm.evaluation import roc_auc
+from dlrm.graphs import EvalGraph
+from dlrm.model import DLRM
+from dlrm.predict import (PredictError, check_parquet_input, dataset_info, log_loss, model_config, order_by_slices,
+                          output_format, plan_input, read_columns, store_config, trained_from, write_output)
+
+BAD_ROWS = ("skip", "fail")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description="Score rows with a trained DLRM checkpoint (graph mode)")
+    a = p.add_argument
+    a("--model_load_dir", type=str, required=True, help="a checkpoint written by dlrm_train_eval.py")
+    a("--input", type=str, required=True,
+      help="raw Criteo text (40 fields with label or 39 without, per file): a file, .gz, directory or glob; "
+           "or a preprocessed parquet split directory")
+    a("--output", type=str, required=True, help="OUT.csv or OUT.parquet: row, probability (and label)")
+    a("--data_dir", type=str, default=None,
+      help="the dataset the model was trained on (dataset_info.json, vocabulary/); default: the checkpoint's")
+    a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
+    a("--batch_size", type=int, default=None, help="global batch size (default: the checkpoint's --eval_batch_size)")
+    a("--persistent_path", type=str, default=None,
+      help="OneEmbedding store of a CUDA checkpoint (default: the one it was trained with)")
+    a("--bad_rows", type=str, default="skip", choices=BAD_ROWS,
+      help="malformed raw rows: skip (empty probability, counted) or fail (stop naming file and line)")
+    a("--spark_master", type=str, default="local[*]", help="Spark master for the raw-text transforms")
+    a("--spark_driver_memory_gb", type=int, default=4, help="Spark driver memory (local mode: capped at 80%% of RAM)")
+    return p
+
+
+# ----------------------------------------------------------------------------- rank 0's steps
+def plan(args, world):
+    """Everything checked before any work: returns the JSON-able plan every rank follows."""
+    fmt = output_format(args.output)
+    inp = plan_input(args.input)
+    found = locate_checkpoint(CheckpointConfig(None, args.model_load_dir, False, False, False, 0, 0))
+    trained = trained_from(found)
+    data_dir, info = dataset_info(trained, args.data_dir)
+    batch = trained.eval_batch_size if args.batch_size is None else args.batch_size
+    if batch <= 0 or batch % world:
+        raise PredictError(f"--batch_size {batch} is not a positive multiple of the number of ranks ({world})")
+    out = {"found": found, "trained": vars(trained), "data_dir": data_dir, "info": info, "format": fmt,
+           "kind": inp.kind, "files": inp.files, "batch_size": batch}
+    if inp.kind == "parquet":
+        check_parquet_input(inp.files, trained.store["key_type"])
+        return out
+    if info is None:
+        raise PredictError(f"dataset {data_dir} has no dataset_info.json: raw rows cannot be transformed as it was; "
+                           f"score a preprocessed parquet split instead")
+    from dlrm.preprocess.rows import has_labels, id_transform
+
+    id_transform(info, data_dir)  # a dataset whose ids raw rows cannot get: stop now
+    out["labeled"] = [has_labels(f) for f in inp.files]
+    return out
+
+
+def raw_rows(args, p, rows_dir):
+    """Raw text -> rows_dir (dlrm.preprocess.rows on local Spark); returns the row groups in order
+    and each file's line count."""
+    from dlrm.preprocess.rows import ordered_row_groups, write_rows
+    from dlrm.preprocess.spark import start_spark
+
+    # the shuffles here (line counts, vocabulary joins) are small: a partition per core, not 200
+    spark = start_spark(SimpleNamespace(spark_master=args.spark_master, spark_tmp_dir=None,
+                                        shuffle_partitions=os.cpu_count() or 2,
+                                        spark_driver_memory_gb=args.spark_driver_memory_gb))
+    try:
+        lines = write_rows(spark, p["files"], p["labeled"], p["info"], p["data_dir"], rows_dir)
+    finally:
+        spark.stop()
+    return ordered_row_groups(rows_dir), lines
+
+
+def row_report(p, groups, lines, bad_rows):
+    """Rank 0: per row, has a label / malformed reason (raw input); --bad_rows fail stops here."""
+    if p["kind"] == "parquet":
+        n = sum(g[2] for g in groups)
+        return np.ones(n, bool), [None] * n
+    table = read_columns(groups, ["row", "reason"])
+    if not np.array_equal(table.column("row").to_numpy(), np.arange(table.num_rows)):
+        raise PredictError(f"internal error: the transformed rows are not in input order ({len(groups)} groups)")
+    reasons = table.column("reason").to_pylist()
+    file_of = np.repeat(np.arange(len(lines)), lines)
+    labeled = np.asarray(p["labeled"], bool)[file_of] if len(file_of) else np.zeros(0, bool)
+    bad = [i for i, r in enumerate(reasons) if r is not None]
+    if bad and bad_rows == "fail":
+        i, f = bad[0], int(file_of[bad[0]])
+        raise PredictError(f"malformed row in {p['files'][f]} line {i - sum(lines[:f]) + 1}: {reasons[i]} "
+                           f"({len(bad)} malformed row(s) in total; --bad_rows fail, nothing scored)")
+    return labeled, reasons
+
+
+# ----------------------------------------------------------------------------- scoring
+def build_model(p, device, persistent_path, world):
+    trained = SimpleNamespace(**p["trained"])
+    if device == "cuda":
+        flow.boxing.nccl.enable_all_to_all(True)
+    module = DLRM(model_config(trained, device), store_config(trained, persistent_path, world), device)
+    module.to_global(flow.env.all_device_placement(device), flow.sbp.broadcast)
+    return module
+
+
+def score(module, device, amp, groups, batch_size, placement, threads):
+    """Predictions of every row of groups in order (on rank 0; None elsewhere): each rank scores its
+    contiguous slice (BatchReader(train=False), the last batch padded) with the evaluation graph."""
+    rank, world = flow.env.get_rank(), flow.env.get_world_size()
+    per_rank = batch_size // world
+    graph = EvalGraph(module, device, amp)
+    module.eval()
+    reader = BatchReader(groups, per_rank, rank, world, train=False,
+                         max_batches=eval_batches_per_rank(groups, batch_size, world), workers=threads)
+    preds = []
+    try:
+        for batch in reader:
+            preds.append(gather_to_all(graph(to_global(batch.dense, placement), to_global(batch.sparse, placement))))
+    finally:
+        reader.close()
+    if rank != 0:
+        return None
+    return order_by_slices(flow.cat(preds).numpy().reshape(-1), groups, per_rank, world)
+
+
+def output_table(probs, labels, labeled, reasons, has_label_column):
+    import pyarrow as pa
+
+    bad = np.array([r is not None for r in reasons], bool)
+    cols = {"row": pa.array(np.arange(len(probs), dtype=np.int64)),
+            "probability": pa.array(probs.astype(np.float32), mask=bad)}
+    if has_label_column:
+        cols["label"] = pa.array(labels.astype(np.int8), mask=bad | ~labeled)
+    return pa.table(cols), bad
+
+
+def summary(args, probs, labels, labeled, bad):
+    """The last line: rows, malformed rows and, with labels, AUC and log loss over the labeled rows."""
+    keep = labeled & ~bad
+    line = f"done: {len(probs)} rows -> {os.path.abspath(args.output)}; {int(bad.sum())} malformed row(s) skipped " \
+           f"(empty probability)"
+    if len(np.unique(labels[keep])) == 2:
+        auc = roc_auc(flow.tensor(labels[keep].astype(np.float32)), flow.tensor(probs[keep].astype(np.float32)))
+        line += f"; AUC {auc:.5f}, log loss {log_loss(labels[keep], probs[keep]):.5f} over {int(keep.sum())} " \
+                f"labeled rows"
+    return line
+
+
+def fail(message):
+    """Exit code 2 with one line: every rank takes this path together, rank 0 prints it."""
+    if flow.env.get_rank() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    rank, world = flow.env.get_rank(), flow.env.get_world_size()
+    local_world = world // flow.env.get_node_size()
+    cpu = cpu_placement()
+    t0 = time.time()
+    try:
+        device = pick_device(args.device, flow.cuda.is_available())
+    except ValueError as e:
+        return fail(e)
+
+    # 1. Rank 0 checks flags, checkpoint, dataset and input (they may be on its disk only).
+    def checked(step):
+        """step()'s result or {"error": one line}: every failure on rank 0 reaches the other ranks,
+        which wait for it in a collective (a Spark failure too: its first line, with its type)."""
+        try:
+            return step()
+        except (PredictError, ValueError, OSError) as e:
+            return {"error": str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}
+        except Exception as e:  # noqa: BLE001
+            text = str(e).strip().splitlines()
+            return {"error": f"{type(e).__name__}: {text[0] if text else ''} (while preparing {args.input})"}
+
+    p = broadcast_json(checked(lambda: plan(args, world)) if rank == 0 else None, cpu)
+    if "error" in p:
+        return fail(p["error"])
+    if device == "cuda" and not (args.persistent_path or p["trained"]["store"]["persistent_path"]):
+        return fail("--persistent_path: the checkpoint records no OneEmbedding store; pass the one it was trained with")
+
+    # 2. Rank 0 turns raw text into model rows (Spark) beside the output; the others wait.
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    rows_dir = os.path.join(out_dir, f".{os.path.basename(args.output)}.rows-{os.getpid()}") if rank == 0 else None
+    try:
+        def prepared():
+            if p["kind"] == "parquet":
+                groups, lines = list_row_groups(p["files"]), None
+            else:
+                groups, lines = raw_rows(args, p, rows_dir)
+            if not groups:
+                raise PredictError(f"--input {args.input}: no rows")
+            report.extend(row_report(p, groups, lines, args.bad_rows))
+            return {"groups": groups}
+
+        report = []  # rank 0: (labeled, reasons) per row
+        rows = broadcast_json(checked(prepared) if rank == 0 else None, cpu)
+        if "error" in rows:
+            return fail(rows["error"])
+        if rank == 0:
+            print(f"scoring {sum(g[2] for g in rows['groups'])} rows of {args.input} on {device} x {world} "
+                  f"({time.time() - t0:.1f} s to prepare)", flush=True)
+
+        # 3. Model and weights (dlrm.checkpoint's loader), then every rank scores its slice.
+        module = build_model(p, device, args.persistent_path, world)
+        try:
+            load_found_weights(module, p["found"], args.persistent_path, p["data_dir"])
+        except ValueError as e:
+            return fail(e)
+        groups = [tuple(g) for g in rows["groups"]]
+        amp = device == "cuda" and bool(p["found"]["state"]["config"].get("amp"))
+        t_score = time.time()
+        probs = score(module, device, amp, groups, p["batch_size"], cpu,
+                      reader_threads(0, device, local_world))
+        t_score = time.time() - t_score
+
+        # 4. Rank 0 writes the file and the last line.
+        if rank == 0:
+            labeled, reasons = report
+            labels = read_columns(groups, ["label"]).column("label").to_numpy()
+            table, bad = output_table(probs, labels, labeled, reasons, bool(labeled.any()))
+            write_output(args.output, p["format"], table)
+            print(f"scored in {t_score:.2f} s ({len(probs) / t_score:.0f} rows/s)", flush=True)
+            print(summary(args, probs, labels, labeled, bad) + f" ({time.time() - t0:.1f} s)", flush=True)
+        flow.comm.barrier()
+    finally:
+        if rank == 0 and rows_dir and os.path.isdir(rows_dir):
+            shutil.rmtree(rows_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
