@@ -16,7 +16,7 @@ import sys
 import psutil
 
 
-class MetricsError(Exception):
+class MetricsError(ValueError):
     """A problem with the metrics file, reported as one line."""
 
 
