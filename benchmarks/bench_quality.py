@@ -45,7 +45,7 @@ from dlrm.metrics import read_metrics
 from dlrm.quickstart import epoch_batches
 from dlrm.schema import NUM_SPARSE, read_dataset_info
 
-# The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; README "A recipe for small real
+# The quickstart's recipe (scripts/quickstart.sh on CPU, its defaults; docs/training.md "A recipe for small real
 # data"): vocabulary ids with values seen once folded, Adagrad 0.02 at a flat rate, batch 256, --epochs passes.
 PREPROCESS_ARGS = "--min_frequency 2"
 TRAIN_ARGS = ("--bottom_mlp 64,32 --embedding_vec_size 32 --top_mlp 64,32 --train_batch_size 256 "

@@ -420,6 +420,13 @@ def peer_script(path):
     return os.path.abspath(script)
 
 
+def peer_env(environ=os.environ):
+    """The environment for the peer: ours without the thread settings our startup hook made (MKL_NUM_THREADS
+    and the like, recorded in DLRM_HOOK_SET), which would otherwise limit torch's threads too."""
+    ours = set(environ.get("DLRM_HOOK_SET", "").split(",")) | {"DLRM_HOOK_SET"}
+    return {k: v for k, v in environ.items() if k not in ours}
+
+
 def run_peer(args, name, arch, table_sizes):
     """facebookresearch/dlrm's dlrm_s_pytorch.py on CPU with its random data generator, one id per
     feature, the given architecture and tables; samples/s from its 'ms/it' lines (which time the
@@ -437,7 +444,7 @@ def run_peer(args, name, arch, table_sizes):
            f"--print-freq={args.log_interval}", "--print-time"]
     print(f"  $ {' '.join(cmd)}", flush=True)
     points, code, peak_rss, run = run_watched(
-        cmd, log_path, lambda: peer_records(log_path), cwd=cwd, timeout=args.timeout,
+        cmd, log_path, lambda: peer_records(log_path), cwd=cwd, timeout=args.timeout, env=peer_env(),
         on_record=lambda r: print(f"    it {r['step']:>4}: {B / r['latency_ms'] * 1000:9.1f} samples/s", flush=True))
     if code != 0:
         with open(log_path) as f:

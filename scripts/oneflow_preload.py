@@ -35,12 +35,24 @@ def cpu_flags():
         return set()
 
 
+HOOK_SET = "DLRM_HOOK_SET"  # the variables set_default set (not the user), comma-separated
+
+
+def set_default(name, value):
+    """os.environ[name] = value unless the user set it; recorded in DLRM_HOOK_SET, so that a benchmark
+    can start another program (the PyTorch peer) without our thread settings."""
+    if name in os.environ:
+        return
+    os.environ[name] = value
+    os.environ[HOOK_SET] = ",".join(n for n in os.environ.get(HOOK_SET, "").split(",") + [name] if n)
+
+
 def tune_openblas(flags):
     """OneFlow 0.9.0 bundles an OpenBLAS that does not recognise recent x86 CPUs and falls back to
     its SSE3 'Prescott' GEMM kernel (~18 GFLOP/s here vs ~50 with the Haswell one; see
     benchmarks/bench_train.py). Pick the AVX2/FMA kernel when the CPU has both, unless the user chose."""
-    if "OPENBLAS_CORETYPE" not in os.environ and {"avx2", "fma"} <= flags:
-        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+    if {"avx2", "fma"} <= flags:
+        set_default("OPENBLAS_CORETYPE", "Haswell")
 
 
 def find_mkl(prefix=sys.prefix):
@@ -76,10 +88,10 @@ def choose_blas(flags):
             sys.stderr.write("warning: DLRM_BLAS=mkl but no libmkl_rt.so.* in " + os.path.join(sys.prefix, "lib")
                              + " (pip install mkl); using OneFlow's OpenBLAS\n")
         return None
-    os.environ.setdefault("MKL_NUM_THREADS", str(mkl_threads()))
+    set_default("MKL_NUM_THREADS", str(mkl_threads()))
     # Idle OpenMP workers sleep at once instead of spinning 200 ms, so they do not take cores
     # from OneFlow's other kernel thread (2 MKL threads: 0.87 vs 0.91 CPU-s per step).
-    os.environ.setdefault("KMP_BLOCKTIME", "0")
+    set_default("KMP_BLOCKTIME", "0")
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     os.environ["DLRM_BLAS_LIBRARY"] = path  # what the process runs with, for benchmarks and tests
     return path

@@ -36,7 +36,7 @@
 #   OPTIMIZER [adagrad], LEARNING_RATE [0.02], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
 #   DECAY_BATCHES [1], INTERACTION_TYPE [dot; dcn: 2 cross layers of rank 64]
 #   PY                python to use [the venv of scripts/setup_env.sh]
-# The recipe, chosen on real click rows (README, "A recipe for small real data"): vocabulary ids
+# The recipe, chosen on real click rows (docs/training.md, "A recipe for small real data"): vocabulary ids
 # with values seen once folded (MIN_FREQUENCY 2), one epoch (CTR models overfit from the second
 # epoch on), Adagrad at 0.02 (per-row step sizes for sparse ids; on CPU only the rows a batch
 # touches are updated) in batches of 256, evaluation on the whole test split. The model is small

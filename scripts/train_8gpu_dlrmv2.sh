@@ -5,7 +5,7 @@
 # global batch 65536, one epoch (64014 steps over the 4,195,197,692 rows of days 0-22), evaluation
 # on the val split 20 times per epoch (every 3200 steps) and at the end.
 # MLPerf trains on multi-hot data (synthetic extra ids per feature); this is the one-hot data of
-# tools/criteo1t_parquet.py, so its AUC is not comparable with MLPerf's target (README, "MLPerf DLRMv2").
+# tools/criteo1t_parquet.py, so its AUC is not comparable with MLPerf's target (docs/training.md, "MLPerf DLRMv2 settings on 8 GPUs").
 #
 # usage: scripts/train_8gpu_dlrmv2.sh DATA_DIR PERSISTENT_PATH [extra dlrm_train_eval.py args...]
 #

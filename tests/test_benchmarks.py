@@ -85,3 +85,18 @@ def test_peer_comparison_medians_and_disturbed_marking(tmp_path):
         print("ok")
     """, tmp_path)
     assert "ok" in out
+
+
+def test_peer_runs_without_our_thread_settings(tmp_path):
+    """The startup hook sets MKL_NUM_THREADS (and records it); the PyTorch peer must not inherit it,
+    or torch would run one thread too."""
+    out = run_in_bench("""
+        import os, bench_train
+        hook = os.environ.get("DLRM_HOOK_SET", "").split(",")
+        assert "MKL_NUM_THREADS" in hook or os.environ.get("DLRM_BLAS_LIBRARY") is None, hook
+        env = bench_train.peer_env({"MKL_NUM_THREADS": "1", "KMP_BLOCKTIME": "0", "OMP_NUM_THREADS": "2",
+                                    "PATH": "/bin", "DLRM_HOOK_SET": "MKL_NUM_THREADS,KMP_BLOCKTIME"})
+        assert env == {"OMP_NUM_THREADS": "2", "PATH": "/bin"}, env  # the user's own setting stays
+        print("ok")
+    """, tmp_path)
+    assert "ok" in out

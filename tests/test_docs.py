@@ -1,5 +1,5 @@
-"""The README's argument tables are the CLI contract: every flag there exists in argparse with the
-same default, and every argparse flag is in the table."""
+"""The docs' argument tables are the CLI contract: every flag there exists in argparse with the same
+default, and every argparse flag is in the table. Every relative link in README.md and docs/ resolves."""
 import importlib.util
 import os
 import re
@@ -39,8 +39,8 @@ def tool_parser(name):
     return module.get_parser()
 
 
-def readme_table(heading):
-    text = open(os.path.join(REPO, "README.md")).read()
+def docs_table(doc, heading):
+    text = open(os.path.join(REPO, doc)).read()
     section = text.split(heading, 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `(--[a-z0-9_]+)` \| `?([^|`]*?)`? \|", section, flags=re.M)
     assert rows, f"no table under {heading!r}"
@@ -56,14 +56,41 @@ def argparse_defaults(parser):
     return out
 
 
-@pytest.mark.parametrize("heading,parser,original", [
-    ("### `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
-    ("### `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
-    ("### `tools/convert_checkpoint.py` arguments", tool_parser("convert_checkpoint"), {}),
-    ("### `dlrm_predict.py` arguments", dlrm_predict.get_parser(), {}),
+@pytest.mark.parametrize("doc,heading,parser,original", [
+    ("docs/training.md", "## `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
+    ("docs/preprocessing.md", "## `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
+    ("docs/checkpoints.md", "## `tools/convert_checkpoint.py` arguments", tool_parser("convert_checkpoint"), {}),
+    ("docs/predictions.md", "## `dlrm_predict.py` arguments", dlrm_predict.get_parser(), {}),
 ])
-def test_readme_table_matches_argparse(heading, parser, original):
-    table, real = readme_table(heading), argparse_defaults(parser)
+def test_docs_table_matches_argparse(doc, heading, parser, original):
+    table, real = docs_table(doc, heading), argparse_defaults(parser)
     assert table == real
     for flag, default in original.items():
         assert real[flag] == default, flag
+
+
+def anchor(heading):
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def headings(path):
+    text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)
+    return {anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_relative_links_resolve():
+    docs = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(REPO, "docs")))]
+    checked = 0
+    for doc in docs:
+        text = open(os.path.join(REPO, doc)).read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, frag = target.partition("#")
+            full = os.path.normpath(os.path.join(REPO, os.path.dirname(doc), path)) if path else os.path.join(REPO, doc)
+            assert os.path.exists(full), f"{doc}: link {target} -> {full} does not exist"
+            if frag:
+                assert frag in headings(full), f"{doc}: link {target}: no heading #{frag} in {full}"
+            checked += 1
+    assert checked >= 10
