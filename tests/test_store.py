@@ -4,11 +4,13 @@ checkpoints (fast; real stores, real checkpoints of in-process training runs).""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import oneflow as flow
+import pyarrow.parquet as pq
 import pytest
 
 import dlrm_train_eval as train
@@ -316,3 +318,41 @@ def test_converting_to_a_fresh_path_compacts_the_store(adam_run, tmp_path):
     keys2, values2 = read_rows(rank_paths(str(tmp_path / "compact"), 2), snapshot2)
     np.testing.assert_array_equal(keys2, keys)
     np.testing.assert_array_equal(values2, values)
+
+
+def test_predictions_equal_from_all_three_forms(adam_run, tmp_path, capsys):
+    """A CPU-trained checkpoint, the same converted to a 2-rank store by tools/convert_checkpoint.py (in
+    this process) and that store converted back to self-contained: dlrm_predict.py --device cpu gives
+    the same probabilities, bit for bit, on the test split (reading the store's rows through
+    dlrm.checkpoint), also after the store moved (--persistent_path names where it is now)."""
+    import runpy
+
+    from test_predict import predict
+    data, ckpt, _ = adam_run
+    tool = runpy.run_path(os.path.join(REPO, "tools", "convert_checkpoint.py"))["main"]
+    assert tool(["--model_load_dir", ckpt, "--output_dir", str(tmp_path / "gpu"), "--persistent_path",
+                 str(tmp_path / "store"), "--world_size", "2"]) == 0
+    assert tool(["--model_load_dir", str(tmp_path / "gpu"), "--output_dir", str(tmp_path / "cpu")]) == 0
+    shutil.copytree(tmp_path / "store", tmp_path / "copied")
+    forms = {"trained": [ckpt], "store": [tmp_path / "gpu"], "back": [tmp_path / "cpu"],
+             "copied": [tmp_path / "gpu", "--persistent_path", tmp_path / "copied"]}
+    probs = {}
+    for name, load in forms.items():
+        if name == "copied":
+            shutil.rmtree(tmp_path / "store")  # only the copy is left
+        code, out, err = predict(capsys, "--model_load_dir", *load, "--input", os.path.join(data, "test"),
+                                 "--output", tmp_path / f"{name}.parquet", "--batch_size", "20")
+        assert code == 0, (name, err)
+        assert "done: 100 rows" in out.strip().splitlines()[-1]
+        probs[name] = pq.read_table(tmp_path / f"{name}.parquet").column("probability").to_numpy()
+    assert len(probs["trained"]) == 100 and len(np.unique(probs["trained"])) > 1
+    for name in ("store", "back", "copied"):
+        np.testing.assert_array_equal(probs[name], probs["trained"], err_msg=name)
+    # the store gone from where the checkpoint says and no --persistent_path: one line, nothing written
+    code, _, err = predict(capsys, "--model_load_dir", tmp_path / "gpu", "--input", os.path.join(data, "test"),
+                           "--output", tmp_path / "gone.parquet")
+    assert code == 2 and not os.path.exists(tmp_path / "gone.parquet")
+    snapshot = flow.load(str(tmp_path / "gpu"))[SNAPSHOT]
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: OneEmbedding snapshot {snapshot!r} not found: no {tmp_path / 'store' / '0-2'}/snapshots/{snapshot}"
+        f"/LIST; same --persistent_path (and node-local disks) as the run that wrote the checkpoint?"], err
