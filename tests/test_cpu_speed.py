@@ -81,10 +81,9 @@ sys.path.insert(0, {os.path.join(REPO, 'scripts')!r})
 import oneflow_preload
 oneflow_preload.choose_blas(oneflow_preload.cpu_flags())
 import numpy as np, oneflow as flow
-from types import SimpleNamespace
 from dlrm.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from dlrm.distributed import cpu_placement, to_global
-from dlrm.graphs import make_train_graph
+from dlrm.graphs import build_train_graph
 from dlrm.model import DLRM
 rng = np.random.default_rng(0)
 a, b = rng.standard_normal((512, 1024), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)
@@ -94,8 +93,7 @@ cfg = ModelConfig(table_sizes=(50,) * 26, embedding_vec_size=16, bottom_mlp=(64,
 sched = ScheduleConfig(learning_rate=0.1, warmup_batches=0, decay_start=0, decay_batches=100, train_batches=100)
 cpu = cpu_placement(); flow.manual_seed(1); np.random.seed(1)
 m = DLRM(cfg, None, "cpu"); m.to_global(cpu, flow.sbp.broadcast)
-g = make_train_graph(m, SimpleNamespace(device="cpu", amp=False, loss_scale_policy="static", schedule=sched,
-                     optimizer=OptimizerConfig("sgd", True)))
+g = build_train_graph(m, OptimizerConfig("sgd", True), sched, "cpu", global_batch=256)
 losses = []
 for step in range(3):
     label = rng.integers(0, 2, (256, 1)).astype(np.float32)
