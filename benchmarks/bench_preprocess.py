@@ -42,6 +42,7 @@ import time
 import psutil
 
 import harness
+from dlrm.launch import preprocess_command
 from dlrm.preprocess.cli import build_parser as tool_parser
 from dlrm.schema import DENSE_COLUMNS, LABEL, NUM_DENSE, SPARSE_COLUMNS
 
@@ -177,10 +178,9 @@ def check_same(out_a, out_b):
 
 
 def full_tool(in_dir, out_dir, args, *extra):
-    cmd = harness.tool_command("criteo1t_parquet.py", "--input_dir", in_dir, "--output_dir", out_dir,
-                               "--spark_master", args.spark_master, "--spark_driver_memory_gb",
-                               args.driver_memory_gb, "--train_files", 16, "--eval_files", 4,
-                               "--shuffle_partitions", 16, "--overwrite", *extra)
+    cmd = preprocess_command(["--input_dir", in_dir, "--output_dir", out_dir, "--spark_master", args.spark_master,
+                              "--spark_driver_memory_gb", args.driver_memory_gb, "--train_files", 16,
+                              "--eval_files", 4, "--shuffle_partitions", 16, "--overwrite", *extra])
     t = time.time()
     p = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     with RssSampler(p.pid) as mem:

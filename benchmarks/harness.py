@@ -9,7 +9,8 @@
   use of its process tree and of the machine at each, its peak RSS), `interval_rate` (samples/s over
   logged intervals, the first one skipped);
 - the repository's tools as subprocesses: `tool_command`, `synthesize` (raw synthetic Criteo data),
-  `preprocess` (raw data -> parquet with tools/criteo1t_parquet.py on local Spark).
+  `preprocess` (raw data -> parquet with tools/criteo1t_parquet.py on local Spark, through
+  dlrm.launch.run_preprocess, timed and logged).
 """
 import json
 import os
@@ -20,6 +21,8 @@ import sys
 import time
 
 import psutil
+
+from dlrm.launch import run_preprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
@@ -218,14 +221,13 @@ def preprocess(raw_dir, out_dir, log_path, num_test_examples, extra=(), train_fi
     """tools/criteo1t_parquet.py raw_dir -> out_dir on local Spark (2 threads, 4 GB driver), output to
     log_path; extra: more flags for the tool (last). Exits with a message if it fails; returns seconds."""
     t = time.time()
-    cmd = tool_command("criteo1t_parquet.py", "--input_dir", raw_dir, "--output_dir", out_dir,
-                       "--spark_master", "local[2]", "--spark_driver_memory_gb", 4, "--train_files", train_files,
-                       "--eval_files", eval_files, "--num_test_examples", num_test_examples,
-                       "--shuffle_partitions", 4, *extra)
+    tool_args = ["--input_dir", raw_dir, "--output_dir", out_dir, "--spark_master", "local[2]",
+                 "--spark_driver_memory_gb", 4, "--train_files", train_files, "--eval_files", eval_files,
+                 "--num_test_examples", num_test_examples, "--shuffle_partitions", 4, *extra]
     if os.path.exists(out_dir):
-        cmd.append("--overwrite")
+        tool_args.append("--overwrite")
     with open(log_path, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = run_preprocess(tool_args, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         sys.exit(f"error: preprocessing failed (exit {proc.returncode}); see {log_path}")
     return time.time() - t

@@ -1,13 +1,17 @@
-"""Command lines that start dlrm_train_eval.py: one process per device via oneflow.distributed.launch.
+"""Command lines that start the repository's runs from Python: training (dlrm_train_eval.py, one
+process per device via oneflow.distributed.launch) and preprocessing (tools/criteo1t_parquet.py).
 
-Used by tests, benchmarks and tools that start training from Python; the shell launchers use
-scripts/common.sh's launch_dlrm, which builds the same command.
+Used by tests, benchmarks and tools; the shell launchers use scripts/common.sh's launch_dlrm, which
+builds the same training command.
 """
 import os
 import socket
+import subprocess
 import sys
 
-TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dlrm_train_eval.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SCRIPT = os.path.join(REPO, "dlrm_train_eval.py")
+PREPROCESS_TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
 
 
 def free_port():
@@ -26,3 +30,14 @@ def train_command(train_args, nproc=1, nnodes=1, node_rank=0, master_addr="127.0
     return [python, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(nproc), "--nnodes", str(nnodes),
             "--node_rank", str(node_rank), "--master_addr", master_addr,
             "--master_port", str(master_port or free_port()), TRAIN_SCRIPT, *map(str, train_args)]
+
+
+def preprocess_command(tool_args, python=sys.executable):
+    """argv for tools/criteo1t_parquet.py (raw Criteo text -> parquet on Spark) with tool_args."""
+    return [python, PREPROCESS_TOOL, *map(str, tool_args)]
+
+
+def run_preprocess(tool_args, **run_kwargs):
+    """Run tools/criteo1t_parquet.py with tool_args from the repository root until it exits;
+    run_kwargs go to subprocess.run (output capture, timeout, env). Returns the CompletedProcess."""
+    return subprocess.run(preprocess_command(tool_args), cwd=REPO, **run_kwargs)

@@ -4,21 +4,24 @@ Two speeds: `bash scripts/run_tests.sh -m "not slow"` is the fast loop (unit tes
 tests marked `slow` run real Spark jobs and real training subprocesses (minutes).
 Everything imports the installed `dlrm` package (scripts/setup_env.sh installs it editable).
 """
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
 import pytest
 
+from dlrm.launch import PREPROCESS_TOOL, run_preprocess
 from dlrm.metrics import read_metrics  # noqa: F401  (shared with the tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KAGGLE_HEAD = os.path.join(REPO, "..", "shared", "criteo", "kaggle_train_head10k.tsv")
 TRAIN_SCRIPT = os.path.join(REPO, "dlrm_train_eval.py")
-PREPROCESS_TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
 SYNTH_TOOL = os.path.join(REPO, "tools", "make_synthetic_criteo.py")
 PLOT_TOOL = os.path.join(REPO, "tools", "plot_metrics.py")
+SCRIPTS = os.path.join(REPO, "scripts")
 # Local Spark settings every preprocessing test uses (2 cores here, small driver).
 SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2", "--shuffle_partitions", "4"]
 
@@ -26,24 +29,38 @@ requires_java = pytest.mark.skipif(shutil.which("java") is None and not os.envir
                                    reason="Spark needs Java (no java on PATH and no JAVA_HOME)")
 
 
+def checked(proc, name, check):
+    """proc; with check, fail the test with the output of `name` if it exited non-zero."""
+    if check:
+        assert proc.returncode == 0, \
+            f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
 def run_tool(*args, timeout=600, check=True, env=None):
     """Run a repo script with this interpreter; with check, fail the test with its output if it fails."""
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
-    if check:
-        assert proc.returncode == 0, \
-            f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    return checked(proc, args[0], check)
 
 
 def error_lines(text):
     return [ln for ln in text.splitlines() if ln.startswith("error:")]
 
 
+def preprocess_tool(args, timeout=600, env=None, check=False):
+    """Run tools/criteo1t_parquet.py with args (dlrm.launch.run_preprocess), output captured as text;
+    env: variables added to this process's environment; check: as run_tool's."""
+    proc = run_preprocess(args, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **env) if env else None)
+    return checked(proc, PREPROCESS_TOOL, check)
+
+
 def preprocess(input_dir, output_dir, *extra):
-    return run_tool(PREPROCESS_TOOL, "--input_dir", input_dir, "--output_dir", output_dir,
-                    "--spark_master", "local[2]", "--spark_driver_memory_gb", "2", "--train_files", "8",
-                    "--eval_files", "2", *extra)
+    """The session datasets' preprocessing: local[2] Spark, 8 train and 2 eval files; it must succeed."""
+    return preprocess_tool(["--input_dir", input_dir, "--output_dir", output_dir, "--spark_master", "local[2]",
+                            "--spark_driver_memory_gb", "2", "--train_files", "8", "--eval_files", "2", *extra],
+                           check=True)
 
 
 def write_tiny_dataset(root, rows_per_file=(60, 60, 60, 60), rows_per_group=20, eval_rows=100, key_type="int64",
@@ -103,3 +120,60 @@ def kaggle_head_parquet(tmp_path_factory):
     os.symlink(os.path.abspath(KAGGLE_HEAD), root / "raw" / "train.txt")
     preprocess(root / "raw", root / "parquet")
     return root / "parquet"
+
+
+# ----------------------------------------------------------------------------- scripts/*.sh and their metrics
+def run(script, *args, env=None, path_prefix=None, timeout=60):
+    # The scripts' own knobs are cleared; MASTER_PORT too, which an in-process oneflow import (other
+    # test files) leaves in os.environ.
+    e = {k: v for k, v in os.environ.items() if k not in ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+                                                          "SPARK_MASTER", "AMP", "MODEL_SAVE_DIR", "DRY_RUN",
+                                                          "CUDA_VISIBLE_DEVICES", "DATA_DIR", "WORK_DIR", "STEPS",
+                                                          "NETNS_NAME", "NETNS_SUBNET")}
+    e["PY"] = sys.executable
+    e.update(env or {})
+    if path_prefix:
+        e["PATH"] = f"{path_prefix}{os.pathsep}{e['PATH']}"
+    return subprocess.run(["bash", os.path.join(SCRIPTS, script), *map(str, args)], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def fake_gpus(tmp_path):
+    """A directory with an `nvidia-smi` that lists $FAKE_GPUS GPUs (put it first on PATH)."""
+    d = tmp_path / "fakebin"
+    d.mkdir()
+    smi = d / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = "-L" ] || exit 1\n'
+                   'i=0; while [ $i -lt "${FAKE_GPUS:-0}" ]; do\n'
+                   '  echo "GPU $i: NVIDIA A100-SXM4-80GB (UUID: GPU-0000000$i)"; i=$((i+1)); done\n')
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    return str(d)
+
+
+
+def write_metrics(path, resumed=False):
+    recs = []
+    for step in range(50, 1001, 50):
+        recs.append({"kind": "train", "step": step, "loss": 0.6 - step / 10000, "mean_loss": 0.61 - step / 10000,
+                     "lr": 1.0 if step <= 600 else (1 - (step - 600) / 400) ** 2, "latency_ms": 50.0,
+                     "throughput": 1000.0 if step == 50 else 5000.0 + step, "elapsed_s": step / 20,
+                     "host_memory_mib": 500.0})
+        if step % 250 == 0 or step == 1000:
+            auc = {250: 0.70, 500: 0.74, 750: 0.76, 1000: 0.75}[step]
+            recs.append({"kind": "eval", "step": step, "auc": auc, "eval_time_s": 2.0, "eval_samples": 20000,
+                         "split": "test"})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    return recs

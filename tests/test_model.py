@@ -1,17 +1,13 @@
 """Model pieces on CPU with real OneFlow: interaction layout, embedding, dense transform,
-OneEmbedding store options, the LR schedule and AUC."""
+OneEmbedding store options, DCNv2 and the graphs that train them."""
 import dataclasses
 
 import numpy as np
 import oneflow as flow
 import pytest
-from sklearn.metrics import roc_auc_score
 
 from dlrm.config import ModelConfig, ScheduleConfig
-from dlrm.evaluation import log_loss, roc_auc
 from dlrm.model import DLRM, DenseFeatures, Interaction, LocalEmbedding, interaction_indices, make_store_options
-from dlrm.schedule import lr_at, make_lr_scheduler
-from dlrm_train_eval import get_parser
 
 RNG = np.random.default_rng(0)
 
@@ -148,47 +144,6 @@ def test_store_options_errors(store, path, budget, message):
     with pytest.raises(ValueError, match=message):
         make_store_options(store, path, 100, budget)
 
-
-def test_lr_schedule_matches_oneflow_schedulers():
-    args = ScheduleConfig(learning_rate=24.0, warmup_batches=10, decay_start=30, decay_batches=15, train_batches=60)
-    assert lr_at(1, args) == 0.0
-    assert lr_at(6, args) == pytest.approx(12.0)
-    assert lr_at(11, args) == 24.0 and lr_at(30, args) == 24.0
-    assert lr_at(31, args) == 24.0 and lr_at(32, args) == pytest.approx(24 * (1 - 1 / 15) ** 2)
-    assert lr_at(45, args) == pytest.approx(24 * (1 / 15) ** 2)
-    assert lr_at(46, args) == 0.0 and lr_at(100, args) == 0.0
-    # The graph compiles OneFlow's schedulers; they must give the same value at every step.
-    param = flow.nn.Parameter(flow.zeros(1))
-    opt = flow.optim.SGD([param], lr=args.learning_rate)
-    sched = make_lr_scheduler(opt, args)
-    for step in range(1, 60):
-        assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(step, args), abs=1e-9), step
-        opt.step()
-        sched.step()
-
-
-def test_original_default_schedule_values():
-    a = get_parser().parse_args(["--data_dir", "x"])
-    args = ScheduleConfig(a.learning_rate, a.warmup_batches, a.decay_start, a.decay_batches, a.train_batches)
-    assert lr_at(2751, args) == 24.0
-    assert lr_at(75000, args) == pytest.approx(24 * (1 - 25684 / 27772) ** 2)
-
-
-def test_auc_equals_sklearn_with_ties():
-    labels = RNG.integers(0, 2, size=50_000).astype(np.float32)
-    preds = np.round(RNG.random(50_000) * 0.3 + labels * 0.2, 2).astype(np.float32)  # many ties
-    ours = roc_auc(flow.tensor(labels), flow.tensor(preds))
-    assert ours == pytest.approx(roc_auc_score(labels, preds), abs=1e-6)
-    assert 0.9 < ours < 0.99  # informative scores, far from the 0.5 of a broken metric
-
-
-def test_log_loss_equals_sklearn():
-    from sklearn.metrics import log_loss as sk_log_loss
-    labels = RNG.integers(0, 2, size=10_000)
-    preds = np.clip(RNG.random(10_000) * 0.5 + labels * 0.4, 0, 1).astype(np.float32)
-    preds[:3] = [0.0, 1.0, 1.0]  # clipped, not infinite
-    p64 = preds.astype(np.float64)
-    assert log_loss(labels, preds) == pytest.approx(sk_log_loss(labels, np.clip(p64, 1e-7, 1 - 1e-7)), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- DCNv2

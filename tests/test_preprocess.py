@@ -22,8 +22,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import (KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, error_lines, requires_java,
-                      run_tool)
+from conftest import KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, error_lines, requires_java, run_tool
+from conftest import preprocess_tool as tool  # unchecked: tests look at its exit code and output
 from dlrm.preprocess.cli import parse_args
 from dlrm.preprocess.plan import driver_memory_gb
 from dlrm.preprocess.resume import STATE_FILE, describe_inputs, first_difference, settings_of
@@ -39,12 +39,6 @@ FIRST_SPARSE = 1 + NUM_DENSE  # field index of C1 in a raw line
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
-
-
-def tool(args, timeout=600, env=None):
-    """Run the tool (not checked: tests look at its exit code and output)."""
-    return run_tool(PREPROCESS_TOOL, *args, timeout=timeout, check=False,
-                    env=dict(os.environ, **env) if env else None)
 
 
 def tool_ok(args, out, env=None):
