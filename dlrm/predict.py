@@ -3,6 +3,7 @@ checkpoint names (and that they match), the input's rows in order, and the outpu
 
 Every check raises PredictError, one line naming the flag or file, before any scoring.
 """
+import argparse
 import glob
 import os
 from dataclasses import dataclass
@@ -15,10 +16,33 @@ from dlrm.config import ModelConfig, StoreConfig, store_capacity
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 RAW_SUFFIXES = ("", ".txt", ".tsv", ".gz")
+BAD_ROWS = ("skip", "fail")
 
 
 class PredictError(ValueError):
     """A bad flag, input, checkpoint or dataset: the message is one line naming it."""
+
+
+# ----------------------------------------------------------------------------- the flags
+def get_parser():
+    p = argparse.ArgumentParser(description="Score rows with a trained DLRM checkpoint (graph mode)")
+    a = p.add_argument
+    a("--model_load_dir", type=str, required=True, help="a checkpoint written by dlrm_train_eval.py")
+    a("--input", type=str, required=True,
+      help="raw Criteo text (40 fields with label or 39 without, per file): a file, .gz, directory or glob; "
+           "or a preprocessed parquet split directory")
+    a("--output", type=str, required=True, help="OUT.csv or OUT.parquet: row, probability (and label)")
+    a("--data_dir", type=str, default=None,
+      help="the dataset the model was trained on (dataset_info.json, vocabulary/); default: the checkpoint's")
+    a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
+    a("--batch_size", type=int, default=None, help="global batch size (default: the checkpoint's --eval_batch_size)")
+    a("--persistent_path", type=str, default=None,
+      help="OneEmbedding store of a CUDA checkpoint (default: the one it was trained with)")
+    a("--bad_rows", type=str, default="skip", choices=BAD_ROWS,
+      help="malformed raw rows: skip (empty probability, counted) or fail (stop naming file and line)")
+    a("--spark_master", type=str, default="local[*]", help="Spark master for the raw-text transforms")
+    a("--spark_driver_memory_gb", type=int, default=4, help="Spark driver memory (local mode: capped at 80%% of RAM)")
+    return p
 
 
 # ----------------------------------------------------------------------------- the input

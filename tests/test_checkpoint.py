@@ -14,7 +14,7 @@ from dlrm.config import resolve
 from dlrm.distributed import cpu_placement
 from dlrm.graphs import make_train_graph
 from dlrm.model import DLRM
-from dlrm_train_eval import get_parser
+from dlrm.config import get_parser
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from conftest import write_tiny_dataset
 from dlrm import schema
 from dlrm.config import ArgError, OptimizerConfig, check_args, cpu_embedding_bytes, resolve
 from dlrm.data import DataError
-from dlrm_train_eval import get_parser
+from dlrm.config import get_parser
 
 
 def flags(data_dir, *extra):

@@ -11,7 +11,7 @@ from dlrm.config import ModelConfig, ScheduleConfig
 from dlrm.evaluation import log_loss, roc_auc
 from dlrm.model import DLRM, DenseFeatures, Interaction, LocalEmbedding, interaction_indices, make_store_options
 from dlrm.schedule import lr_at, make_lr_scheduler
-from dlrm_train_eval import get_parser
+from dlrm.config import get_parser
 
 RNG = np.random.default_rng(0)
 
