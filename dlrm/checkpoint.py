@@ -34,8 +34,8 @@ from dlrm.data import fresh_plan, resume_plan
 from dlrm.distributed import broadcast_json, broadcast_rows, cpu_placement, sum_over_ranks
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
-from dlrm.store import (OPTIMIZER_STATE_SUFFIXES, StoreError, dataset_ids, missing_snapshot, rank_paths,
-                        read_rows, store_to_table)
+from dlrm.optimizers import OPTIMIZERS
+from dlrm.store import StoreError, dataset_ids, missing_snapshot, rank_paths, read_rows, store_to_table
 
 STATE_FILE = "train_state.json"
 MANIFEST_FILE = "MANIFEST.json"
@@ -259,8 +259,8 @@ def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None
 
 
 def state_suffixes(factor):
-    """The optimizer state names (OPTIMIZER_STATE_SUFFIXES) a store of size_factor `factor` holds."""
-    return next((s for s in OPTIMIZER_STATE_SUFFIXES.values() if len(s) + 1 == factor), ())
+    """The optimizer state names (Optimizer.state) a store of size_factor `factor` holds."""
+    return next((o.state for o in OPTIMIZERS.values() if o.size_factor == factor), ())
 
 
 def agree(error, path):

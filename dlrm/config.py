@@ -18,15 +18,12 @@ import psutil
 from dlrm import schema
 from dlrm.data import DataError, check_schema, eval_batches_per_rank, list_row_groups, shardable_row_groups, \
     split_files
-from dlrm.store import OPTIMIZER_STATE_FACTOR, STORE_TYPES, check_store, make_store_options, rank_paths, \
+from dlrm.optimizers import OPTIMIZERS
+from dlrm.store import STORE_TYPES, check_store, make_store_options, rank_paths, \
     store_capacity
 
 LOSS_SCALE_POLICIES = ("static", "dynamic")
-OPTIMIZERS = ("sgd", "adagrad", "adam")
 INTERACTION_TYPES = ("dot", "dcn")
-# OneFlow 0.9.0 has IndexedSlices (sparse) update kernels for SGD and Adam; Adagrad's sparse update
-# is dlrm.sparse_adagrad's.
-SPARSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 
 
 class ArgError(ValueError):
@@ -90,7 +87,7 @@ def get_parser():
     a("--keep_checkpoints", type=int, default=0,
       help="keep the N newest checkpoints, deleting older ones and their OneEmbedding snapshots (0: all)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --model_save_dir")
-    a("--optimizer", type=str, default="sgd", choices=OPTIMIZERS, help="sgd (the original's), adagrad or adam")
+    a("--optimizer", type=str, default="sgd", choices=tuple(OPTIMIZERS), help="sgd (the original's), adagrad or adam")
     a("--reader_threads", type=int, default=0,
       help="parquet decode threads per rank (0: 1 on CPU, else the rank's share of the cores, at most 8)")
     a("--dense_embedding_update", action="store_true",
@@ -122,7 +119,7 @@ class StoreConfig:
     cache_memory_budget_mb: int
     key_type: str
     capacity: int          # rows reserved across GPUs (with headroom for uneven hashing)
-    size_factor: int       # OPTIMIZER_STATE_FACTOR of the optimizer
+    size_factor: int       # the optimizer's Optimizer.size_factor (dlrm.optimizers)
 
 
 @dataclass(frozen=True)
@@ -255,7 +252,7 @@ def cpu_embedding_bytes(rows, dim, optimizer):
     Measured (26 x 1.3M x 16, 2.0 GiB table): peak RSS = base + 1.0x with sparse SGD, + 4.0x with
     Adagrad (dense)."""
     dense_update = 0 if optimizer.sparse_embedding else 2
-    return rows * dim * 4 * (OPTIMIZER_STATE_FACTOR[optimizer.name] + dense_update)
+    return rows * dim * 4 * (OPTIMIZERS[optimizer.name].size_factor + dense_update)
 
 
 def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size, optimizer):
@@ -315,12 +312,12 @@ def resolve(args, world_size, cuda_available, local_world_size=1, rank=None):
     eval_files = split_files(args.data_dir, args.eval_split)
     check_schema(train_files + eval_files, args.one_embedding_key_type)
     optimizer = OptimizerConfig(args.optimizer, sparse_embedding=device == "cpu" and not args.dense_embedding_update
-                                and args.optimizer in SPARSE_OPTIMIZERS)
+                                and OPTIMIZERS[args.optimizer].sparse_cpu)
     table_sizes = resolve_table_sizes(args.table_size_array, args.data_dir, device, args.embedding_vec_size,
                                       optimizer)
     store = StoreConfig(args.store_type, args.persistent_path, args.cache_memory_budget_mb,
                         args.one_embedding_key_type, capacity=store_capacity(sum(table_sizes), world_size),
-                        size_factor=OPTIMIZER_STATE_FACTOR[args.optimizer])
+                        size_factor=OPTIMIZERS[args.optimizer].size_factor)
     if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
         make_store_options(store.store_type, store.persistent_path, store.capacity, store.cache_memory_budget_mb,
                            store.size_factor)
