@@ -42,7 +42,8 @@ def get_parser():
     # Model (the original's flags and defaults)
     a("--disable_fusedmlp", action="store_true", help="use Linear+ReLU layers instead of nn.FusedMLP")
     a("--embedding_vec_size", type=int, default=128, help="embedding dimension; must equal bottom_mlp[-1]")
-    a("--one_embedding_key_type", type=str, default="int64", help="id dtype of the parquet: int32 or int64")
+    a("--one_embedding_key_type", type=str, default="int64", choices=schema.KEY_TYPES,
+      help="id dtype of the parquet: int32 or int64")
     a("--bottom_mlp", type=int_list, default="512,256,128", help="bottom MLP units")
     a("--top_mlp", type=int_list, default="1024,1024,512,256", help="top MLP units (a final 1 is appended)")
     a("--disable_interaction_padding", action="store_true", help="do not pad the interaction output to x8")
@@ -73,10 +74,12 @@ def get_parser():
       help="rows per table, 26 ints; default: data_dir/dataset_info.json, else the original's Criteo 1TB list")
     # OneEmbedding
     a("--persistent_path", type=str, default=None, help="OneEmbedding persistent store root (required on CUDA)")
-    a("--store_type", type=str, default="cached_host_mem", help="device_mem, cached_host_mem or cached_ssd")
+    a("--store_type", type=str, default="cached_host_mem", choices=STORE_TYPES,
+      help="device_mem, cached_host_mem or cached_ssd")
     a("--cache_memory_budget_mb", type=int, default=8192, help="per-GPU cache budget for the cached stores")
     a("--amp", action="store_true", help="automatic mixed precision (CUDA)")
-    a("--loss_scale_policy", type=str, default="static", help="AMP loss scaling: static (1024) or dynamic")
+    a("--loss_scale_policy", type=str, default="static", choices=LOSS_SCALE_POLICIES,
+      help="AMP loss scaling: static (1024) or dynamic")
     # Ours
     a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
     a("--eval_split", type=str, default="test", choices=["test", "val"], help="split to evaluate on")
@@ -203,23 +206,14 @@ def pick_device(choice, cuda_available):
 
 
 def check_args(args, world_size, device):
-    """One-line errors for everything that can be checked before the data is read."""
-    if args.one_embedding_key_type not in schema.KEY_TYPES:
-        raise ArgError(f"--one_embedding_key_type must be int32 or int64, not {args.one_embedding_key_type!r}")
-    if args.store_type not in STORE_TYPES:
-        raise ArgError(f"--store_type {args.store_type!r} is not one of {', '.join(STORE_TYPES)}")
-    if args.optimizer not in OPTIMIZERS:
-        raise ArgError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
-    if args.interaction_type not in INTERACTION_TYPES:
-        raise ArgError(f"--interaction_type must be dot or dcn, not {args.interaction_type!r}")
+    """One-line errors for everything argparse cannot check (its `choices` check the closed sets)
+    that can be checked before the data is read."""
     if args.interaction_type == "dcn" and args.interaction_itself:
         raise ArgError("--interaction_itself is a setting of the dot interaction; --interaction_type dcn has no "
                        "self dot products")
     if args.dcn_num_layers < 1 or args.dcn_low_rank_dim < 1:
         raise ArgError(f"--dcn_num_layers and --dcn_low_rank_dim must be >= 1, not {args.dcn_num_layers} and "
                        f"{args.dcn_low_rank_dim}")
-    if args.loss_scale_policy not in LOSS_SCALE_POLICIES:
-        raise ArgError(f"--loss_scale_policy must be static or dynamic, not {args.loss_scale_policy!r}")
     if args.embedding_vec_size != args.bottom_mlp[-1]:
         raise ArgError(f"--embedding_vec_size {args.embedding_vec_size} must equal the last --bottom_mlp width "
                        f"{args.bottom_mlp[-1]}")

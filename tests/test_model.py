@@ -7,11 +7,10 @@ import oneflow as flow
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dlrm.config import ModelConfig, ScheduleConfig
+from dlrm.config import ModelConfig, ScheduleConfig, get_parser
 from dlrm.evaluation import log_loss, roc_auc
 from dlrm.model import DLRM, DenseFeatures, Interaction, LocalEmbedding, interaction_indices, make_store_options
 from dlrm.schedule import lr_at, make_lr_scheduler
-from dlrm.config import get_parser
 
 RNG = np.random.default_rng(0)
 
