@@ -251,10 +251,10 @@ def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None
     if not data_dir or not os.path.isdir(data_dir):
         raise StoreError(f"checkpoint {path}: the ids of its store rows are mapped to CPU rows with the dataset's "
                          f"ids, and its data_dir {data_dir} is not here: pass --data_dir")
-    sizes = embedding.sizes.to_local().numpy().reshape(-1)
+    table_sizes = embedding.table_sizes.to_local().numpy().reshape(-1)
     rows = np.zeros((len(weight), values.shape[1]), dtype=np.float32)
     rows[:, :dim] = weight
-    store_to_table(keys, values, dataset_ids(data_dir, sizes), sizes, rows)
+    store_to_table(keys, values, dataset_ids(data_dir, table_sizes), table_sizes, rows)
     return rows
 
 

@@ -249,26 +249,26 @@ def cpu_embedding_bytes(rows, dim, optimizer):
     return rows * dim * 4 * (OPTIMIZERS[optimizer.name].size_factor + dense_update)
 
 
-def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size, optimizer):
+def resolve_table_sizes(requested, data_dir, device, embedding_vec_size, optimizer):
     """--table_size_array, else the dataset's recorded sizes, else the original's default; checked."""
-    sizes = table_size_array
-    if sizes is None:
-        sizes = schema.load_table_sizes(data_dir)
-        if sizes is None:
+    table_sizes = requested
+    if table_sizes is None:
+        table_sizes = schema.load_table_sizes(data_dir)
+        if table_sizes is None:
             print(f"note: {data_dir} records no table sizes (dataset_info.json or README.md); "
                   f"using the original's Criteo 1TB table sizes", file=sys.stderr)
-            sizes = schema.CRITEO1T_TABLE_SIZES
-    if len(sizes) != schema.NUM_SPARSE:
-        raise ArgError(f"--table_size_array has {len(sizes)} entries; the data has "
+            table_sizes = schema.CRITEO1T_TABLE_SIZES
+    if len(table_sizes) != schema.NUM_SPARSE:
+        raise ArgError(f"--table_size_array has {len(table_sizes)} entries; the data has "
                        f"{schema.NUM_SPARSE} categorical columns (C1..C26)")
-    if min(sizes) <= 0:
+    if min(table_sizes) <= 0:
         raise ArgError("--table_size_array entries must be > 0")
     if device == "cpu":  # the CPU embedding is one table, replicated on every rank
-        need = cpu_embedding_bytes(sum(sizes), embedding_vec_size, optimizer)
+        need = cpu_embedding_bytes(sum(table_sizes), embedding_vec_size, optimizer)
         if need > 0.5 * psutil.virtual_memory().total:
-            raise ArgError(f"the CPU embedding for {sum(sizes):,} rows x {embedding_vec_size} "
+            raise ArgError(f"the CPU embedding for {sum(table_sizes):,} rows x {embedding_vec_size} "
                            f"needs ~{need / 2**30:.1f} GiB per process; use CUDA (OneEmbedding) or smaller tables")
-    return tuple(sizes)
+    return tuple(table_sizes)
 
 
 def reader_threads(requested, device, local_world_size):

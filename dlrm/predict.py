@@ -141,11 +141,11 @@ def dataset_info(trained, data_dir):
         raise PredictError(f"dataset {data_dir} (recorded in {trained.path}) not found; pass --data_dir" if data_dir
                            == recorded else f"--data_dir {data_dir}: no such directory")
     info = schema.read_dataset_info(data_dir)
-    sizes = info["table_size_array"] if info else schema.load_table_sizes(data_dir)
-    model_sizes = list(trained.model["table_sizes"])
-    if sizes is not None and list(sizes) != model_sizes:
-        raise PredictError(f"dataset {data_dir} has table sizes {list(sizes)}, the checkpoint {trained.path} "
-                           f"{model_sizes}: not the dataset this model was trained on (--data_dir)")
+    table_sizes = schema.load_table_sizes(data_dir)
+    model_table_sizes = list(trained.model["table_sizes"])
+    if table_sizes is not None and list(table_sizes) != model_table_sizes:
+        raise PredictError(f"dataset {data_dir} has table sizes {list(table_sizes)}, the checkpoint {trained.path} "
+                           f"{model_table_sizes}: not the dataset this model was trained on (--data_dir)")
     if info and info.get("key_type", trained.store["key_type"]) != trained.store["key_type"]:
         raise PredictError(f"dataset {data_dir} has {info['key_type']} ids, the checkpoint {trained.path} "
                            f"{trained.store['key_type']}: not the dataset this model was trained on (--data_dir)")
