@@ -12,7 +12,6 @@ beside the output; a preprocessed parquet split is scored as it is. Every rank t
 contiguous slice of the rows with the evaluation graph, and rank 0 writes one row per input row,
 in input order, atomically.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -29,32 +28,9 @@ from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_gl
 from dlrm.evaluation import roc_auc
 from dlrm.graphs import EvalGraph
 from dlrm.model import DLRM
-from dlrm.predict import (PredictError, check_parquet_input, dataset_info, log_loss, model_config, order_by_slices,
-                          output_format, plan_input, read_columns, store_config, trained_from, write_output)
-
-BAD_ROWS = ("skip", "fail")
-
-
-def get_parser():
-    p = argparse.ArgumentParser(description="Score rows with a trained DLRM checkpoint (graph mode)")
-    a = p.add_argument
-    a("--model_load_dir", type=str, required=True, help="a checkpoint written by dlrm_train_eval.py")
-    a("--input", type=str, required=True,
-      help="raw Criteo text (40 fields with label or 39 without, per file): a file, .gz, directory or glob; "
-           "or a preprocessed parquet split directory")
-    a("--output", type=str, required=True, help="OUT.csv or OUT.parquet: row, probability (and label)")
-    a("--data_dir", type=str, default=None,
-      help="the dataset the model was trained on (dataset_info.json, vocabulary/); default: the checkpoint's")
-    a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
-    a("--batch_size", type=int, default=None, help="global batch size (default: the checkpoint's --eval_batch_size)")
-    a("--persistent_path", type=str, default=None,
-      help="OneEmbedding store of a CUDA checkpoint (default: the one it was trained with)")
-    a("--bad_rows", type=str, default="skip", choices=BAD_ROWS,
-      help="malformed raw rows: skip (empty probability, counted) or fail (stop naming file and line)")
-    a("--spark_master", type=str, default="local[*]", help="Spark master for the raw-text transforms")
-    a("--spark_driver_memory_gb", type=int, default=4, help="Spark driver memory (local mode: capped at 80%% of RAM)")
-    return p
-
+from dlrm.predict import (PredictError, check_parquet_input, dataset_info, get_parser, log_loss, model_config,
+                          order_by_slices, output_format, plan_input, read_columns, store_config, trained_from,
+                          write_output)
 
 # ----------------------------------------------------------------------------- rank 0's steps
 def plan(args, world):

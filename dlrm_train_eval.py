@@ -11,7 +11,6 @@ embedding on CPU), the optimizer and the two compiled graphs; load or resume a c
 loop: read a batch from this rank's shard, take an SGD step, log every --loss_print_interval
 steps, evaluate AUC every --eval_interval steps, checkpoint.
 """
-import argparse
 import datetime
 import math
 import os
@@ -23,7 +22,7 @@ import oneflow as flow
 
 from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, reader_plan, restore, \
     save_checkpoint, saved_train_batch, train_state
-from dlrm.config import INTERACTION_TYPES, OPTIMIZERS, int_list, resolve
+from dlrm.config import get_parser, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import EvalSet, evaluate
@@ -32,66 +31,6 @@ from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
 from dlrm.schedule import lr_at
 from dlrm.threads import idle_vm_scheduler
-
-
-# ----------------------------------------------------------------------------- flags (the original's CLI)
-def get_parser():
-    p = argparse.ArgumentParser(description="OneFlow DLRM training and evaluation (graph mode)")
-    a = p.add_argument
-    # Model (the original's flags and defaults)
-    a("--disable_fusedmlp", action="store_true", help="use Linear+ReLU layers instead of nn.FusedMLP")
-    a("--embedding_vec_size", type=int, default=128, help="embedding dimension; must equal bottom_mlp[-1]")
-    a("--one_embedding_key_type", type=str, default="int64", help="id dtype of the parquet: int32 or int64")
-    a("--bottom_mlp", type=int_list, default="512,256,128", help="bottom MLP units")
-    a("--top_mlp", type=int_list, default="1024,1024,512,256", help="top MLP units (a final 1 is appended)")
-    a("--disable_interaction_padding", action="store_true", help="do not pad the interaction output to x8")
-    a("--disable_dense_input_padding", action="store_true", help="do not pad the 13 dense inputs to 16")
-    a("--interaction_itself", action="store_true", help="include self dot products in the interaction")
-    a("--interaction_type", type=str, default="dot", choices=INTERACTION_TYPES,
-      help="dot: pairwise dot products (the original's); dcn: DCNv2 low-rank cross layers")
-    a("--dcn_num_layers", type=int, default=3, help="dcn: number of cross layers")
-    a("--dcn_low_rank_dim", type=int, default=512, help="dcn: rank r of each cross layer's W = V U")
-    # Checkpoints
-    a("--model_load_dir", type=str, default=None, help="load weights (and resume, if it is ours) from here")
-    a("--model_save_dir", type=str, default=None, help="write checkpoints and metrics here")
-    a("--save_initial_model", action="store_true", help="save a checkpoint before training")
-    a("--save_model_after_each_eval", action="store_true", help="save a checkpoint after each evaluation")
-    # Data and schedule
-    a("--data_dir", type=str, required=True, help="parquet dataset with train/ and test/ (and val/)")
-    a("--eval_batches", type=int, default=1612, help="number of evaluation batches")
-    a("--eval_batch_size", type=int, default=55296, help="global evaluation batch size")
-    a("--eval_interval", type=int, default=10000, help="evaluate every N steps (<= 0: only at the end)")
-    a("--train_batch_size", type=int, default=55296, help="global training batch size")
-    a("--learning_rate", type=float, default=24, help="base learning rate")
-    a("--warmup_batches", type=int, default=2750, help="linear warmup steps from 0")
-    a("--decay_batches", type=int, default=27772, help="polynomial (power 2) decay steps to 0")
-    a("--decay_start", type=int, default=49315, help="step at which the decay starts")
-    a("--train_batches", type=int, default=75000, help="number of training steps")
-    a("--loss_print_interval", type=int, default=1000, help="log the loss every N steps")
-    a("--table_size_array", type=int_list, default=None,
-      help="rows per table, 26 ints; default: data_dir/dataset_info.json, else the original's Criteo 1TB list")
-    # OneEmbedding
-    a("--persistent_path", type=str, default=None, help="OneEmbedding persistent store root (required on CUDA)")
-    a("--store_type", type=str, default="cached_host_mem", help="device_mem, cached_host_mem or cached_ssd")
-    a("--cache_memory_budget_mb", type=int, default=8192, help="per-GPU cache budget for the cached stores")
-    a("--amp", action="store_true", help="automatic mixed precision (CUDA)")
-    a("--loss_scale_policy", type=str, default="static", help="AMP loss scaling: static (1024) or dynamic")
-    # Ours
-    a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
-    a("--eval_split", type=str, default="test", choices=["test", "val"], help="split to evaluate on")
-    a("--target_auc", type=float, default=None, help="stop once an evaluation reaches this AUC")
-    a("--seed", type=int, default=1234, help="seed for initialisation and the train shuffle")
-    a("--metrics_file", type=str, default=None, help="JSON-lines metrics (default: model_save_dir/metrics.jsonl)")
-    a("--save_interval", type=int, default=0, help="also checkpoint every N steps (0: off)")
-    a("--keep_checkpoints", type=int, default=0,
-      help="keep the N newest checkpoints, deleting older ones and their OneEmbedding snapshots (0: all)")
-    a("--resume", action="store_true", help="continue from the newest checkpoint in --model_save_dir")
-    a("--optimizer", type=str, default="sgd", choices=OPTIMIZERS, help="sgd (the original's), adagrad or adam")
-    a("--reader_threads", type=int, default=0,
-      help="parquet decode threads per rank (0: 1 on CPU, else the rank's share of the cores, at most 8)")
-    a("--dense_embedding_update", action="store_true",
-      help="CPU: update the whole embedding table every step instead of the rows a batch touches")
-    return p
 
 
 def print_arguments(args, cfg):

@@ -34,8 +34,8 @@ from dlrm.data import fresh_plan, resume_plan
 from dlrm.distributed import broadcast_json, broadcast_rows, cpu_placement, sum_over_ranks
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
-from dlrm.store import (OPTIMIZER_STATE_SUFFIXES, StoreError, dataset_ids, missing_snapshot, rank_paths,
-                        read_rows, store_to_table)
+from dlrm.optimizers import OPTIMIZERS
+from dlrm.store import StoreError, dataset_ids, missing_snapshot, rank_paths, read_rows, store_to_table
 
 STATE_FILE = "train_state.json"
 MANIFEST_FILE = "MANIFEST.json"
@@ -251,16 +251,16 @@ def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None
     if not data_dir or not os.path.isdir(data_dir):
         raise StoreError(f"checkpoint {path}: the ids of its store rows are mapped to CPU rows with the dataset's "
                          f"ids, and its data_dir {data_dir} is not here: pass --data_dir")
-    sizes = embedding.sizes.to_local().numpy().reshape(-1)
+    table_sizes = embedding.table_sizes.to_local().numpy().reshape(-1)
     rows = np.zeros((len(weight), values.shape[1]), dtype=np.float32)
     rows[:, :dim] = weight
-    store_to_table(keys, values, dataset_ids(data_dir, sizes), sizes, rows)
+    store_to_table(keys, values, dataset_ids(data_dir, table_sizes), table_sizes, rows)
     return rows
 
 
 def state_suffixes(factor):
-    """The optimizer state names (OPTIMIZER_STATE_SUFFIXES) a store of size_factor `factor` holds."""
-    return next((s for s in OPTIMIZER_STATE_SUFFIXES.values() if len(s) + 1 == factor), ())
+    """The optimizer state names (Optimizer.state) a store of size_factor `factor` holds."""
+    return next((o.state for o in OPTIMIZERS.values() if o.size_factor == factor), ())
 
 
 def agree(error, path):

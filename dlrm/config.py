@@ -1,10 +1,12 @@
-"""The resolved run configuration: parsed flags, checked and turned into frozen objects once.
+"""The training flags (`get_parser`, the original's CLI) and the resolved run configuration: parsed
+flags, checked and turned into frozen objects once.
 
 `resolve(args, world_size, cuda_available)` does every check that needs no model (flags, the
 dataset's files, columns, table sizes, row groups), computes what the run derives from them
 (device, per-rank batch sizes, the number of eval batches, table sizes) and returns a RunConfig.
 Nothing downstream reads `args`; train_state.json stores `RunConfig.to_dict()`.
 """
+import argparse
 import dataclasses
 import os
 import sys
@@ -16,15 +18,12 @@ import psutil
 from dlrm import schema
 from dlrm.data import DataError, check_schema, eval_batches_per_rank, list_row_groups, shardable_row_groups, \
     split_files
-from dlrm.store import OPTIMIZER_STATE_FACTOR, STORE_TYPES, check_store, make_store_options, rank_paths, \
+from dlrm.optimizers import OPTIMIZERS
+from dlrm.store import STORE_TYPES, check_store, make_store_options, rank_paths, \
     store_capacity
 
 LOSS_SCALE_POLICIES = ("static", "dynamic")
-OPTIMIZERS = ("sgd", "adagrad", "adam")
 INTERACTION_TYPES = ("dot", "dcn")
-# OneFlow 0.9.0 has IndexedSlices (sparse) update kernels for SGD and Adam; Adagrad's sparse update
-# is dlrm.sparse_adagrad's.
-SPARSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 
 
 class ArgError(ValueError):
@@ -34,6 +33,69 @@ class ArgError(ValueError):
 def int_list(text):
     """argparse type of the comma-separated width lists (`--bottom_mlp 512,256,128`)."""
     return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+# ----------------------------------------------------------------------------- the flags (the original's CLI)
+def get_parser():
+    p = argparse.ArgumentParser(description="OneFlow DLRM training and evaluation (graph mode)")
+    a = p.add_argument
+    # Model (the original's flags and defaults)
+    a("--disable_fusedmlp", action="store_true", help="use Linear+ReLU layers instead of nn.FusedMLP")
+    a("--embedding_vec_size", type=int, default=128, help="embedding dimension; must equal bottom_mlp[-1]")
+    a("--one_embedding_key_type", type=str, default="int64", choices=schema.KEY_TYPES,
+      help="id dtype of the parquet: int32 or int64")
+    a("--bottom_mlp", type=int_list, default="512,256,128", help="bottom MLP units")
+    a("--top_mlp", type=int_list, default="1024,1024,512,256", help="top MLP units (a final 1 is appended)")
+    a("--disable_interaction_padding", action="store_true", help="do not pad the interaction output to x8")
+    a("--disable_dense_input_padding", action="store_true", help="do not pad the 13 dense inputs to 16")
+    a("--interaction_itself", action="store_true", help="include self dot products in the interaction")
+    a("--interaction_type", type=str, default="dot", choices=INTERACTION_TYPES,
+      help="dot: pairwise dot products (the original's); dcn: DCNv2 low-rank cross layers")
+    a("--dcn_num_layers", type=int, default=3, help="dcn: number of cross layers")
+    a("--dcn_low_rank_dim", type=int, default=512, help="dcn: rank r of each cross layer's W = V U")
+    # Checkpoints
+    a("--model_load_dir", type=str, default=None, help="load weights (and resume, if it is ours) from here")
+    a("--model_save_dir", type=str, default=None, help="write checkpoints and metrics here")
+    a("--save_initial_model", action="store_true", help="save a checkpoint before training")
+    a("--save_model_after_each_eval", action="store_true", help="save a checkpoint after each evaluation")
+    # Data and schedule
+    a("--data_dir", type=str, required=True, help="parquet dataset with train/ and test/ (and val/)")
+    a("--eval_batches", type=int, default=1612, help="number of evaluation batches")
+    a("--eval_batch_size", type=int, default=55296, help="global evaluation batch size")
+    a("--eval_interval", type=int, default=10000, help="evaluate every N steps (<= 0: only at the end)")
+    a("--train_batch_size", type=int, default=55296, help="global training batch size")
+    a("--learning_rate", type=float, default=24, help="base learning rate")
+    a("--warmup_batches", type=int, default=2750, help="linear warmup steps from 0")
+    a("--decay_batches", type=int, default=27772, help="polynomial (power 2) decay steps to 0")
+    a("--decay_start", type=int, default=49315, help="step at which the decay starts")
+    a("--train_batches", type=int, default=75000, help="number of training steps")
+    a("--loss_print_interval", type=int, default=1000, help="log the loss every N steps")
+    a("--table_size_array", type=int_list, default=None,
+      help="rows per table, 26 ints; default: data_dir/dataset_info.json, else the original's Criteo 1TB list")
+    # OneEmbedding
+    a("--persistent_path", type=str, default=None, help="OneEmbedding persistent store root (required on CUDA)")
+    a("--store_type", type=str, default="cached_host_mem", choices=STORE_TYPES,
+      help="device_mem, cached_host_mem or cached_ssd")
+    a("--cache_memory_budget_mb", type=int, default=8192, help="per-GPU cache budget for the cached stores")
+    a("--amp", action="store_true", help="automatic mixed precision (CUDA)")
+    a("--loss_scale_policy", type=str, default="static", choices=LOSS_SCALE_POLICIES,
+      help="AMP loss scaling: static (1024) or dynamic")
+    # Ours
+    a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
+    a("--eval_split", type=str, default="test", choices=["test", "val"], help="split to evaluate on")
+    a("--target_auc", type=float, default=None, help="stop once an evaluation reaches this AUC")
+    a("--seed", type=int, default=1234, help="seed for initialisation and the train shuffle")
+    a("--metrics_file", type=str, default=None, help="JSON-lines metrics (default: model_save_dir/metrics.jsonl)")
+    a("--save_interval", type=int, default=0, help="also checkpoint every N steps (0: off)")
+    a("--keep_checkpoints", type=int, default=0,
+      help="keep the N newest checkpoints, deleting older ones and their OneEmbedding snapshots (0: all)")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --model_save_dir")
+    a("--optimizer", type=str, default="sgd", choices=tuple(OPTIMIZERS), help="sgd (the original's), adagrad or adam")
+    a("--reader_threads", type=int, default=0,
+      help="parquet decode threads per rank (0: 1 on CPU, else the rank's share of the cores, at most 8)")
+    a("--dense_embedding_update", action="store_true",
+      help="CPU: update the whole embedding table every step instead of the rows a batch touches")
+    return p
 
 
 @dataclass(frozen=True)
@@ -60,7 +122,7 @@ class StoreConfig:
     cache_memory_budget_mb: int
     key_type: str
     capacity: int          # rows reserved across GPUs (with headroom for uneven hashing)
-    size_factor: int       # OPTIMIZER_STATE_FACTOR of the optimizer
+    size_factor: int       # the optimizer's Optimizer.size_factor (dlrm.optimizers)
 
 
 @dataclass(frozen=True)
@@ -144,23 +206,14 @@ def pick_device(choice, cuda_available):
 
 
 def check_args(args, world_size, device):
-    """One-line errors for everything that can be checked before the data is read."""
-    if args.one_embedding_key_type not in schema.KEY_TYPES:
-        raise ArgError(f"--one_embedding_key_type must be int32 or int64, not {args.one_embedding_key_type!r}")
-    if args.store_type not in STORE_TYPES:
-        raise ArgError(f"--store_type {args.store_type!r} is not one of {', '.join(STORE_TYPES)}")
-    if args.optimizer not in OPTIMIZERS:
-        raise ArgError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
-    if args.interaction_type not in INTERACTION_TYPES:
-        raise ArgError(f"--interaction_type must be dot or dcn, not {args.interaction_type!r}")
+    """One-line errors for everything argparse cannot check (its `choices` check the closed sets)
+    that can be checked before the data is read."""
     if args.interaction_type == "dcn" and args.interaction_itself:
         raise ArgError("--interaction_itself is a setting of the dot interaction; --interaction_type dcn has no "
                        "self dot products")
     if args.dcn_num_layers < 1 or args.dcn_low_rank_dim < 1:
         raise ArgError(f"--dcn_num_layers and --dcn_low_rank_dim must be >= 1, not {args.dcn_num_layers} and "
                        f"{args.dcn_low_rank_dim}")
-    if args.loss_scale_policy not in LOSS_SCALE_POLICIES:
-        raise ArgError(f"--loss_scale_policy must be static or dynamic, not {args.loss_scale_policy!r}")
     if args.embedding_vec_size != args.bottom_mlp[-1]:
         raise ArgError(f"--embedding_vec_size {args.embedding_vec_size} must equal the last --bottom_mlp width "
                        f"{args.bottom_mlp[-1]}")
@@ -193,29 +246,29 @@ def cpu_embedding_bytes(rows, dim, optimizer):
     Measured (26 x 1.3M x 16, 2.0 GiB table): peak RSS = base + 1.0x with sparse SGD, + 4.0x with
     Adagrad (dense)."""
     dense_update = 0 if optimizer.sparse_embedding else 2
-    return rows * dim * 4 * (OPTIMIZER_STATE_FACTOR[optimizer.name] + dense_update)
+    return rows * dim * 4 * (OPTIMIZERS[optimizer.name].size_factor + dense_update)
 
 
-def resolve_table_sizes(table_size_array, data_dir, device, embedding_vec_size, optimizer):
+def resolve_table_sizes(requested, data_dir, device, embedding_vec_size, optimizer):
     """--table_size_array, else the dataset's recorded sizes, else the original's default; checked."""
-    sizes = table_size_array
-    if sizes is None:
-        sizes = schema.load_table_sizes(data_dir)
-        if sizes is None:
+    table_sizes = requested
+    if table_sizes is None:
+        table_sizes = schema.load_table_sizes(data_dir)
+        if table_sizes is None:
             print(f"note: {data_dir} records no table sizes (dataset_info.json or README.md); "
                   f"using the original's Criteo 1TB table sizes", file=sys.stderr)
-            sizes = schema.CRITEO1T_TABLE_SIZES
-    if len(sizes) != schema.NUM_SPARSE:
-        raise ArgError(f"--table_size_array has {len(sizes)} entries; the data has "
+            table_sizes = schema.CRITEO1T_TABLE_SIZES
+    if len(table_sizes) != schema.NUM_SPARSE:
+        raise ArgError(f"--table_size_array has {len(table_sizes)} entries; the data has "
                        f"{schema.NUM_SPARSE} categorical columns (C1..C26)")
-    if min(sizes) <= 0:
+    if min(table_sizes) <= 0:
         raise ArgError("--table_size_array entries must be > 0")
     if device == "cpu":  # the CPU embedding is one table, replicated on every rank
-        need = cpu_embedding_bytes(sum(sizes), embedding_vec_size, optimizer)
+        need = cpu_embedding_bytes(sum(table_sizes), embedding_vec_size, optimizer)
         if need > 0.5 * psutil.virtual_memory().total:
-            raise ArgError(f"the CPU embedding for {sum(sizes):,} rows x {embedding_vec_size} "
+            raise ArgError(f"the CPU embedding for {sum(table_sizes):,} rows x {embedding_vec_size} "
                            f"needs ~{need / 2**30:.1f} GiB per process; use CUDA (OneEmbedding) or smaller tables")
-    return tuple(sizes)
+    return tuple(table_sizes)
 
 
 def reader_threads(requested, device, local_world_size):
@@ -253,12 +306,12 @@ def resolve(args, world_size, cuda_available, local_world_size=1, rank=None):
     eval_files = split_files(args.data_dir, args.eval_split)
     check_schema(train_files + eval_files, args.one_embedding_key_type)
     optimizer = OptimizerConfig(args.optimizer, sparse_embedding=device == "cpu" and not args.dense_embedding_update
-                                and args.optimizer in SPARSE_OPTIMIZERS)
+                                and OPTIMIZERS[args.optimizer].sparse_cpu)
     table_sizes = resolve_table_sizes(args.table_size_array, args.data_dir, device, args.embedding_vec_size,
                                       optimizer)
     store = StoreConfig(args.store_type, args.persistent_path, args.cache_memory_budget_mb,
                         args.one_embedding_key_type, capacity=store_capacity(sum(table_sizes), world_size),
-                        size_factor=OPTIMIZER_STATE_FACTOR[args.optimizer])
+                        size_factor=OPTIMIZERS[args.optimizer].size_factor)
     if device == "cuda":  # build (not construct) the OneEmbedding options to validate them early
         make_store_options(store.store_type, store.persistent_path, store.capacity, store.cache_memory_budget_mb,
                            store.size_factor)

@@ -67,10 +67,10 @@ def initial_table(model_config, seed):
 def cpu_rows_of(weights, graph, config, path):
     """The CPU table with its optimizer state side by side, (rows, dim x factor), of a self-contained checkpoint."""
     table = weights[TABLE_KEY]
-    sizes, dim = config["model"]["table_sizes"], config["model"]["embedding_vec_size"]
-    if table.shape != (sum(sizes), dim):
+    table_sizes, dim = config["model"]["table_sizes"], config["model"]["embedding_vec_size"]
+    if table.shape != (sum(table_sizes), dim):
         raise ConvertError(f"{path}: {TABLE_KEY} is {table.shape[0]} x {table.shape[1]}, its {STATE_FILE} says "
-                           f"{sum(sizes)} x {dim}")
+                           f"{sum(table_sizes)} x {dim}")
     suffixes = state_suffixes(config["store"]["size_factor"])
     state = [graph[f"{GRAPH_MODULE}{TABLE_KEY}-{s}"] for s in suffixes if f"{GRAPH_MODULE}{TABLE_KEY}-{s}" in graph]
     return np.concatenate([table] + state, axis=1) if len(state) == len(suffixes) else table
@@ -102,7 +102,7 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
     check_destinations(output_dir, persistent_path)
     weights, graph, state = read_checkpoint(model_load_dir)
     config = state["config"]
-    sizes, dim = config["model"]["table_sizes"], config["model"]["embedding_vec_size"]
+    table_sizes, dim = config["model"]["table_sizes"], config["model"]["embedding_vec_size"]
     entry = store_entry(weights)
     if entry is None and TABLE_KEY not in weights:
         raise ConvertError(f"{model_load_dir} holds neither {TABLE_KEY} nor a OneEmbedding snapshot")
@@ -126,13 +126,13 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
         if not os.path.isdir(data_dir):
             raise ConvertError(f"the dataset {data_dir} (its ids map store keys to CPU rows) is not here: "
                                f"pass --data_dir")
-        ids = dataset_ids(data_dir, sizes)
+        ids = dataset_ids(data_dir, table_sizes)
     if persistent_path is None:  # -> self-contained
-        rows = np.zeros((sum(sizes), values.shape[1]), np.float32)
+        rows = np.zeros((sum(table_sizes), values.shape[1]), np.float32)
         rows[:, :dim] = initial_table(config["model"], config["seed"])
-        store_to_table(keys, values, ids, sizes, rows)
+        store_to_table(keys, values, ids, table_sizes, rows)
     elif rows is not None:  # CPU -> store
-        keys, values = table_to_store(rows, ids, sizes)
+        keys, values = table_to_store(rows, ids, table_sizes)
         keys = keys.astype(config["store"]["key_type"])
 
     weights = {k: v for k, v in weights.items() if not k.startswith(ONE_EMBEDDING_PREFIX) and k != TABLE_KEY}

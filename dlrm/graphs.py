@@ -5,9 +5,8 @@ return the loss / predictions on the CPU.
 """
 import oneflow as flow
 
+from dlrm.optimizers import OPTIMIZERS
 from dlrm.schedule import make_lr_scheduler
-
-OPTIMIZER_CLASSES = {"sgd": flow.optim.SGD, "adagrad": flow.optim.Adagrad, "adam": flow.optim.Adam}
 
 
 def make_grad_scaler(policy):
@@ -21,7 +20,7 @@ def make_optimizers(module, optimizer, learning_rate):
     """[(optimizer, is_sparse)] for an OptimizerConfig: one optimizer for everything, or on CPU with a
     sparse update, a second one of the same kind for the embedding table alone, updated as
     IndexedSlices (only the rows a batch touches are read, updated and communicated)."""
-    make = OPTIMIZER_CLASSES[optimizer.name]
+    make = OPTIMIZERS[optimizer.name].make
     if not optimizer.sparse_embedding:
         return [(make(module.parameters(), lr=learning_rate), False)]
     return [(make(module.dense_parameters(), lr=learning_rate), False),

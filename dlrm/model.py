@@ -78,22 +78,22 @@ class _Dense(nn.Module):
         return self.features(x)
 
 
-def embedding_init_bounds(table_size_array):
+def embedding_init_bounds(table_sizes):
     """Uniform init bound sqrt(1/rows) per table (the facebook DLRM init)."""
-    return [math.sqrt(1.0 / n) for n in table_size_array]
+    return [math.sqrt(1.0 / n) for n in table_sizes]
 
 
-def make_table_options(table_size_array):
+def make_table_options(table_sizes):
     return [
         flow.one_embedding.make_table_options(flow.one_embedding.make_uniform_initializer(low=-s, high=s))
-        for s in embedding_init_bounds(table_size_array)
+        for s in embedding_init_bounds(table_sizes)
     ]
 
 
 class OneEmbedding(nn.Module):
     """flow.one_embedding.MultiTableEmbedding: column j of the ids is looked up in table j."""
 
-    def __init__(self, table_size_array, embedding_vec_size, store, seed=0):
+    def __init__(self, table_sizes, embedding_vec_size, store, seed=0):
         super().__init__()
         self.key_type = getattr(flow, store.key_type)
         self.one_embedding = flow.one_embedding.MultiTableEmbedding(
@@ -101,7 +101,7 @@ class OneEmbedding(nn.Module):
             embedding_dim=embedding_vec_size,
             dtype=flow.float,
             key_type=self.key_type,
-            tables=make_table_options(table_size_array),
+            tables=make_table_options(table_sizes),
             store_options=make_store_options(store.store_type, store.persistent_path, store.capacity,
                                              store.cache_memory_budget_mb, store.size_factor),
             seed=seed,
@@ -118,32 +118,32 @@ class LocalEmbedding(nn.Module):
     (id mod size_j) + offset_j, so any id, negative hash ids included, lands inside table j.
     """
 
-    def __init__(self, table_size_array, embedding_vec_size):
+    def __init__(self, table_sizes, embedding_vec_size):
         super().__init__()
-        sizes = np.asarray(table_size_array, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        table_sizes = np.asarray(table_sizes, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(table_sizes)[:-1]])
         # Filled in float32 a block of rows at a time (the same random stream as one draw per
         # table) and shared with the parameter (from_numpy): the table is in memory once.
-        weight = np.empty((int(sizes.sum()), embedding_vec_size), dtype=np.float32)
+        weight = np.empty((int(table_sizes.sum()), embedding_vec_size), dtype=np.float32)
         block = max(1, (1 << 22) // embedding_vec_size)
-        for start, n, b in zip(offsets, sizes, embedding_init_bounds(table_size_array)):
+        for start, n, b in zip(offsets, table_sizes, embedding_init_bounds(table_sizes)):
             for lo in range(start, start + n, block):
                 hi = min(lo + block, start + n)
                 weight[lo:hi] = np.random.uniform(-b, b, size=(hi - lo, embedding_vec_size))
         self.weight = nn.Parameter(flow.from_numpy(weight))
-        self.register_buffer("sizes", flow.tensor(sizes).reshape(1, -1), persistent=False)
+        self.register_buffer("table_sizes", flow.tensor(table_sizes).reshape(1, -1), persistent=False)
         self.register_buffer("offsets", flow.tensor(offsets).reshape(1, -1), persistent=False)
 
     def forward(self, ids):
         ids = ids.to(flow.int64)
-        rows = (ids % self.sizes + self.sizes) % self.sizes + self.offsets  # `%` truncates like C
+        rows = (ids % self.table_sizes + self.table_sizes) % self.table_sizes + self.offsets  # `%` truncates like C
         return flow.nn.functional.embedding(rows, self.weight)
 
     def row_index(self, ids):
         """forward's rows of a NumPy (B, 26) id array, in NumPy (np.mod is already non-negative)."""
-        sizes = self.sizes.to_local().numpy() if self.sizes.is_global else self.sizes.numpy()
+        table_sizes = self.table_sizes.to_local().numpy() if self.table_sizes.is_global else self.table_sizes.numpy()
         offsets = self.offsets.to_local().numpy() if self.offsets.is_global else self.offsets.numpy()
-        return np.mod(ids.astype(np.int64), sizes) + offsets
+        return np.mod(ids.astype(np.int64), table_sizes) + offsets
 
 
 def interaction_indices(num_features, interaction_itself):

@@ -3,6 +3,7 @@ checkpoint names (and that they match), the input's rows in order, and the outpu
 
 Every check raises PredictError, one line naming the flag or file, before any scoring.
 """
+import argparse
 import glob
 import os
 from dataclasses import dataclass
@@ -15,10 +16,33 @@ from dlrm.config import ModelConfig, StoreConfig, store_capacity
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 RAW_SUFFIXES = ("", ".txt", ".tsv", ".gz")
+BAD_ROWS = ("skip", "fail")
 
 
 class PredictError(ValueError):
     """A bad flag, input, checkpoint or dataset: the message is one line naming it."""
+
+
+# ----------------------------------------------------------------------------- the flags
+def get_parser():
+    p = argparse.ArgumentParser(description="Score rows with a trained DLRM checkpoint (graph mode)")
+    a = p.add_argument
+    a("--model_load_dir", type=str, required=True, help="a checkpoint written by dlrm_train_eval.py")
+    a("--input", type=str, required=True,
+      help="raw Criteo text (40 fields with label or 39 without, per file): a file, .gz, directory or glob; "
+           "or a preprocessed parquet split directory")
+    a("--output", type=str, required=True, help="OUT.csv or OUT.parquet: row, probability (and label)")
+    a("--data_dir", type=str, default=None,
+      help="the dataset the model was trained on (dataset_info.json, vocabulary/); default: the checkpoint's")
+    a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
+    a("--batch_size", type=int, default=None, help="global batch size (default: the checkpoint's --eval_batch_size)")
+    a("--persistent_path", type=str, default=None,
+      help="OneEmbedding store of a CUDA checkpoint (default: the one it was trained with)")
+    a("--bad_rows", type=str, default="skip", choices=BAD_ROWS,
+      help="malformed raw rows: skip (empty probability, counted) or fail (stop naming file and line)")
+    a("--spark_master", type=str, default="local[*]", help="Spark master for the raw-text transforms")
+    a("--spark_driver_memory_gb", type=int, default=4, help="Spark driver memory (local mode: capped at 80%% of RAM)")
+    return p
 
 
 # ----------------------------------------------------------------------------- the input
@@ -117,11 +141,11 @@ def dataset_info(trained, data_dir):
         raise PredictError(f"dataset {data_dir} (recorded in {trained.path}) not found; pass --data_dir" if data_dir
                            == recorded else f"--data_dir {data_dir}: no such directory")
     info = schema.read_dataset_info(data_dir)
-    sizes = info["table_size_array"] if info else schema.load_table_sizes(data_dir)
-    model_sizes = list(trained.model["table_sizes"])
-    if sizes is not None and list(sizes) != model_sizes:
-        raise PredictError(f"dataset {data_dir} has table sizes {list(sizes)}, the checkpoint {trained.path} "
-                           f"{model_sizes}: not the dataset this model was trained on (--data_dir)")
+    table_sizes = schema.load_table_sizes(data_dir)
+    model_table_sizes = list(trained.model["table_sizes"])
+    if table_sizes is not None and list(table_sizes) != model_table_sizes:
+        raise PredictError(f"dataset {data_dir} has table sizes {list(table_sizes)}, the checkpoint {trained.path} "
+                           f"{model_table_sizes}: not the dataset this model was trained on (--data_dir)")
     if info and info.get("key_type", trained.store["key_type"]) != trained.store["key_type"]:
         raise PredictError(f"dataset {data_dir} has {info['key_type']} ids, the checkpoint {trained.path} "
                            f"{trained.store['key_type']}: not the dataset this model was trained on (--data_dir)")

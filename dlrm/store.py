@@ -21,12 +21,6 @@ import numpy as np
 import oneflow as flow
 
 STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
-# Floats kept per embedding value: the value plus the optimizer's state (Adagrad's sum of squared
-# gradients; Adam's two moments). OneEmbedding stores them in the row (its size_factor).
-OPTIMIZER_STATE_FACTOR = {"sgd": 1, "adagrad": 2, "adam": 3}
-# The optimizer's state per embedding value, in the store's order, by the name OneFlow's graph
-# gives the state of a parameter (`<parameter>-<suffix>`, e.g. module.embedding.weight-m).
-OPTIMIZER_STATE_SUFFIXES = {"sgd": (), "adagrad": ("sum",), "adam": ("m", "v")}
 KEY_DTYPES = {4: np.int32, 8: np.int64}
 VALUE_DTYPE = np.float32
 
@@ -39,7 +33,7 @@ def make_store_options(store_type, persistent_path, capacity, cache_memory_budge
     """OneEmbedding store options for one of STORE_TYPES (pure Python: testable without CUDA).
 
     capacity is the total number of embedding rows across ranks (OneEmbedding divides it by
-    world size); cache_memory_budget_mb is per GPU; size_factor is OPTIMIZER_STATE_FACTOR.
+    world size); cache_memory_budget_mb is per GPU; size_factor is the optimizer's (dlrm.optimizers).
     """
     if store_type not in STORE_TYPES:
         raise ValueError(f"--store_type {store_type!r} is not one of {', '.join(STORE_TYPES)}")

@@ -10,11 +10,10 @@ from dlrm.checkpoint import (checkpoint_name, latest_checkpoint, load_weights, l
                              read_train_state, reader_plan, restore, save_checkpoint, train_state,
                              verify_manifest)
 from dlrm.data import BatchReader, fresh_plan
-from dlrm.config import resolve
+from dlrm.config import get_parser, resolve
 from dlrm.distributed import cpu_placement
 from dlrm.graphs import make_train_graph
 from dlrm.model import DLRM
-from dlrm_train_eval import get_parser
 
 
 @pytest.fixture

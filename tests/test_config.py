@@ -7,9 +7,8 @@ import pytest
 
 from conftest import write_tiny_dataset
 from dlrm import schema
-from dlrm.config import ArgError, OptimizerConfig, check_args, cpu_embedding_bytes, resolve
+from dlrm.config import ArgError, OptimizerConfig, check_args, cpu_embedding_bytes, get_parser, resolve
 from dlrm.data import DataError
-from dlrm_train_eval import get_parser
 
 
 def flags(data_dir, *extra):
@@ -94,6 +93,15 @@ def test_optimizer_sets_store_size_and_sparse_update(tiny_dataset, optimizer, fa
     assert cpu.optimizer.sparse_embedding == sparse and cpu.store.capacity == int(182 + 4 * 182 ** 0.5 + 1024)
     assert not resolve(flags(tiny_dataset, "--dense_embedding_update"), 1, False).optimizer.sparse_embedding
     assert cpu_embedding_bytes(1000, 16, cpu.optimizer) == 1000 * 16 * 4 * (factor + (0 if sparse else 2))
+
+
+@pytest.mark.parametrize("flag,value", [("--store_type", "gpu_mem"), ("--loss_scale_policy", "sometimes"),
+                                        ("--optimizer", "lamb"), ("--interaction_type", "cross"),
+                                        ("--one_embedding_key_type", "int16")])
+def test_closed_sets_are_checked_by_argparse(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        get_parser().parse_args(["--data_dir", os.getcwd(), flag, value])
+    assert e.value.code == 2 and f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
 
 
 def test_cuda_only_checks():

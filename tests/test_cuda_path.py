@@ -9,12 +9,11 @@ import pytest
 
 from conftest import write_tiny_dataset
 from dlrm.checkpoint import load_weights, save_checkpoint, state_keys, train_state
-from dlrm.config import resolve
+from dlrm.config import get_parser, resolve
 from dlrm.distributed import cpu_placement
 from dlrm.evaluation import EvalSet, real_rows_mask
 from dlrm.metrics import gpu_memory_mib
 from dlrm.model import DLRM
-from dlrm_train_eval import get_parser
 
 
 def test_eval_batches_are_read_once_and_cached(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REPO
 
-import dlrm_predict
-import dlrm_train_eval
+from dlrm.config import get_parser as train_parser
+from dlrm.predict import get_parser as predict_parser
 from dlrm.preprocess.cli import build_parser as preprocess_parser
 
 # The original's defaults (its README table, corrected by its code), which ours must keep.
@@ -57,10 +57,10 @@ def argparse_defaults(parser):
 
 
 @pytest.mark.parametrize("doc,heading,parser,original", [
-    ("docs/training.md", "## `dlrm_train_eval.py` arguments", dlrm_train_eval.get_parser(), ORIGINAL_TRAIN_DEFAULTS),
+    ("docs/training.md", "## `dlrm_train_eval.py` arguments", train_parser(), ORIGINAL_TRAIN_DEFAULTS),
     ("docs/preprocessing.md", "## `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
     ("docs/checkpoints.md", "## `tools/convert_checkpoint.py` arguments", tool_parser("convert_checkpoint"), {}),
-    ("docs/predictions.md", "## `dlrm_predict.py` arguments", dlrm_predict.get_parser(), {}),
+    ("docs/predictions.md", "## `dlrm_predict.py` arguments", predict_parser(), {}),
 ])
 def test_docs_table_matches_argparse(doc, heading, parser, original):
     table, real = docs_table(doc, heading), argparse_defaults(parser)

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from conftest import REPO, SCRIPTS, assert_one_line_error, run
+from dlrm.config import get_parser
 
 GPU_SCRIPTS = ["train_1gpu.sh", "train_8gpu_criteo1t.sh", "train_8gpu_dlrmv2.sh", "train_multinode.sh"]
 PREPROCESS_SCRIPTS = ["preprocess_local.sh", "preprocess_spark_submit.sh"]
@@ -130,13 +131,12 @@ def test_8gpu_command_line(dirs, fake_gpus, tmp_path):
 
 def test_dlrmv2_command_line(dirs, fake_gpus):
     """MLPerf DLRMv2's settings, and a command line dlrm_train_eval.py's own parser accepts."""
-    import dlrm_train_eval
     data, persistent = dirs
     proc = run("train_8gpu_dlrmv2.sh", data, persistent, "--train_batches", "100",
                env={"FAKE_GPUS": "8", "DRY_RUN": "1", "AMP": "1"}, path_prefix=fake_gpus)
     assert proc.returncode == 0, proc.stderr
     cmd = proc.stdout.replace("\\,", ",").split()
-    args = dlrm_train_eval.get_parser().parse_args(cmd[cmd.index(f"{REPO}/dlrm_train_eval.py") + 1:])
+    args = get_parser().parse_args(cmd[cmd.index(f"{REPO}/dlrm_train_eval.py") + 1:])
     assert (args.bottom_mlp, args.top_mlp, args.embedding_vec_size) == ([512, 256, 128], [1024, 1024, 512, 256], 128)
     assert (args.interaction_type, args.dcn_num_layers, args.dcn_low_rank_dim) == ("dcn", 3, 512)
     assert (args.optimizer, args.learning_rate, args.train_batch_size) == ("adagrad", 0.005, 65536)

@@ -18,11 +18,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import KAGGLE_HEAD, REPO, SYNTH_TOOL, error_lines, read_metrics, requires_java, run_tool, \
-    write_tiny_dataset
+from conftest import KAGGLE_HEAD, REPO, SYNTH_TOOL, TRAIN_SCRIPT, error_lines, read_metrics, requires_java, \
+    run_tool, write_tiny_dataset
 from dlrm import quickstart, schema
 from dlrm.checkpoint import save_checkpoint, train_state
-from dlrm.config import resolve
+from dlrm.config import get_parser, resolve
 from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
 from dlrm.distributed import cpu_placement
 from dlrm.launch import free_port
@@ -30,7 +30,6 @@ from dlrm.model import DLRM
 from dlrm.predict import PredictError, order_by_slices, output_format, plan_input
 from dlrm.preprocess.rows import RowsError, has_labels
 import dlrm_predict
-import dlrm_train_eval
 
 PREDICT_SCRIPT = os.path.join(REPO, "dlrm_predict.py")
 KAGGLE_TEST_UNLABELED = os.path.join(REPO, "..", "shared", "criteo", "kaggle_sample_test18k_unlabeled.tsv")
@@ -48,7 +47,7 @@ def read_output(path):
 def write_checkpoint(data_dir, save_dir, seed=0):
     """A weights checkpoint of a freshly initialised tiny model for data_dir, as dlrm_train_eval.py
     writes them (train_state.json with the run's configuration)."""
-    args = dlrm_train_eval.get_parser().parse_args(["--data_dir", str(data_dir), "--device", "cpu", *TINY_MODEL,
+    args = get_parser().parse_args(["--data_dir", str(data_dir), "--device", "cpu", *TINY_MODEL,
                                                     "--train_batch_size", "20", "--eval_batch_size", "30"])
     cfg = resolve(args, 1, cuda_available=False)
     np.random.seed(seed)
@@ -261,7 +260,7 @@ def test_raw_text_gets_the_preprocessing_ids_in_every_mode(tmp_path, capsys):
 def trained_kaggle(kaggle_head_parquet, tmp_path_factory):
     """A tiny model trained by dlrm_train_eval.py on the 10,000 real Kaggle rows; (checkpoint, final AUC)."""
     run = tmp_path_factory.mktemp("trained")
-    run_tool(dlrm_train_eval.__file__, "--data_dir", kaggle_head_parquet, "--device", "cpu", *TINY_MODEL,
+    run_tool(TRAIN_SCRIPT, "--data_dir", kaggle_head_parquet, "--device", "cpu", *TINY_MODEL,
              "--train_batch_size", "128", "--eval_batch_size", "256", "--train_batches", "60", "--eval_interval", "0",
              "--eval_batches", "100", "--loss_print_interval", "20", "--optimizer", "adam", "--learning_rate", "0.003",
              "--model_save_dir", run, "--metrics_file", run / "metrics.jsonl")

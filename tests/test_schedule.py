@@ -3,9 +3,8 @@ OneFlow schedulers the graph compiles; the original's default schedule."""
 import oneflow as flow
 import pytest
 
-from dlrm.config import ScheduleConfig
+from dlrm.config import ScheduleConfig, get_parser
 from dlrm.schedule import lr_at, make_lr_scheduler
-from dlrm_train_eval import get_parser
 
 
 def test_lr_schedule_matches_oneflow_schedulers():

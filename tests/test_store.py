@@ -16,7 +16,7 @@ import pytest
 import dlrm_train_eval as train
 from conftest import REPO, read_metrics, write_tiny_dataset
 from dlrm.checkpoint import load_weights, locate_checkpoint, restore
-from dlrm.config import resolve
+from dlrm.config import get_parser, resolve
 from dlrm.convert import convert
 from dlrm.distributed import cpu_placement
 from dlrm.graphs import make_train_graph
@@ -101,7 +101,7 @@ def test_store_resharded_and_loaded_on_cpu_with_its_optimizer_state(adam_run, tm
     data, ckpt, _ = adam_run
     convert(ckpt, str(tmp_path / "g2"), str(tmp_path / "s2"), 2)
     convert(str(tmp_path / "g2"), str(tmp_path / "g3"), str(tmp_path / "s3"), 3)  # store -> store
-    cfg = resolve(train.get_parser().parse_args(["--data_dir", data, *TINY, "--optimizer", "adam"]), 1, False)
+    cfg = resolve(get_parser().parse_args(["--data_dir", data, *TINY, "--optimizer", "adam"]), 1, False)
     np.random.seed(5)
     module = DLRM(cfg.model, cfg.store, "cpu")
     module.to_global(cpu_placement(), flow.sbp.broadcast)
@@ -162,10 +162,10 @@ def test_a_store_of_another_value_or_key_size_is_one_line_before_build(tmp_path)
     data = write_tiny_dataset(str(tmp_path / "data"))
     written_store(tmp_path / "p", 2, 8)  # SGD with 8-float embeddings wrote it
     args = ["--data_dir", data, *TINY, "--persistent_path", str(tmp_path / "p")]
-    resolve(train.get_parser().parse_args(args), 2, cuda_available=True)  # the same: fine
+    resolve(get_parser().parse_args(args), 2, cuda_available=True)  # the same: fine
     with pytest.raises(StoreError, match=r"store .*0-2 holds 32-byte values \(8 floats\), this run needs 96 "
                                          r"\(--embedding_vec_size 8 x 3 for --optimizer adam\)"):
-        resolve(train.get_parser().parse_args(args + ["--optimizer", "adam"]), 2, cuda_available=True)
+        resolve(get_parser().parse_args(args + ["--optimizer", "adam"]), 2, cuda_available=True)
     int32 = written_store(tmp_path / "q", 1, 8, np.int32)
     with pytest.raises(StoreError, match="holds 4-byte keys, this run uses 8"):
         check_store(int32, 8, 32, "")
@@ -207,7 +207,7 @@ def test_a_missing_snapshot_names_the_rank_and_the_fix(tmp_path):
 def test_keep_checkpoints_deletes_older_checkpoints_with_their_snapshots(tmp_path):
     from dlrm.checkpoint import prune_checkpoints, save_checkpoint, train_state
     data = write_tiny_dataset(str(tmp_path / "data"))
-    cfg = resolve(train.get_parser().parse_args(["--data_dir", data, *TINY]), 1, False)
+    cfg = resolve(get_parser().parse_args(["--data_dir", data, *TINY]), 1, False)
     module = DLRM(cfg.model, cfg.store, "cpu")
     module.to_global(cpu_placement(), flow.sbp.broadcast)
     paths = rank_paths(str(tmp_path / "store"), 1)

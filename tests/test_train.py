@@ -182,13 +182,11 @@ def bad_datasets(synthetic_parquet, tmp_path_factory):
 @pytest.mark.parametrize("extra,message", [
     (["--embedding_vec_size", "8"], "--embedding_vec_size 8 must equal the last --bottom_mlp width 16"),
     (["--table_size_array", "1,2,3"], "--table_size_array has 3 entries"),
-    (["--store_type", "gpu_mem"], "--store_type 'gpu_mem' is not one of"),
     (["--one_embedding_key_type", "int32"], "holds int64 ids but --one_embedding_key_type is int32"),
     (["--eval_split", "val", "--data_dir", "/nonexistent/dlrm"], "--data_dir /nonexistent/dlrm: no such directory"),
     (["--train_batch_size", "10000000"], "less than one batch"),
     (["--resume"], "--resume needs --model_save_dir"),
     (["--decay_batches", "0"], "--decay_batches must be > 0, not 0"),
-    (["--loss_scale_policy", "sometimes"], "--loss_scale_policy must be static or dynamic"),
 ])
 def test_bad_arguments_fail_before_training(synthetic_parquet, capsys, extra, message):
     argv = ["--data_dir", str(synthetic_parquet / "parquet"), *SMALL_MODEL, *SCHEDULE, *extra]
