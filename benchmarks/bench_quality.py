@@ -35,7 +35,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 
 import harness
@@ -253,11 +252,8 @@ def get_parser():
     a("--models", type=lambda t: [m for m in t.split(",") if m], default="dot,dcn",
       help="our models to train: dot (the recipe), dcn (the recipe plus --dcn_args)")
     a("--dcn_args", default=DCN_ARGS, help="flags added to the recipe for the dcn model")
-    a("--work_dir", default=os.path.join(tempfile.gettempdir(), "dlrm_bench_quality"),
-      help="where the raw synthetic data, the parquet datasets and the training run go")
-    a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
-    a("--rows_per_day", type=int, default=300000, help="synthetic rows per day")
-    a("--seed", type=int, default=0, help="synthetic data seed")
+    harness.add_synthetic_args(p, "bench_quality", 300000,
+                               "where the raw synthetic data, the parquet datasets and the training run go")
     a("--num_test_examples", type=int, default=None,
       help="rows of the last day that go to test (default: half of it, as the quickstart)")
     a("--preprocess_args", default=PREPROCESS_ARGS, help="extra tools/criteo1t_parquet.py flags, one string")

@@ -77,7 +77,6 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from types import SimpleNamespace
@@ -721,11 +720,7 @@ def get_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--data_dir", default=None, help="existing parquet dataset (train/ ...); default: build a synthetic one")
-    a("--work_dir", default=os.path.join(tempfile.gettempdir(), "dlrm_bench_train"),
-      help="where the synthetic dataset is cached and the training logs go")
-    a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
-    a("--rows_per_day", type=int, default=100000, help="synthetic rows per day")
-    a("--seed", type=int, default=0, help="synthetic data seed")
+    harness.add_synthetic_args(p, "bench_train", 100000, "where the synthetic dataset is cached and the training logs go")
     a("--batch_size", type=int, default=4096, help="global training batch size (reader and GEMMs use it too)")
     a("--steps", type=int, default=16, help="training steps per run")
     a("--log_interval", type=int, default=4, help="--loss_print_interval; the first interval is skipped")

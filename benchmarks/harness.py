@@ -18,6 +18,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -205,6 +206,16 @@ def interval_rate(points, batch_size):
 def tool_command(name, *args):
     """argv running tools/<name> with this interpreter."""
     return [sys.executable, os.path.join(TOOLS, name), *map(str, args)]
+
+
+def add_synthetic_args(parser, name, rows_per_day, what):
+    """The flags of a benchmark's cached synthetic data: --work_dir (default <tmp>/dlrm_<name>: `what`
+    goes there), --days, --rows_per_day, --seed (synthesize's arguments)."""
+    a = parser.add_argument
+    a("--work_dir", default=os.path.join(tempfile.gettempdir(), f"dlrm_{name}"), help=what)
+    a("--days", type=int, default=3, help="synthetic days (the last one is test/val)")
+    a("--rows_per_day", type=int, default=rows_per_day, help="synthetic rows per day")
+    a("--seed", type=int, default=0, help="synthetic data seed")
 
 
 def synthesize(output_dir, days, rows_per_day, seed, kaggle=False):
