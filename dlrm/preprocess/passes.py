@@ -98,7 +98,7 @@ def check_rows(inputs, fmt, num_test_examples, bad_rows):
         check_block_order(path, sorted((p, b0, b1) for p, (b0, b1) in blocks[f].items()))
     starts = [_partition_starts(c) for c in counts]
     inputs.offsets = starts[sf]
-    inputs.split_lines = n = sum(counts[sf].values())
+    n = sum(counts[sf].values())
     split_file = SplitFile(n, split_bounds(fmt, n, num_test_examples, name))
     log("%s: %d lines in %d partitions" % (name, n, len(inputs.offsets)))
     check = _tally(_split_groups(inputs, split_file, rows, counts), inputs.names)
@@ -485,7 +485,7 @@ def run(args, fmt, paths, state):
                 return value
 
             def restore_check(d):
-                inputs.offsets, inputs.split_lines = d["offsets"], d["lines"]
+                inputs.offsets = d["offsets"]
                 split_file = SplitFile(d["lines"], {k: tuple(v) for k, v in d["bounds"].items()})
                 return split_file, _row_check_from(d["check"])
 

@@ -117,7 +117,6 @@ class Inputs:
         self.names = [os.path.basename(p) for p in paths]
         self.split_file = len(paths) - 1  # the file split by line position
         self.offsets = None  # per-partition first line of the split file
-        self.split_lines = None
 
     def scan(self, idx, positions=True):
         from pyspark.sql import functions as F
@@ -154,17 +153,6 @@ class Inputs:
         check_block_order(self.paths[idx], sorted(blocks))
         return counts
 
-    def locate_split_file(self):
-        """Count the split file's lines per partition; sets offsets, returns the line count."""
-        counts = self.count_partitions(self.split_file)
-        offsets, acc = [], 0
-        for c in counts:
-            offsets.append(acc)
-            acc += c
-        self.offsets = offsets
-        self.split_lines = acc
-        return acc
-
     def line_index(self, offsets=None):
         """0-based line index within the split file (native: literal offsets array), or with
         offsets (each partition's first line, from count_partitions), within any file."""
@@ -173,15 +161,6 @@ class Inputs:
         offsets = self.offsets if offsets is None else offsets
         arr = F.array(*[F.lit(int(o)).cast("long") for o in offsets])
         return F.element_at(arr, (F.col("_part") + 1).cast("int")) + F.col("_row")
-
-    def line_number(self, idx, part, row):
-        """1-based line number in file idx of row ``row`` of partition ``part``."""
-        if idx == self.split_file:
-            offsets = self.offsets
-        else:
-            counts = self.count_partitions(idx)
-            offsets = [sum(counts[:k]) for k in range(len(counts))]
-        return offsets[part] + row + 1
 
     def tagged(self, idx, bounds, positions=True):
         """Scan of file idx with its split in ``_split`` (and ``_line`` for the split file,
