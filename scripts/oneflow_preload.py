@@ -40,11 +40,14 @@ HOOK_SET = "DLRM_HOOK_SET"  # the variables set_default set (not the user), comm
 
 def set_default(name, value):
     """os.environ[name] = value unless the user set it; recorded in DLRM_HOOK_SET, so that a benchmark
-    can start another program (the PyTorch peer) without our thread settings."""
-    if name in os.environ:
+    can start another program (the PyTorch peer) without our thread settings. A value a parent's hook
+    set is this process's to recompute: under oneflow.distributed.launch the launcher's own process
+    chose MKL_NUM_THREADS before the launcher gave each rank OMP_NUM_THREADS=1."""
+    ours = os.environ.get(HOOK_SET, "").split(",")
+    if name in os.environ and name not in ours:
         return
     os.environ[name] = value
-    os.environ[HOOK_SET] = ",".join(n for n in os.environ.get(HOOK_SET, "").split(",") + [name] if n)
+    os.environ[HOOK_SET] = ",".join(n for n in ours + ([] if name in ours else [name]) if n)
 
 
 def tune_openblas(flags):

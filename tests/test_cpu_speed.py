@@ -26,6 +26,21 @@ def test_mkl_threads_follow_the_launcher_else_half_the_cores():
     assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": ""}, ncpu=1) == 1
 
 
+def test_set_default_keeps_the_users_value_and_recomputes_a_parents_hook_value(monkeypatch):
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # the user's
+    monkeypatch.delenv("DLRM_HOOK_SET", raising=False)
+    oneflow_preload.set_default("MKL_NUM_THREADS", "1")
+    assert os.environ["MKL_NUM_THREADS"] == "3" and os.environ.get("DLRM_HOOK_SET", "") == ""
+    monkeypatch.setenv("DLRM_HOOK_SET", "KMP_BLOCKTIME,MKL_NUM_THREADS")  # the launcher's hook set it
+    oneflow_preload.set_default("MKL_NUM_THREADS", "1")  # a rank with OMP_NUM_THREADS=1
+    assert os.environ["MKL_NUM_THREADS"] == "1"
+    assert os.environ["DLRM_HOOK_SET"] == "KMP_BLOCKTIME,MKL_NUM_THREADS"
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    monkeypatch.setenv("DLRM_HOOK_SET", "")
+    oneflow_preload.set_default("KMP_BLOCKTIME", "0")
+    assert os.environ["KMP_BLOCKTIME"] == "0" and os.environ["DLRM_HOOK_SET"] == "KMP_BLOCKTIME"
+
+
 def test_mkl_is_found_where_pip_puts_it_and_openblas_can_be_kept(tmp_path, monkeypatch):
     assert oneflow_preload.find_mkl(str(tmp_path)) is None
     (tmp_path / "lib").mkdir()
