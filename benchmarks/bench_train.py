@@ -79,7 +79,6 @@ import statistics
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import harness
 from harness import REPO, CpuWindow, emit, interval_rate, load_note, run_child, run_watched
@@ -543,7 +542,7 @@ def child_profile(a):
     from dlrm.config import ModelConfig, OptimizerConfig, ScheduleConfig
     from dlrm.data import BatchReader
     from dlrm.distributed import cpu_placement, gather_to_all, to_global
-    from dlrm.graphs import EvalGraph, TrainGraph, make_train_graph
+    from dlrm.graphs import EvalGraph, TrainGraph, build_train_graph
     from dlrm.model import DLRM
     from dlrm.schedule import make_lr_scheduler
     from dlrm.schema import load_table_sizes
@@ -577,9 +576,8 @@ def child_profile(a):
         optimizer = flow.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=schedule.learning_rate)
         graph = TrainGraph(module, [(optimizer, make_lr_scheduler(optimizer, schedule), False)], "cpu", False, None)
     else:  # what dlrm_train_eval.py builds from its RunConfig (the fields make_train_graph reads)
-        run = SimpleNamespace(device="cpu", amp=False, loss_scale_policy="static", schedule=schedule,
-                              optimizer=OptimizerConfig("sgd", sparse_embedding="dense_update" not in variant))
-        graph = make_train_graph(module, run)
+        optimizer = OptimizerConfig("sgd", sparse_embedding="dense_update" not in variant)
+        graph = build_train_graph(module, optimizer, schedule, "cpu", global_batch=B)
     if "forward" not in variant:
         inputs = [to_global(x, cpu) for x in (label, dense, sparse)]
     t = time.perf_counter()
