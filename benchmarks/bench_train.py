@@ -575,7 +575,7 @@ def child_profile(a):
         module.embedding.weight.requires_grad = False
         optimizer = flow.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=schedule.learning_rate)
         graph = TrainGraph(module, [(optimizer, make_lr_scheduler(optimizer, schedule), False)], "cpu", False, None)
-    else:  # what dlrm_train_eval.py builds from its RunConfig (the fields make_train_graph reads)
+    else:  # the graph dlrm_train_eval.py builds (make_train_graph -> build_train_graph), sparse SGD by default
         optimizer = OptimizerConfig("sgd", sparse_embedding="dense_update" not in variant)
         graph = build_train_graph(module, optimizer, schedule, "cpu", global_batch=B)
     if "forward" not in variant:
