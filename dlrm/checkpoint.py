@@ -347,14 +347,16 @@ def locate_checkpoint(ckpt):
     def warn(line):
         print(line, file=sys.stderr, flush=True)
 
-    path = (latest_checkpoint(ckpt.model_save_dir, warn) if ckpt.resume else None) or ckpt.model_load_dir
-    if not path:
-        return None
-    if not os.path.isdir(path):
-        return {"path": path, "error": f"--model_load_dir {path}: no such checkpoint directory"}
-    error = verify_manifest(path)
-    if error:
-        return {"path": path, "error": error}
+    path = latest_checkpoint(ckpt.model_save_dir, warn) if ckpt.resume else None  # verified there
+    if path is None:
+        path = ckpt.model_load_dir
+        if not path:
+            return None
+        if not os.path.isdir(path):
+            return {"path": path, "error": f"--model_load_dir {path}: no such checkpoint directory"}
+        error = verify_manifest(path)
+        if error:
+            return {"path": path, "error": error}
     return {"path": path, "state": read_train_state(path),
             "graph_state": os.path.isdir(os.path.join(path, GRAPH_STATE_DIR))}
 
