@@ -25,10 +25,10 @@ from dlrm.checkpoint import load_found_weights, locate_checkpoint
 from dlrm.config import CheckpointConfig, pick_device, reader_threads
 from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
-from dlrm.evaluation import roc_auc
+from dlrm.evaluation import log_loss, roc_auc
 from dlrm.graphs import EvalGraph
 from dlrm.model import DLRM
-from dlrm.predict import (PredictError, check_parquet_input, dataset_info, get_parser, log_loss, model_config,
+from dlrm.predict import (PredictError, check_parquet_input, dataset_info, get_parser, model_config,
                           order_by_slices, output_format, plan_input, read_columns, store_config, trained_from,
                           write_output)
 

@@ -190,11 +190,6 @@ def order_by_slices(preds, groups, batch_per_rank, world_size):
     return np.concatenate([per_rank[r, :n] for r, n in enumerate(slice_sizes(groups, world_size))])
 
 
-def log_loss(labels, probs):
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-
-
 def write_output(path, fmt, table):
     """The table to path (CSV with a header, or parquet), atomically: a temp file, then a rename."""
     import pyarrow.csv as csv
