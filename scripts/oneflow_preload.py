@@ -66,14 +66,12 @@ def find_mkl(prefix=sys.prefix):
 
 def mkl_threads(environ=os.environ, ncpu=None):
     """MKL's threads per process: OMP_NUM_THREADS when set (oneflow.distributed.launch sets it to 1
-    for each of several ranks per node), else every core. OneFlow's CPU runtime runs a step's kernels
-    on several threads (one per core, ops assigned round-robin), but a DLRM step is mostly a chain
-    of dependent ops, so while a GEMM runs the other cores are mostly idle: on 2 cores, 2 MKL threads
-    trained 1.12x (MLPerf architecture) and 1.03x (Kaggle architecture) as fast as 1 (alternating
-    rounds in one process, idle machine; benchmarks/bench_train.py)."""
+    for each of several ranks per node), else half the cores: OneFlow's CPU runtime runs two
+    kernel threads at once (measured: two threads share a step's kernel time about evenly), each
+    calling the BLAS."""
     if environ.get("OMP_NUM_THREADS", "").isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
         return int(environ["OMP_NUM_THREADS"])
-    return max(1, ncpu or os.cpu_count() or 1)
+    return max(1, (ncpu or os.cpu_count() or 2) // 2)
 
 
 def choose_blas(flags):

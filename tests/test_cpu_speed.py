@@ -18,11 +18,11 @@ import oneflow_preload  # noqa: E402
 HAS_MKL = oneflow_preload.find_mkl() is not None and {"avx2", "fma"} <= oneflow_preload.cpu_flags()
 
 
-def test_mkl_threads_follow_the_launcher_else_every_core():
+def test_mkl_threads_follow_the_launcher_else_half_the_cores():
     assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": "1"}, ncpu=16) == 1  # each of several launched ranks
     assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": "3"}, ncpu=16) == 3
-    assert oneflow_preload.mkl_threads({}, ncpu=2) == 2
-    assert oneflow_preload.mkl_threads({}, ncpu=16) == 16
+    assert oneflow_preload.mkl_threads({}, ncpu=2) == 1
+    assert oneflow_preload.mkl_threads({}, ncpu=16) == 8
     assert oneflow_preload.mkl_threads({"OMP_NUM_THREADS": ""}, ncpu=1) == 1
 
 
