@@ -382,9 +382,10 @@ def test_mod_values(run_mod, days_input):
     assert Counter(row_tuples(train)) == Counter(expected_tuples(train_lines, MOD))
     assert row_tuples(train) != expected_tuples(train_lines, MOD)  # shuffled
     test, files = read_split(out, "test")
-    assert 1 <= len(files) <= 2
+    assert len(files) == 2  # --eval_files
     assert row_tuples(test) == expected_tuples(test_lines, MOD)  # exact order
-    val, _ = read_split(out, "val")
+    val, files = read_split(out, "val")
+    assert len(files) == 2
     assert row_tuples(val) == expected_tuples(val_lines, MOD)
     # table sizes = exact distinct counts, missing id included; ids stay in their column range
     sets = distinct_per_column(out)
@@ -518,9 +519,11 @@ def test_kaggle_real_rows(run_kaggle):
     train, files = read_split(out, "train")
     assert len(files) == 4
     assert Counter(row_tuples(train)) == Counter(expected_tuples(lines[:8571], mod))
-    test, _ = read_split(out, "test")
+    test, files = read_split(out, "test")
+    assert len(files) == 3  # --eval_files
     assert row_tuples(test) == expected_tuples(lines[8571:8571 + 714], mod)
-    val, _ = read_split(out, "val")
+    val, files = read_split(out, "val")
+    assert len(files) == 3
     assert row_tuples(val) == expected_tuples(lines[8571 + 714:], mod)
     # I2 has negative raw values: stored as raw + 1 (0, -1), finite, and log(max(x,0)+1) too
     i2 = np.concatenate([t.column("I2").to_numpy() for t in (train, test, val)])
@@ -563,7 +566,7 @@ def test_train_shuffle_deterministic(run_mod, run_hash):
 # their log lines, continued to the uninterrupted run's output (run_mod: same arguments)
 # ------------------------------------------------------------------------------------------
 
-REUSED_RE = re.compile(r"^\[preprocess\] pass \d+/5 (.+): reused from the interrupted run",
+REUSED_RE = re.compile(r"^\[preprocess\] pass \d+/\d+ (.+): reused from the interrupted run",
                        re.M)
 
 
@@ -623,8 +626,8 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     # 1: killed while Spark writes train (check_rows finished)
     _run_until(args, parent,
                lambda ln, d: "writing train" in ln and _wait_for(os.path.join(d, "train")))
-    # 2: resumed, killed while it writes val (train and test finished)
-    log = _run_until(args + ["--resume"], parent, lambda ln, d: "writing val" in ln)
+    # 2: resumed, killed while it writes test and val (train finished)
+    log = _run_until(args + ["--resume"], parent, lambda ln, d: "writing test and val" in ln)
     assert REUSED_RE.findall(log) == ["check_rows"], log
     assert "half-written by the interrupted pass" in log  # train's partial directory
     [work] = os.listdir(parent)
@@ -637,7 +640,7 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     # 3: resumed to the end, with another scratch directory (allowed: it changes no output)
     r = tool(args + ["--resume", "--spark_tmp_dir", str(tmp_path / "scratch")])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert REUSED_RE.findall(r.stdout) == ["check_rows", "write_split train", "write_split test"], \
+    assert REUSED_RE.findall(r.stdout) == ["check_rows", "write_train"], \
         r.stdout
     assert sorted(os.listdir(parent)) == ["out", "scratch"]
     # the same output as the uninterrupted run: files, rows in order, dataset_info.json
@@ -686,7 +689,7 @@ def test_full_scratch_disk_then_resume(run_mod, small_tmpfs, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     [err] = error_lines(r.stderr)
     assert err.startswith("error: no space left on device in %s (--spark_tmp_dir" % small_tmpfs)
-    assert "during write_split train" in err and "--resume" in err, err
+    assert "during write_train" in err and "--resume" in err, err
     assert "Traceback" not in r.stderr
     [work] = [p for p in os.listdir(str(tmp_path)) if p.startswith(".out.incomplete-")]
     assert sorted(os.listdir(str(tmp_path / work))) == [STATE_FILE]  # no half-written train

@@ -23,8 +23,8 @@ def test_progress_line_format():
     assert LINE_RE.match("[preprocess] " + line)
     two = [{"id": 5, "tasks": 10, "done": 0, "started": 0.0},
            {"id": 6, "tasks": 4, "done": 2, "started": 0.0}]
-    line = progress_line("write_split train", two, now=5.0, position="3/6", run_eta=None)
-    assert line == ("write_split train (pass 3/6): 2/14 tasks, ETA ?, run ETA ? "
+    line = progress_line("write_train", two, now=5.0, position="3/6", run_eta=None)
+    assert line == ("write_train (pass 3/6): 2/14 tasks, ETA ?, run ETA ? "
                     "(stages 5,6)")  # no UI: no rates; a stage without a finished task: no ETA
     assert LINE_RE.match("[preprocess] " + line)
     assert (human(999), human(1234567, "B"), eta_text(3725.4)) == ("999", "1.2 MB", "1:02:05")
@@ -61,9 +61,8 @@ def test_progress_lines_during_a_run(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [m.groupdict() for m in map(LINE_RE.match, r.stdout.splitlines()) if m]
     names = {d["name"] for d in lines}
-    assert {"check_rows", "write_split train"} <= names, r.stdout
-    assert names <= {"check_rows", "write_split train", "write_split test",
-                     "write_split val", "count_distinct_ids"}
+    assert {"check_rows", "write_train"} <= names, r.stdout
+    assert names <= {"check_rows", "write_train", "write_test_val", "count_distinct_ids"}
     check = [(int(d["done"]), int(d["total"]), d["stages"]) for d in lines if d["name"] == "check_rows"]
     assert len(check) >= 3 and all(done <= total for done, total, _ in check), check
     # check_rows scans (one stage) then aggregates (a later stage): within a stage it never goes back
@@ -73,9 +72,10 @@ def test_progress_lines_during_a_run(tmp_path):
     scan = [d for d, _, s in check if s == check[0][2]]
     assert scan[-1] > scan[0], check
     assert any(d["eta"] != "?" for d in lines if d["name"] == "check_rows")
-    # pass k of 5 (the counting scan, three writes, distinct ids), and a run ETA once measured
+    # pass k of 4 (the counting scan, the train write, the test+val write, distinct ids), and
+    # a run ETA once measured
     assert {(d["name"], d["k"], d["n"]) for d in lines if d["name"] == "check_rows"} == {
-        ("check_rows", "1", "5")}
-    assert any(d["run_eta"] != "?" for d in lines if d["name"].startswith("write_split"))
+        ("check_rows", "1", "4")}
+    assert any(d["run_eta"] != "?" for d in lines if d["name"].startswith("write_"))
     # the rates come from the driver's UI
     assert any("rows/s" in ln for ln in r.stdout.splitlines() if "check_rows (pass" in ln)

@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 
-from dlrm.preprocess.passes import pass_output, reasons_text, run
+from dlrm.preprocess.passes import finished_outputs, reasons_text, run
 from dlrm.preprocess.plan import (CRITEO1T_RULE, DEFAULT_MOD_IDX, KAGGLE_RULE, PreprocessError,
                                   check_args, check_output_outside_input, log, pid_alive,
                                   plan_inputs, prepare_output, publish_output, temp_prefix)
@@ -124,7 +124,7 @@ def main(argv=None):
     finally:
         if tmp_dir and not published and os.path.isdir(tmp_dir):
             if keep and state is not None and state.finished:
-                state.remove_unfinished(keep=[pass_output(n) for n in state.finished])
+                state.remove_unfinished(keep=finished_outputs(state))
                 log("kept %s with %d finished pass(es) (%s): the same command with --resume "
                     "reuses them" % (tmp_dir, len(state.finished), ", ".join(state.finished)))
             else:

@@ -5,13 +5,16 @@
    reason, split and file, the first malformed row (stops here with --bad_rows fail)
 2. build_vocabulary (--min_frequency only): per column, the train values seen at least N times,
    ranked -> output_dir/vocabulary/ and the exact table sizes
-3. write_split (train, test, val): transform one split, write its parquet, check its row count
-4. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
+3. write_train: transform train, shuffle it, write its parquet, check its row count
+4. write_test_val: transform test and val (one scan of the split file), write them in file
+   order, check their row counts
+5. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
    table sizes
-5. build_dataset_info: the dataset_info.json content
+6. build_dataset_info: the dataset_info.json content
 """
 import functools
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -21,14 +24,14 @@ from dlrm.preprocess.plan import (PreprocessError, check_int32_ids, log, split_b
 from dlrm.preprocess.progress import Progress
 from dlrm.preprocess.resume import disk_full_check
 from dlrm.preprocess.spark import (DENSE_TRANSFORM, REASONS, Inputs, categorical_transform_text,
-                                   check_block_order,
-                                   hex_value, reason_expr, start_spark, transform_exprs, union,
-                                   uri, valid_expr)
+                                   check_block_order, hex_value, partition_keys, reason_expr,
+                                   start_spark, transform_exprs, union, uri, valid_expr)
 from dlrm.schema import (DATASET_INFO_VERSION, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS, SPLITS,
                          column_dtypes, write_dataset_info, write_original_readme)
 
 TOOL = "tools/criteo1t_parquet.py"  # recorded in dataset_info.json
 VOCAB_DIR = "vocabulary"  # output_dir/vocabulary/column=i/*.parquet with --min_frequency
+EVAL_DIR = "_test_val"  # write_eval's Spark output, moved to test/ and val/ when complete
 VOCAB_COLUMNS = ("column (0..25 for C1..C26, a directory level), value (the hex value as an "
                  "integer), count (its rows in train), rank (id = rank + the column's offset; "
                  "rank 0, shared by all other values, is not listed)")
@@ -313,58 +316,103 @@ def _parquet_rows(path):
     return sum(pq.ParquetFile(os.path.join(path, f)).metadata.num_rows for f in files), len(files)
 
 
-def write_split(inputs, split, split_file, check, args, tmp_dir, vocab=None):
-    """Pass 3 (once per split): write tmp_dir/split/ as parquet and return its row count.
-
-    train is shuffled (seed --seed) into --train_files files; test and val keep the file order
-    in up to --eval_files files. Malformed rows are dropped (only if check_rows found any).
-    With a Vocabulary the ids are joined in before the rows are ordered (same order as
-    without). Raises PreprocessError unless rows written + malformed skipped == lines read.
-    """
-    from pyspark.sql import functions as F
-
-    t = time.time()
-    df = _split_lines(inputs, split, split_file, check)
-    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
-    with_ids = (lambda d: vocab.apply(inputs.spark, d, args.key_type)) if vocab else (lambda d: d)
-    if split == "train":
-        log("writing train (shuffled, seed %d) into %d files..." % (args.seed, args.train_files))
-        # both random keys are drawn before the shuffle (and the joins), so the result does
-        # not depend on the order in which shuffle blocks arrive: deterministic for a seed
-        # and input
-        df = (with_ids(transformed(df.select("value"), out_cols)
-                       .select("*", F.rand(args.seed).alias("_r1"),
-                               F.rand(args.seed + 1).alias("_r2")))
-              .repartition(args.train_files, "_r1")
-              .sortWithinPartitions("_r2", "_r1")
-              .drop("_r1", "_r2"))
-    elif vocab:
-        log("writing %s (file order) into up to %d files..." % (split, args.eval_files))
-        df = (with_ids(transformed(df.select("value", "_line"), out_cols, "_line"))
-              .repartitionByRange(args.eval_files, "_line")
-              .sortWithinPartitions("_line").drop("_line"))
-    else:
-        log("writing %s (file order) into up to %d files..." % (split, args.eval_files))
-        # range-partition the raw lines (the sampling pass then skips the transforms)
-        df = (df.select("value", "_line")
-              .repartitionByRange(args.eval_files, "_line")
-              .sortWithinPartitions("_line"))
-        df = transformed(df, out_cols, "_line").drop("_line")
-    dest = os.path.join(tmp_dir, split)
-    df.write.mode("errorifexists").parquet(uri(dest))
-    written, nfiles = _parquet_rows(dest)
-    log("wrote %s: %d rows in %d files in %.1f s" % (split, written, nfiles, time.time() - t))
+def _check_written(split, written, check):
+    """Raise PreprocessError unless rows written + malformed skipped == lines read."""
     read, skipped = check.lines_read[split], check.by_split[split]
     if written + skipped != read:
         raise PreprocessError(
             "row count check failed for %s: %d lines read, %d written + %d malformed "
             "skipped = %d" % (split, read, written, skipped, written + skipped), 1)
+
+
+def write_train(inputs, split_file, check, args, tmp_dir, vocab=None):
+    """Pass 3: write tmp_dir/train/, shuffled (seed --seed) into --train_files files, and
+    return its row count. Malformed rows are dropped (only if check_rows found any); with a
+    Vocabulary the ids are joined in before the rows are ordered (same order as without)."""
+    from pyspark.sql import functions as F
+
+    t = time.time()
+    df = _split_lines(inputs, "train", split_file, check)
+    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
+    log("writing train (shuffled, seed %d) into %d files..." % (args.seed, args.train_files))
+    # both random keys are drawn before the shuffle (and the joins), so the result does not
+    # depend on the order in which shuffle blocks arrive: deterministic for a seed and input
+    df = (transformed(df.select("value"), out_cols)
+          .select("*", F.rand(args.seed).alias("_r1"), F.rand(args.seed + 1).alias("_r2")))
+    if vocab:
+        df = vocab.apply(inputs.spark, df, args.key_type)
+    df = (df.repartition(args.train_files, "_r1")
+          .sortWithinPartitions("_r2", "_r1")
+          .drop("_r1", "_r2"))
+    dest = os.path.join(tmp_dir, "train")
+    df.write.mode("errorifexists").parquet(uri(dest))
+    written, nfiles = _parquet_rows(dest)
+    log("wrote train: %d rows in %d files in %.1f s" % (written, nfiles, time.time() - t))
+    _check_written("train", written, check)
     return written
 
 
+def eval_file_index(line, bounds, files):
+    """The output file (0..2*files-1) of split-file line ``line`` (a column) of test or val:
+    each split's line range cut into ``files`` equal runs, test's first, then val's."""
+    from pyspark.sql import functions as F
+
+    def run(split):
+        a, b = bounds[split]
+        return F.floor((line - F.lit(a)) * F.lit(files) / F.lit(max(b - a, 1))).cast("int")
+
+    return F.when(line < F.lit(bounds["val"][0]), run("test")).otherwise(run("val") + files)
+
+
+def write_eval(inputs, split_file, check, args, tmp_dir, vocab=None):
+    """Pass 4: write tmp_dir/test/ and tmp_dir/val/ in one scan of the split file; each keeps
+    the file order in up to --eval_files files (equal runs of its lines; fewer files when a
+    split has fewer lines). Returns {"test": rows, "val": rows}.
+
+    The rows go to their file's partition by hash partitioning on a key chosen to land there
+    (spark.partition_keys): a range partitioning would scan the input once more to sample it.
+    """
+    from pyspark.sql import functions as F
+
+    t = time.time()
+    files = args.eval_files
+    log("writing test and val (file order) into up to %d files each..." % files)
+    # (long literals: the keys were found as longs, and hash(int) differs from hash(long))
+    keys = F.array(*[F.lit(k).cast("long") for k in partition_keys(inputs.spark, 2 * files)])
+    index = eval_file_index(F.col("_line"), split_file.bounds, files)
+    df = union([_split_lines(inputs, s, split_file, check) for s in ("test", "val")])
+    df = df.select("value", "_line", "_split", F.element_at(keys, index + 1).alias("_k"))
+    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
+    df = transformed(df, out_cols, "_line", "_split", "_k")
+    if vocab:
+        df = vocab.apply(inputs.spark, df, args.key_type)
+    # each partition holds one split, so the (_split, _line) order also satisfies the
+    # writer's ordering by _split: it adds no sort of its own
+    df = (df.repartition(2 * files, "_k")
+          .sortWithinPartitions("_split", "_line")
+          .drop("_line", "_k"))
+    dest = os.path.join(tmp_dir, EVAL_DIR)
+    df.write.partitionBy("_split").mode("errorifexists").parquet(uri(dest))
+    rows = {}
+    for split in ("test", "val"):
+        written = os.path.join(dest, "_split=%s" % split)
+        if os.path.isdir(written):
+            os.rename(written, os.path.join(tmp_dir, split))
+        else:  # no rows: an empty split with the schema, as a plain write leaves it
+            schema = df.drop("_split").schema
+            (inputs.spark.createDataFrame([], schema).write.mode("errorifexists")
+             .parquet(uri(os.path.join(tmp_dir, split))))
+        rows[split], nfiles = _parquet_rows(os.path.join(tmp_dir, split))
+        log("wrote %s: %d rows in %d files" % (split, rows[split], nfiles))
+        _check_written(split, rows[split], check)
+    shutil.rmtree(dest)
+    log("wrote test and val in %.1f s" % (time.time() - t))
+    return rows
+
+
 def count_distinct_ids(spark, tmp_dir):
-    """Pass 4 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the written train +
-    test + val (the table sizes)."""
+    """Pass 5 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the
+    written train + test + val (the table sizes)."""
     from pyspark.sql import functions as F
 
     t = time.time()
@@ -433,18 +481,21 @@ def pass_plan(args, inputs):
     plan = [("check_rows", every)]  # (its aggregation moves less than a scan's bytes)
     if args.min_frequency > 0:
         plan.append(("build_vocabulary", 2 * train))
-    plan += [("write_split train", 3 * train), ("write_split test", 2 * split_file),
-             ("write_split val", 2 * split_file)]
+    plan += [("write_train", 3 * train), ("write_test_val", 2 * split_file)]
     if args.min_frequency <= 0:
         plan.append(("count_distinct_ids", every))
     return plan
 
 
-def pass_output(name):
-    """The directory of tmp_dir a pass writes (None for the passes that only count)."""
-    if name.startswith("write_split "):
-        return name.split(" ", 1)[1]
-    return VOCAB_DIR if name == "build_vocabulary" else None
+def pass_outputs(name):
+    """The directories of tmp_dir a pass writes (none for the passes that only count)."""
+    return {"build_vocabulary": [VOCAB_DIR], "write_train": ["train"],
+            "write_test_val": ["test", "val"]}.get(name, [])
+
+
+def finished_outputs(state):
+    """The directories the passes that state records as finished wrote."""
+    return [d for name in state.finished for d in pass_outputs(name)]
 
 
 def _row_check_from(d):
@@ -466,7 +517,7 @@ def run(args, fmt, paths, state):
         inputs = Inputs(spark, paths)
         state.check_partitions(
             [spark.read.text(uri(p)).rdd.getNumPartitions() for p in paths], inputs.names)
-        state.remove_unfinished(keep=[pass_output(n) for n in state.finished])
+        state.remove_unfinished(keep=finished_outputs(state))
         room = (args, spark, tmp_dir, _train_bytes(inputs),
                 _input_bytes(inputs, range(len(paths))))
         with Progress(spark, args.progress_interval, pass_plan(args, inputs)) as progress:
@@ -507,13 +558,17 @@ def run(args, fmt, paths, state):
                     lambda v: {"sizes": v.sizes},
                     lambda d: Vocabulary(dest, d["sizes"], args.broadcast_vocab_rows),
                     lambda v: "%d frequent values" % (sum(v.sizes) - NUM_SPARSE))
-            rows = {}
-            for s in SPLITS:
-                rows[s] = step(
-                    "write_split %s" % s,
-                    lambda s=s: write_split(inputs, s, split_file, check, args, tmp_dir, vocab),
-                    lambda v: {"rows": v}, lambda d, s=s: _check_reused_split(tmp_dir, s, d),
-                    lambda v, s=s: "%s: %d rows" % (s, v))
+            rows = {"train": step(
+                "write_train",
+                lambda: write_train(inputs, split_file, check, args, tmp_dir, vocab),
+                lambda v: {"rows": {"train": v}},
+                lambda d: _check_reused_splits(tmp_dir, d)["train"],
+                lambda v: "train: %d rows" % v)}
+            rows.update(step(
+                "write_test_val",
+                lambda: write_eval(inputs, split_file, check, args, tmp_dir, vocab),
+                lambda v: {"rows": v}, lambda d: _check_reused_splits(tmp_dir, d),
+                lambda v: "test: %d rows, val: %d rows" % (v["test"], v["val"])))
             if vocab:
                 sizes = vocab.sizes
             else:
@@ -530,11 +585,12 @@ def run(args, fmt, paths, state):
         spark.stop()
 
 
-def _check_reused_split(tmp_dir, split, d):
-    """A finished split's row count, checked against its parquet footers."""
-    path = os.path.join(tmp_dir, split)
-    written = _parquet_rows(path)[0] if os.path.isdir(path) else None
-    if written != d["rows"]:
-        raise PreprocessError("cannot resume: %s holds %s rows, the interrupted run recorded %d; "
-                              "rerun without --resume" % (path, written, d["rows"]), 1)
-    return written
+def _check_reused_splits(tmp_dir, d):
+    """A finished write pass's {split: rows}, checked against the parquet footers."""
+    for split, rows in d["rows"].items():
+        path = os.path.join(tmp_dir, split)
+        written = _parquet_rows(path)[0] if os.path.isdir(path) else None
+        if written != rows:
+            raise PreprocessError("cannot resume: %s holds %s rows, the interrupted run "
+                                  "recorded %d; rerun without --resume" % (path, written, rows), 1)
+    return d["rows"]

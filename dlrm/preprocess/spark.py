@@ -96,6 +96,23 @@ def start_spark(args):
     return spark
 
 
+def partition_keys(spark, n):
+    """[k_0 .. k_{n-1}], longs that Spark's hash partitioning into n partitions (``repartition(n,
+    col)``: pmod(murmur3 hash with seed 42, n), the function of SQL's ``hash``) sends to
+    partitions 0 .. n-1: a column of k_j puts its row in partition j without a sampling scan.
+    The smallest such longs, found by a small job over 0, 1, 2, ..."""
+    from pyspark.sql import functions as F
+
+    found, start = {}, 0
+    while len(found) < n:
+        batch = spark.range(start, start + 64 * n).select(
+            "id", F.pmod(F.hash("id"), F.lit(n)).alias("p"))
+        for r in batch.collect():
+            found.setdefault(int(r["p"]), int(r["id"]))
+        start += 64 * n
+    return [found[j] for j in range(n)]
+
+
 def union(dfs):
     out = dfs[0]
     for d in dfs[1:]:
