@@ -234,28 +234,46 @@ def store_paths(options, persistent_path=None):
     return rank_paths(persistent_path or options["kv_store"]["persistent_table"]["path"], options["parallel_num"])
 
 
-def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None):
-    """A GPU checkpoint's rows as a CPU table, (rows, dim x factor) float32: the embedding of every id
-    the dataset can hold (store.dataset_ids) and, after it, the optimizer state the store keeps;
-    rows of ids the store lacks keep `embedding`'s current values (and zero state)."""
+def read_store_rows(path, entry, dim, persistent_path=None):
+    """(keys, values) of the snapshot the checkpoint at path names (entry: store_entry), each value
+    the embedding (dim floats) followed by the optimizer state the store keeps."""
     snapshot, options = entry
     if options is None:
         raise StoreError(f"checkpoint {path} names snapshot {snapshot!r} but not its store options")
     keys, values = read_rows(store_paths(options, persistent_path), snapshot)
-    weight = embedding.weight.to_local().numpy()
-    dim = weight.shape[1]
     if values.shape[1] % dim:
         raise StoreError(f"checkpoint {path}: its store keeps {values.shape[1]} floats per row, not a multiple of "
-                         f"--embedding_vec_size {dim}")
-    data_dir = data_dir or recorded_data_dir(path)
+                         f"its embedding size {dim}")
+    return keys, values
+
+
+def store_as_table(keys, values, base, data_dir, table_sizes, path):
+    """The store's rows as a CPU table, (rows, values' width) float32: the embedding of every id the
+    dataset at data_dir can hold (store.dataset_ids) and, after it, the optimizer state; rows of ids
+    the store lacks keep `base`'s values (and zero state)."""
     if not data_dir or not os.path.isdir(data_dir):
         raise StoreError(f"checkpoint {path}: the ids of its store rows are mapped to CPU rows with the dataset's "
                          f"ids, and its data_dir {data_dir} is not here: pass --data_dir")
-    table_sizes = embedding.table_sizes.to_local().numpy().reshape(-1)
-    rows = np.zeros((len(weight), values.shape[1]), dtype=np.float32)
-    rows[:, :dim] = weight
+    rows = np.zeros((len(base), values.shape[1]), dtype=np.float32)
+    rows[:, :base.shape[1]] = base
     store_to_table(keys, values, dataset_ids(data_dir, table_sizes), table_sizes, rows)
     return rows
+
+
+def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None):
+    """A GPU checkpoint's rows as a CPU table (store_as_table) over `embedding`'s current values."""
+    weight = embedding.weight.to_local().numpy()
+    keys, values = read_store_rows(path, entry, weight.shape[1], persistent_path)
+    table_sizes = embedding.table_sizes.to_local().numpy().reshape(-1)
+    return store_as_table(keys, values, weight, data_dir or recorded_data_dir(path), table_sizes, path)
+
+
+def split_table_state(rows, dim):
+    """A table with its optimizer state side by side, (n, dim x factor) -> (table, {graph variable name:
+    state}): the names under which a CPU checkpoint keeps the state in graph_state/."""
+    state = {f"{GRAPH_MODULE}{TABLE_KEY}-{s}": rows[:, (i + 1) * dim:(i + 2) * dim]
+             for i, s in enumerate(state_suffixes(rows.shape[1] // dim))}
+    return rows[:, :dim], state
 
 
 def state_suffixes(factor):
@@ -314,10 +332,7 @@ def load_weights(module, path, verify=True, persistent_path=None, data_dir=None)
         weight = module.embedding.weight
         factor = int(broadcast_json(rows.shape[1] // weight.shape[1] if rows is not None else None, cpu_placement()))
         rows = broadcast_rows(rows, (weight.shape[0], weight.shape[1] * factor), weight.placement)
-        dim = weight.shape[1]
-        state_dict[TABLE_KEY] = rows[:, :dim]
-        for i, suffix in enumerate(state_suffixes(factor)):
-            extra[f"{GRAPH_MODULE}{TABLE_KEY}-{suffix}"] = rows[:, (i + 1) * dim:(i + 2) * dim]
+        state_dict[TABLE_KEY], extra = split_table_state(rows, weight.shape[1])
     module.load_state_dict(state_dict, strict=False)
     return extra
 

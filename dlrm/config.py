@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import psutil
 
 from dlrm import schema
@@ -287,8 +288,7 @@ def check_run_store(store, embedding_vec_size, optimizer, world_size, rank=None)
     `rank`, only that rank's directory: the others may be on other nodes, or already opened by
     their own rank (which holds their LOCK) while this one is still checking."""
     paths = rank_paths(store.persistent_path, world_size)
-    key_size = 4 if store.key_type == "int32" else 8
-    check_store(paths if rank is None else [paths[rank]], key_size, 4 * embedding_vec_size * store.size_factor,
+    check_store(paths if rank is None else [paths[rank]], np.dtype(store.key_type).itemsize, 4 * embedding_vec_size * store.size_factor,
                 f"--embedding_vec_size {embedding_vec_size} x {store.size_factor} for --optimizer {optimizer}")
 
 

@@ -17,14 +17,12 @@ import numpy as np
 import oneflow as flow
 
 from dlrm.checkpoint import (GRAPH_MODULE, GRAPH_STATE_DIR, OPTIONS_KEY, SNAPSHOT_KEY, STATE_FILE, TABLE_KEY,
-                             read_train_state, state_suffixes, store_entry, store_paths, verify_manifest,
-                             write_manifest)
+                             read_store_rows, read_train_state, split_table_state, state_suffixes, store_as_table,
+                             store_entry, verify_manifest, write_manifest)
 from dlrm.jsonfile import write_json
-from dlrm.store import (StoreError, dataset_ids, rank_paths, read_rows, store_to_table, table_to_store,
-                        write_rows)
+from dlrm.store import StoreError, dataset_ids, rank_paths, table_to_store, write_rows
 
 ONE_EMBEDDING_PREFIX = "embedding.one_embedding."  # model.OneEmbedding's MultiTableEmbedding
-KEY_SIZES = {"int32": 4, "int64": 8}
 
 
 class ConvertError(ValueError):
@@ -78,7 +76,7 @@ def cpu_rows_of(weights, graph, config, path):
 
 def store_options(persistent_path, world_size, key_type, storage_dim):
     """What a GPU run records under OneEmbeddingKeyValueOptions (the fields loading reads)."""
-    return {"name": "sparse_embedding", "key_type_size": KEY_SIZES[key_type], "value_type_size": 4,
+    return {"name": "sparse_embedding", "key_type_size": np.dtype(key_type).itemsize, "value_type_size": 4,
             "value_type": "oneflow.float32", "storage_dim": storage_dim, "parallel_num": world_size,
             "kv_store": {"persistent_table": {"path": persistent_path, "physical_block_size": 4096}}}
 
@@ -111,28 +109,19 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
                            f"to write its rows to a store")
 
     keys = values = rows = None
+    data_dir = data_dir or config["data"]["data_dir"]
     if entry is not None:  # the source rows are in a store
-        if entry[1] is None:
-            raise ConvertError(f"{model_load_dir} names snapshot {entry[0]!r} but not its store options")
-        keys, values = read_rows(store_paths(entry[1], source_persistent_path), entry[0])
-        if values.shape[1] % dim:
-            raise ConvertError(f"{model_load_dir}: its store keeps {values.shape[1]} floats per row, not a multiple "
-                               f"of its embedding size {dim}")
+        keys, values = read_store_rows(model_load_dir, entry, dim, source_persistent_path)
     else:
         rows = cpu_rows_of(weights, graph, config, model_load_dir)
-
-    data_dir = data_dir or config["data"]["data_dir"]
-    if (entry is None) != (persistent_path is None):  # CPU rows <-> store keys: the dataset's ids map them
-        if not os.path.isdir(data_dir):
-            raise ConvertError(f"the dataset {data_dir} (its ids map store keys to CPU rows) is not here: "
-                               f"pass --data_dir")
-        ids = dataset_ids(data_dir, table_sizes)
-    if persistent_path is None:  # -> self-contained
-        rows = np.zeros((sum(table_sizes), values.shape[1]), np.float32)
-        rows[:, :dim] = initial_table(config["model"], config["seed"])
-        store_to_table(keys, values, ids, table_sizes, rows)
+    if (entry is None) != (persistent_path is None) and not os.path.isdir(data_dir):
+        raise ConvertError(f"the dataset {data_dir} (its ids map store keys to CPU rows) is not here: "
+                           f"pass --data_dir")
+    if persistent_path is None:  # store -> self-contained
+        rows = store_as_table(keys, values, initial_table(config["model"], config["seed"]), data_dir,
+                              table_sizes, model_load_dir)
     elif rows is not None:  # CPU -> store
-        keys, values = table_to_store(rows, ids, table_sizes)
+        keys, values = table_to_store(rows, dataset_ids(data_dir, table_sizes), table_sizes)
         keys = keys.astype(config["store"]["key_type"])
 
     weights = {k: v for k, v in weights.items() if not k.startswith(ONE_EMBEDDING_PREFIX) and k != TABLE_KEY}
@@ -140,9 +129,8 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
     factor = (rows if persistent_path is None else values).shape[1] // dim
     tmp_store = None
     if persistent_path is None:
-        weights[TABLE_KEY] = rows[:, :dim]
-        for i, suffix in enumerate(state_suffixes(factor)):
-            graph[f"{GRAPH_MODULE}{TABLE_KEY}-{suffix}"] = rows[:, (i + 1) * dim:(i + 2) * dim]
+        weights[TABLE_KEY], table_state = split_table_state(rows, dim)
+        graph.update(table_state)
     else:
         snapshot = snapshot_name()
         tmp_store = persistent_path.rstrip("/") + f".tmp-{os.getpid()}"

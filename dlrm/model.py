@@ -17,7 +17,7 @@ import oneflow as flow
 import oneflow.nn as nn
 
 from dlrm.schema import NUM_DENSE, NUM_SPARSE
-from dlrm.store import make_store_options
+from dlrm.store import make_store_options, table_offsets
 
 
 def pad_to_multiple(n, multiple=8):
@@ -121,7 +121,7 @@ class LocalEmbedding(nn.Module):
     def __init__(self, table_sizes, embedding_vec_size):
         super().__init__()
         table_sizes = np.asarray(table_sizes, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(table_sizes)[:-1]])
+        offsets = table_offsets(table_sizes)
         # Filled in float32 a block of rows at a time (the same random stream as one draw per
         # table) and shared with the parameter (from_numpy): the table is in memory once.
         weight = np.empty((int(table_sizes.sum()), embedding_vec_size), dtype=np.float32)

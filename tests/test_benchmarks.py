@@ -1,6 +1,8 @@
 """Fast checks of the benchmarks/ scripts (they print figures, nothing here times anything): each one
-starts (--help), and their parsing and feature helpers give what they claim. The scripts import their
+starts (--help), their parsing and feature helpers give what they claim, and (slow) the profile child
+builds its graphs. The scripts import their
 sibling `harness`, so the helpers are exercised in a subprocess started in benchmarks/."""
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +102,26 @@ def test_peer_runs_without_our_thread_settings(tmp_path):
         print("ok")
     """, tmp_path)
     assert "ok" in out
+
+
+@pytest.mark.slow
+def test_profile_children_build_their_graphs(tmp_path):
+    """bench_train.py --profile's child builds and times each kind of graph it profiles (the one
+    dlrm_train_eval.py builds, the frozen-embedding one and the eval graph) on a tiny dataset:
+    one process, the graphs one after another."""
+    from conftest import write_tiny_dataset
+
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    out = run_in_bench(f"""
+        import json, sys
+        import bench_train
+        for variant in ("default", "frozen_embedding", "forward"):
+            bench_train.main(["--_child", "profile", "--variant", variant, "--steps", "2",
+                              "--data_dir", {data!r}, "--batch_size", "40", "--bottom_mlp", "8,16",
+                              "--top_mlp", "16,8", "--embedding_vec_size", "16"])
+    """, tmp_path)
+    records = [json.loads(ln.split(" ", 1)[1]) for ln in out.splitlines() if ln.startswith("BENCH_RESULT ")]
+    assert [r["variant"] for r in records] == ["default", "frozen_embedding", "forward"], out
+    for r in records:
+        assert r["wall_s"] > 0 and len(r["all_wall_s"]) == 2 and r["samples_per_s"] == 40 / r["wall_s"], r
+    assert records[0]["gemm_cpu_s"] > 0 and records[0]["loss_readout_s"] > 0, records[0]

@@ -50,14 +50,14 @@ def test_run_eta_from_the_passes_measured():
 @pytest.mark.slow
 @requires_java
 def test_progress_lines_during_a_run(tmp_path):
-    """Small file splits (~170 tasks per input scan) and a 0.5 s interval: every pass that
+    """Small file splits (~170 tasks per input scan) and a 0.1 s interval: every pass that
     runs long enough reports, and a pass's task counts grow from line to line."""
     run_tool(SYNTH_TOOL, "--output_dir", tmp_path / "in", "--days", "2", "--rows_per_day", "20000",
              "--seed", "3", timeout=300)
     env = {"PYSPARK_SUBMIT_ARGS": "--conf spark.sql.files.maxPartitionBytes=65536 pyspark-shell"}
     r = tool(["--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
               "--num_test_examples", "5000", "--train_files", "2", "--eval_files", "2",
-              "--progress_interval", "0.5"] + SPARK, env=env)
+              "--progress_interval", "0.1"] + SPARK, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [m.groupdict() for m in map(LINE_RE.match, r.stdout.splitlines()) if m]
     names = {d["name"] for d in lines}

@@ -148,6 +148,6 @@ def start_work(args, paths):
     if not old:
         return tmp_dir, WorkState.start(tmp_dir, paths, args)
     os.rename(old, tmp_dir)
-    state = WorkState.load(tmp_dir)
+    state = state.moved_to(tmp_dir)
     log("--resume: continuing %s (finished: %s)" % (old, ", ".join(state.finished) or "none"))
     return tmp_dir, state

@@ -99,6 +99,10 @@ class WorkState:
         with open(os.path.join(tmp_dir, STATE_FILE)) as f:
             return cls(tmp_dir, json.load(f))
 
+    def moved_to(self, tmp_dir):
+        """This record, its directory renamed to tmp_dir."""
+        return WorkState(tmp_dir, self.record)
+
     def check_same_run(self, paths, args):
         """Raise PreprocessError (exit code 2) naming the first input or setting that differs
         from the interrupted run's."""
