@@ -213,17 +213,18 @@ def _files_of(split, inputs, bounds):
     return [inputs.split_file]
 
 
-def _split_lines(inputs, split, split_file, check):
-    """The raw lines of a split in ``value`` (plus ``_line`` from the split file), malformed
-    lines dropped (only if check_rows found any)."""
+def _split_lines(inputs, splits, split_file, check):
+    """The raw lines of the splits in ``value`` (plus ``_line`` and ``_split`` from the split
+    file), malformed lines dropped (only if check_rows found any); each file scanned once."""
     from pyspark.sql import functions as F
 
     sf = inputs.split_file
+    files = sorted({i for s in splits for i in _files_of(s, inputs, split_file.bounds)})
     parts = []
-    for i in _files_of(split, inputs, split_file.bounds):
+    for i in files:
         d = inputs.tagged(i, split_file.bounds, positions=i == sf)
         if i == sf:
-            d = d.filter(F.col("_split") == split)  # cheap test first
+            d = d.filter(F.col("_split").isin(*splits))  # cheap test first
         if check.total_bad:  # the check pass found malformed rows: drop them
             d = d.filter(valid_expr(F.col("value")))
         parts.append(d)
@@ -281,7 +282,7 @@ def build_vocabulary(spark, inputs, split_file, check, args, tmp_dir):
     log("building the vocabularies (values seen >= %d times in train)..." % n)
     fields = F.split(F.col("value"), "\t", -1)
     values = F.array(*[hex_value(fields[1 + NUM_DENSE + i]) for i in range(NUM_SPARSE)])
-    counts = (_split_lines(inputs, "train", split_file, check)
+    counts = (_split_lines(inputs, ["train"], split_file, check)
               .select(F.posexplode(values).alias("column", "value"))
               .filter(F.col("value").isNotNull())
               .groupBy("column", "value").count()
@@ -332,7 +333,7 @@ def write_train(inputs, split_file, check, args, tmp_dir, vocab=None):
     from pyspark.sql import functions as F
 
     t = time.time()
-    df = _split_lines(inputs, "train", split_file, check)
+    df = _split_lines(inputs, ["train"], split_file, check)
     out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
     log("writing train (shuffled, seed %d) into %d files..." % (args.seed, args.train_files))
     # both random keys are drawn before the shuffle (and the joins), so the result does not
@@ -380,7 +381,7 @@ def write_eval(inputs, split_file, check, args, tmp_dir, vocab=None):
     # (long literals: the keys were found as longs, and hash(int) differs from hash(long))
     keys = F.array(*[F.lit(k).cast("long") for k in partition_keys(inputs.spark, 2 * files)])
     index = eval_file_index(F.col("_line"), split_file.bounds, files)
-    df = union([_split_lines(inputs, s, split_file, check) for s in ("test", "val")])
+    df = _split_lines(inputs, ["test", "val"], split_file, check)
     df = df.select("value", "_line", "_split", F.element_at(keys, index + 1).alias("_k"))
     out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
     df = transformed(df, out_cols, "_line", "_split", "_k")
