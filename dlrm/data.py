@@ -181,8 +181,13 @@ def padded(batch, size, ids):
                                                                               (pad, len(ids)))]), batch.rows)
 
 
+def empty_batch(id_dtype):
+    return Batch(np.zeros((0, 1), np.float32), np.zeros((0, len(DENSE_COLUMNS)), np.float32),
+                 np.zeros((0, len(SPARSE_COLUMNS)), id_dtype), 0)
+
+
 def first_row_ids(groups):
-    """The ids of the first row of a split's row groups (the eval padding's)."""
+    """The ids of the first row of a split's row groups (the eval padding's), in the split's id dtype."""
     path, rg, _ = groups[0]
     first = next(pq.ParquetFile(path).iter_batches(batch_size=1, row_groups=[rg], columns=SPARSE_COLUMNS))
     return np.array([first.column(j).to_numpy()[0] for j in range(len(SPARSE_COLUMNS))])
@@ -337,13 +342,8 @@ class BatchReader:
         tail = concat(parts) if parts else None
         ids = first_row_ids(self.groups)
         while (emitted < self.max_batches) if self.max_batches is not None else tail is not None:
-            yield padded(tail or self._empty(), B, ids)
+            yield padded(tail or empty_batch(ids.dtype), B, ids)
             tail, emitted = None, emitted + 1
-
-    def _empty(self):
-        ids = pq.ParquetFile(self.groups[0][0]).schema_arrow.field(SPARSE_COLUMNS[0]).type.to_pandas_dtype()
-        return Batch(np.zeros((0, 1), np.float32), np.zeros((0, len(DENSE_COLUMNS)), np.float32),
-                     np.zeros((0, len(SPARSE_COLUMNS)), ids), 0)
 
     def _produce(self):
         try:
