@@ -106,22 +106,22 @@ def test_peer_runs_without_our_thread_settings(tmp_path):
 
 @pytest.mark.slow
 def test_profile_children_build_their_graphs(tmp_path):
-    """bench_train.py --profile's child builds and times each kind of graph it profiles (the one
-    dlrm_train_eval.py builds, the frozen-embedding one and the eval graph) on a tiny dataset:
-    one process, the graphs one after another."""
+    """bench_train.py --profile's children (one process per variant, as profile_phase runs them)
+    build and time each kind of graph it profiles: the one dlrm_train_eval.py builds, the
+    frozen-embedding one and the eval graph, on a tiny dataset."""
     from conftest import write_tiny_dataset
 
     data = write_tiny_dataset(str(tmp_path / "data"))
-    out = run_in_bench(f"""
-        import json, sys
-        import bench_train
-        for variant in ("default", "frozen_embedding", "forward"):
-            bench_train.main(["--_child", "profile", "--variant", variant, "--steps", "2",
-                              "--data_dir", {data!r}, "--batch_size", "40", "--bottom_mlp", "8,16",
-                              "--top_mlp", "16,8", "--embedding_vec_size", "16"])
-    """, tmp_path)
-    records = [json.loads(ln.split(" ", 1)[1]) for ln in out.splitlines() if ln.startswith("BENCH_RESULT ")]
-    assert [r["variant"] for r in records] == ["default", "frozen_embedding", "forward"], out
+    records = []
+    for variant in ("default", "frozen_embedding", "forward"):
+        proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_train.py"), "--_child", "profile",
+                               "--variant", variant, "--steps", "2", "--data_dir", data, "--batch_size", "40",
+                               "--bottom_mlp", "8,16", "--top_mlp", "16,8", "--embedding_vec_size", "16"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
+        records.append(json.loads(line.split(" ", 1)[1]))
+    assert [r["variant"] for r in records] == ["default", "frozen_embedding", "forward"]
     for r in records:
         assert r["wall_s"] > 0 and len(r["all_wall_s"]) == 2 and r["samples_per_s"] == 40 / r["wall_s"], r
     assert records[0]["gemm_cpu_s"] > 0 and records[0]["loss_readout_s"] > 0, records[0]
