@@ -58,7 +58,8 @@ Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run
 
 --profile times the train graph alone on pre-made global tensors at the main and the Kaggle
 architecture, as dlrm_train_eval.py runs it on CPU (unfused MLP, sparse embedding update, OneFlow's VM
-scheduler at SCHED_IDLE: dlrm.threads) and in variants (frozen embedding, forward only, the VM
+scheduler at SCHED_IDLE as with DLRM_IDLE_VM_SCHEDULER=1: dlrm.threads) and in variants (frozen embedding,
+forward only, the VM
 scheduler left spinning, OneFlow's OpenBLAS instead of MKL), with each step's CPU split by thread; then
 accounts for a step: the model's GEMMs timed alone (the interaction's bmm among them), forward,
 embedding gradient + sparse update, the other kernels, the VM scheduler, the main thread, idle core
@@ -643,10 +644,10 @@ def child_profile(a):
 
 
 PROFILE_VARIANTS = [  # (variant, extra environment, what it shows)
-    ("default", {}, "as dlrm_train_eval.py runs a step"),
+    ("default", {}, "the VM scheduler idled, as dlrm_train_eval.py with DLRM_IDLE_VM_SCHEDULER=1"),
     ("frozen_embedding", {}, "no embedding gradient or sparse update"),
     ("forward", {}, "the eval graph: forward only"),
-    ("spinning", {}, "OneFlow's VM scheduler left spinning (OneFlow's default)"),
+    ("spinning", {}, "OneFlow's VM scheduler left spinning (OneFlow's and dlrm_train_eval.py's default)"),
     ("openblas", {"DLRM_BLAS": "openblas"}, "OneFlow's bundled OpenBLAS instead of MKL"),
 ]
 

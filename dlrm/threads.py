@@ -8,11 +8,21 @@ threads: on 2 cores it held a third of the CPU (perf: 30% of samples in sched_yi
 kernels ran on about 1.3 cores. At SCHED_IDLE it runs only when a core would otherwise be idle;
 its job (starting the next instruction) waits for the kernels, which is when it is needed.
 Linux only; elsewhere nothing changes.
+
+Off unless DLRM_IDLE_VM_SCHEDULER=1: on a 2-vCPU AMD EPYC VM, 2-process CPU runs with the
+scheduler idled crashed in OneFlow's runtime (segfaults in Regst::~Regst and
+Regst::GetBlobByOrdinal, heap corruption) in 6 of 8 runs of the quickstart's training, and ran
+slower (67 s vs 52 s); left as OneFlow runs it, 3 of 3 passed.
 """
 import os
 import threading
 
 TASK_DIR = "/proc/self/task"
+IDLE_ENV = "DLRM_IDLE_VM_SCHEDULER"  # "1": dlrm_train_eval.py idles the VM scheduler
+
+
+def idle_requested():
+    return os.environ.get(IDLE_ENV) == "1"
 
 
 def thread_times():

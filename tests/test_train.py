@@ -41,10 +41,11 @@ def launch(args, nproc=1, env=None, popen=False):
 
 
 def check_cpu_threads(log, nproc):
-    """Every rank put OneFlow's VM scheduler at SCHED_IDLE (dlrm.threads); with MKL (the startup hook's
-    choice), each of several launched ranks runs one MKL thread (the launcher's OMP_NUM_THREADS=1)."""
+    """Every rank reports its BLAS and leaves OneFlow's VM scheduler as OneFlow runs it (dlrm.threads:
+    idled only with DLRM_IDLE_VM_SCHEDULER=1); with MKL (the startup hook's choice), each of several
+    launched ranks runs one MKL thread (the launcher's OMP_NUM_THREADS=1)."""
     lines = {int(m.group(1)): m.group(0) for m in re.finditer(
-        r"rank (\d+): OneFlow's VM scheduler thread (\d+) set to SCHED_IDLE; BLAS: .*", log)}
+        r"rank (\d+): OneFlow's VM scheduler as OneFlow runs it; BLAS: .*", log)}
     assert sorted(lines) == list(range(nproc)), log[-3000:]
     for line in lines.values():
         if "libmkl_rt" in line:
