@@ -12,7 +12,7 @@ Linux only; elsewhere nothing changes.
 Off unless DLRM_IDLE_VM_SCHEDULER=1: on a 2-vCPU AMD EPYC VM, 2-process CPU runs with the
 scheduler idled crashed in OneFlow's runtime (segfaults in Regst::~Regst and
 Regst::GetBlobByOrdinal, heap corruption) in 9 of 11 runs of the quickstart's training, with MKL
-or OneFlow's OpenBLAS, and ran slower (67 s vs 52 s); left as OneFlow runs it, 3 of 3 passed.
+or OneFlow's OpenBLAS, and ran slower (67 s vs 52 s); left as OneFlow runs it, 7 of 7 passed.
 """
 import os
 import threading
