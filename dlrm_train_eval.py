@@ -129,7 +129,8 @@ def main(argv=None):
 
     # 4. Train.
     losses = []  # (step, loss tensor) since the last log line
-    vm_scheduler = None  # OneFlow's VM scheduler thread once set to SCHED_IDLE (CPU; dlrm.threads)
+    idle_scheduler = cfg.device == "cpu" and idle_requested()  # DLRM_IDLE_VM_SCHEDULER=1 (dlrm.threads)
+    vm_scheduler = None  # OneFlow's VM scheduler thread once set to SCHED_IDLE
     blas = (f"BLAS: {os.environ.get('DLRM_BLAS_LIBRARY', 'OneFlow OpenBLAS')}, "
             f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', '-')}")
     last_time, last_step = time.time(), start_step
@@ -138,11 +139,7 @@ def main(argv=None):
         for step in range(start_step + 1, sched.train_batches + 1):
             label, dense, sparse, _ = next(reader)
             inputs = (to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))
-            if cfg.device == "cpu" and step == start_step + 2 and not idle_requested():
-                print(f"rank {rank}: OneFlow's VM scheduler as OneFlow runs it; {blas}", flush=True)
-                loss = train_graph(*inputs)
-            elif cfg.device == "cpu" and start_step + 2 <= step <= start_step + 11 and vm_scheduler is None \
-                    and idle_requested():
+            if idle_scheduler and start_step + 2 <= step <= start_step + 11 and vm_scheduler is None:
                 # after the compiling first step, a synced step at a time until it is seen spinning
                 loss, vm_scheduler = idle_vm_scheduler(lambda: train_graph(*inputs), tries=1)
                 if vm_scheduler is not None or step == start_step + 11:
@@ -150,6 +147,8 @@ def main(argv=None):
                           flush=True)
             else:
                 loss = train_graph(*inputs)
+                if cfg.device == "cpu" and not idle_scheduler and step == start_step + 2:
+                    print(f"rank {rank}: OneFlow's VM scheduler as OneFlow runs it; {blas}", flush=True)
             losses.append((step, loss))
 
             if step % cfg.log.loss_print_interval == 0 or step == sched.train_batches:

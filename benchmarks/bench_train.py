@@ -58,9 +58,9 @@ Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run
 
 --profile times the train graph alone on pre-made global tensors at the main and the Kaggle
 architecture, as dlrm_train_eval.py runs it on CPU (unfused MLP, sparse embedding update, OneFlow's VM
-scheduler at SCHED_IDLE as with DLRM_IDLE_VM_SCHEDULER=1: dlrm.threads) and in variants (frozen embedding,
-forward only, the VM
-scheduler left spinning, OneFlow's OpenBLAS instead of MKL), with each step's CPU split by thread; then
+scheduler at SCHED_IDLE as with DLRM_IDLE_VM_SCHEDULER=1: dlrm.threads) and in variants (frozen
+embedding, forward only, the VM scheduler left spinning, OneFlow's OpenBLAS instead of MKL), with
+each step's CPU split by thread; then
 accounts for a step: the model's GEMMs timed alone (the interaction's bmm among them), forward,
 embedding gradient + sparse update, the other kernels, the VM scheduler, the main thread, idle core
 time, the to_global conversion and the loss readout.

@@ -247,16 +247,22 @@ def read_store_rows(path, entry, dim, persistent_path=None):
     return keys, values
 
 
-def store_as_table(keys, values, base, data_dir, table_sizes, path):
-    """The store's rows as a CPU table, (rows, values' width) float32: the embedding of every id the
-    dataset at data_dir can hold (store.dataset_ids) and, after it, the optimizer state; rows of ids
-    the store lacks keep `base`'s values (and zero state)."""
+def checkpoint_dataset_ids(data_dir, table_sizes, path):
+    """store.dataset_ids of the dataset a checkpoint's store rows are mapped to CPU rows with (and
+    back): StoreError (one line) when data_dir is not here."""
     if not data_dir or not os.path.isdir(data_dir):
         raise StoreError(f"checkpoint {path}: the ids of its store rows are mapped to CPU rows with the dataset's "
                          f"ids, and its data_dir {data_dir} is not here: pass --data_dir")
+    return dataset_ids(data_dir, table_sizes)
+
+
+def store_as_table(keys, values, base, ids, table_sizes):
+    """The store's rows as a CPU table, (rows, values' width) float32: the embedding of every id in
+    ids (checkpoint_dataset_ids) and, after it, the optimizer state; rows of ids the store lacks keep
+    `base`'s values (and zero state)."""
     rows = np.zeros((len(base), values.shape[1]), dtype=np.float32)
     rows[:, :base.shape[1]] = base
-    store_to_table(keys, values, dataset_ids(data_dir, table_sizes), table_sizes, rows)
+    store_to_table(keys, values, ids, table_sizes, rows)
     return rows
 
 
@@ -265,7 +271,8 @@ def read_store_table(embedding, path, entry, persistent_path=None, data_dir=None
     weight = embedding.weight.to_local().numpy()
     keys, values = read_store_rows(path, entry, weight.shape[1], persistent_path)
     table_sizes = embedding.table_sizes.to_local().numpy().reshape(-1)
-    return store_as_table(keys, values, weight, data_dir or recorded_data_dir(path), table_sizes, path)
+    ids = checkpoint_dataset_ids(data_dir or recorded_data_dir(path), table_sizes, path)
+    return store_as_table(keys, values, weight, ids, table_sizes)
 
 
 def split_table_state(rows, dim):

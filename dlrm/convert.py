@@ -17,10 +17,10 @@ import numpy as np
 import oneflow as flow
 
 from dlrm.checkpoint import (GRAPH_MODULE, GRAPH_STATE_DIR, OPTIONS_KEY, SNAPSHOT_KEY, STATE_FILE, TABLE_KEY,
-                             read_store_rows, read_train_state, split_table_state, state_suffixes, store_as_table,
-                             store_entry, verify_manifest, write_manifest)
+                             checkpoint_dataset_ids, read_store_rows, read_train_state, split_table_state,
+                             state_suffixes, store_as_table, store_entry, verify_manifest, write_manifest)
 from dlrm.jsonfile import write_json
-from dlrm.store import StoreError, dataset_ids, rank_paths, table_to_store, write_rows
+from dlrm.store import StoreError, rank_paths, table_to_store, write_rows
 
 ONE_EMBEDDING_PREFIX = "embedding.one_embedding."  # model.OneEmbedding's MultiTableEmbedding
 
@@ -114,14 +114,12 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
         keys, values = read_store_rows(model_load_dir, entry, dim, source_persistent_path)
     else:
         rows = cpu_rows_of(weights, graph, config, model_load_dir)
-    if (entry is None) != (persistent_path is None) and not os.path.isdir(data_dir):
-        raise ConvertError(f"the dataset {data_dir} (its ids map store keys to CPU rows) is not here: "
-                           f"pass --data_dir")
+    if (entry is None) != (persistent_path is None):  # CPU rows <-> store keys: the dataset's ids map them
+        ids = checkpoint_dataset_ids(data_dir, table_sizes, model_load_dir)
     if persistent_path is None:  # store -> self-contained
-        rows = store_as_table(keys, values, initial_table(config["model"], config["seed"]), data_dir,
-                              table_sizes, model_load_dir)
+        rows = store_as_table(keys, values, initial_table(config["model"], config["seed"]), ids, table_sizes)
     elif rows is not None:  # CPU -> store
-        keys, values = table_to_store(rows, dataset_ids(data_dir, table_sizes), table_sizes)
+        keys, values = table_to_store(rows, ids, table_sizes)
         keys = keys.astype(config["store"]["key_type"])
 
     weights = {k: v for k, v in weights.items() if not k.startswith(ONE_EMBEDDING_PREFIX) and k != TABLE_KEY}

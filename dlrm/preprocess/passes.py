@@ -327,8 +327,8 @@ def _check_written(split, written, check):
 
 
 def write_train(inputs, split_file, check, args, tmp_dir, vocab=None):
-    """Pass 3: write tmp_dir/train/, shuffled (seed --seed) into --train_files files, and
-    return its row count. Malformed rows are dropped (only if check_rows found any); with a
+    """Pass 3: write tmp_dir/train/, shuffled (seed --seed) into --train_files files; returns
+    {"train": rows}. Malformed rows are dropped (only if check_rows found any); with a
     Vocabulary the ids are joined in before the rows are ordered (same order as without)."""
     from pyspark.sql import functions as F
 
@@ -350,7 +350,7 @@ def write_train(inputs, split_file, check, args, tmp_dir, vocab=None):
     written, nfiles = _parquet_rows(dest)
     log("wrote train: %d rows in %d files in %.1f s" % (written, nfiles, time.time() - t))
     _check_written("train", written, check)
-    return written
+    return {"train": written}
 
 
 def eval_file_index(line, bounds, files):
@@ -559,17 +559,12 @@ def run(args, fmt, paths, state):
                     lambda v: {"sizes": v.sizes},
                     lambda d: Vocabulary(dest, d["sizes"], args.broadcast_vocab_rows),
                     lambda v: "%d frequent values" % (sum(v.sizes) - NUM_SPARSE))
-            rows = {"train": step(
-                "write_train",
-                lambda: write_train(inputs, split_file, check, args, tmp_dir, vocab),
-                lambda v: {"rows": {"train": v}},
-                lambda d: _check_reused_splits(tmp_dir, d)["train"],
-                lambda v: "train: %d rows" % v)}
-            rows.update(step(
-                "write_test_val",
-                lambda: write_eval(inputs, split_file, check, args, tmp_dir, vocab),
-                lambda v: {"rows": v}, lambda d: _check_reused_splits(tmp_dir, d),
-                lambda v: "test: %d rows, val: %d rows" % (v["test"], v["val"])))
+            rows = {}
+            for name, write in (("write_train", write_train), ("write_test_val", write_eval)):
+                rows.update(step(
+                    name, lambda write=write: write(inputs, split_file, check, args, tmp_dir, vocab),
+                    lambda v: {"rows": v}, lambda d: _check_reused_splits(tmp_dir, d),
+                    lambda v: ", ".join("%s: %d rows" % kv for kv in v.items())))
             if vocab:
                 sizes = vocab.sizes
             else:
