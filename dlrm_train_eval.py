@@ -26,11 +26,10 @@ from dlrm.config import get_parser, resolve
 from dlrm.data import BatchReader
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import EvalSet, evaluate
-from dlrm.graphs import EvalGraph, make_train_graph
+from dlrm.graphs import EvalGraph, Graph, make_train_graph
 from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
 from dlrm.schedule import lr_at
-from dlrm.threads import idle_requested, idle_vm_scheduler
 
 
 def print_arguments(args, cfg):
@@ -129,8 +128,6 @@ def main(argv=None):
 
     # 4. Train.
     losses = []  # (step, loss tensor) since the last log line
-    idle_scheduler = cfg.device == "cpu" and idle_requested()  # DLRM_IDLE_VM_SCHEDULER=1 (dlrm.threads)
-    vm_scheduler = None  # OneFlow's VM scheduler thread once set to SCHED_IDLE
     blas = (f"BLAS: {os.environ.get('DLRM_BLAS_LIBRARY', 'OneFlow OpenBLAS')}, "
             f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', '-')}")
     last_time, last_step = time.time(), start_step
@@ -138,17 +135,12 @@ def main(argv=None):
     try:
         for step in range(start_step + 1, sched.train_batches + 1):
             label, dense, sparse, _ = next(reader)
-            inputs = (to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))
-            if idle_scheduler and start_step + 2 <= step <= start_step + 11 and vm_scheduler is None:
-                # after the compiling first step, a synced step at a time until it is seen spinning
-                loss, vm_scheduler = idle_vm_scheduler(lambda: train_graph(*inputs), tries=1)
-                if vm_scheduler is not None or step == start_step + 11:
-                    print(f"rank {rank}: OneFlow's VM scheduler thread {vm_scheduler} set to SCHED_IDLE; {blas}",
-                          flush=True)
-            else:
-                loss = train_graph(*inputs)
-                if cfg.device == "cpu" and not idle_scheduler and step == start_step + 2:
-                    print(f"rank {rank}: OneFlow's VM scheduler as OneFlow runs it; {blas}", flush=True)
+            loss = train_graph(to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))
+            if cfg.device == "cpu" and step == start_step + 1:
+                tid, policy = Graph.launcher
+                threads = (f"OneFlow's job launcher (thread {tid}, {policy}) leads, the other threads at SCHED_BATCH"
+                           if tid else "OneFlow's job launcher not found, threads as OneFlow runs them")
+                print(f"rank {rank}: {threads} (dlrm.threads); {blas}", flush=True)
             losses.append((step, loss))
 
             if step % cfg.log.loss_print_interval == 0 or step == sched.train_batches:

@@ -57,10 +57,10 @@ Defaults (batch 4096, 16 steps logged every 4, the first 4 skipped) keep the run
 --steps for steadier training figures.
 
 --profile times the train graph alone on pre-made global tensors at the main and the Kaggle
-architecture, as dlrm_train_eval.py runs it on CPU (unfused MLP, sparse embedding update, OneFlow's VM
-scheduler at SCHED_IDLE as with DLRM_IDLE_VM_SCHEDULER=1: dlrm.threads) and in variants (frozen
-embedding, forward only, the VM scheduler left spinning, OneFlow's OpenBLAS instead of MKL), with
-each step's CPU split by thread; then
+architecture, as dlrm_train_eval.py runs it on CPU (unfused MLP, sparse embedding update, OneFlow's
+job launcher ahead of its other threads, which run at SCHED_BATCH: dlrm.threads) and in variants
+(frozen embedding, forward only, OneFlow's threads as OneFlow runs them, OneFlow's OpenBLAS instead
+of MKL), with each step's CPU split by thread; then
 accounts for a step: the model's GEMMs timed alone (the interaction's bmm among them), forward,
 embedding gradient + sparse update, the other kernels, the VM scheduler, the main thread, idle core
 time, the to_global conversion and the loss readout.
@@ -543,11 +543,11 @@ def child_profile(a):
     from dlrm.config import ModelConfig, OptimizerConfig, ScheduleConfig
     from dlrm.data import BatchReader
     from dlrm.distributed import cpu_placement, gather_to_all, to_global
-    from dlrm.graphs import EvalGraph, TrainGraph, build_train_graph
+    from dlrm.graphs import EvalGraph, Graph, TrainGraph, build_train_graph
     from dlrm.model import DLRM
     from dlrm.schedule import make_lr_scheduler
     from dlrm.schema import load_table_sizes
-    from dlrm.threads import idle_vm_scheduler, thread_times
+    from dlrm.threads import find_spinner, thread_times
 
     B = a.batch_size
     variant = set(a.variant.split("+"))
@@ -581,19 +581,15 @@ def child_profile(a):
         graph = build_train_graph(module, optimizer, schedule, "cpu", global_batch=B)
     if "forward" not in variant:
         inputs = [to_global(x, cpu) for x in (label, dense, sparse)]
+    if "oneflow_threads" in variant:
+        Graph.launcher = (None, None)  # as if already done: the threads stay as OneFlow runs them
     t = time.perf_counter()
     out = graph(*inputs)
     out.numpy()
     rec["compile_s"] = time.perf_counter() - t
-    spinner = None
-    if "spinning" not in variant:  # as dlrm_train_eval.py runs it
-        out, spinner = idle_vm_scheduler(lambda: graph(*inputs))
-    else:  # as OneFlow leaves it; the spinning thread is only identified
-        from dlrm.threads import find_spinner
-
-        before = thread_times()
-        graph(*inputs).numpy()
-        spinner = find_spinner(before, thread_times())
+    before = thread_times()
+    graph(*inputs).numpy()
+    spinner = find_spinner(before, thread_times())  # OneFlow's VM scheduler, for the CPU split
     walls = []
     before = thread_times()
     with CpuWindow() as w:
@@ -644,10 +640,10 @@ def child_profile(a):
 
 
 PROFILE_VARIANTS = [  # (variant, extra environment, what it shows)
-    ("default", {}, "the VM scheduler idled, as dlrm_train_eval.py with DLRM_IDLE_VM_SCHEDULER=1"),
+    ("default", {}, "as dlrm_train_eval.py runs it: the job launcher leads, the rest at SCHED_BATCH"),
     ("frozen_embedding", {}, "no embedding gradient or sparse update"),
     ("forward", {}, "the eval graph: forward only"),
-    ("spinning", {}, "OneFlow's VM scheduler left spinning (OneFlow's and dlrm_train_eval.py's default)"),
+    ("oneflow_threads", {}, "OneFlow's threads as OneFlow runs them (all SCHED_OTHER)"),
     ("openblas", {"DLRM_BLAS": "openblas"}, "OneFlow's bundled OpenBLAS instead of MKL"),
 ]
 
@@ -679,11 +675,11 @@ def profile_phase(args, data_dir, env):
         d = out.get((name, "default"))
         if d:
             print_step_account(d, out.get((name, "frozen_embedding")), out.get((name, "forward")),
-                               out.get((name, "spinning")), out.get((name, "openblas")), args.log_interval)
+                               out.get((name, "oneflow_threads")), out.get((name, "openblas")), args.log_interval)
     return out
 
 
-def print_step_account(d, frozen, forward, spinning, openblas, log_interval):
+def print_step_account(d, frozen, forward, oneflow_threads, openblas, log_interval):
     """One step's wall time and CPU, item by item."""
     ncpu = os.cpu_count()
     wall, cpu = d["wall_s"], d["cpu_per_step"]
@@ -701,13 +697,15 @@ def print_step_account(d, frozen, forward, spinning, openblas, log_interval):
               f"(step - frozen-embedding step)")
     rest = d["kernel_threads_cpu"] + d["other_threads_cpu"] - d["gemm_cpu_s"]
     print(f"      other kernels (elementwise, gather, interaction cat/index_select, loss, SGD): {ms(rest)} CPU")
-    print(f"      OneFlow's VM scheduler thread                      {ms(d['vm_scheduler_cpu'])} CPU"
-          + (f" (left spinning: {ms(spinning['vm_scheduler_cpu'])} CPU, step {ms(spinning['wall_s'])} wall)"
-             if spinning else ""))
+    print(f"      OneFlow's VM scheduler thread                      {ms(d['vm_scheduler_cpu'])} CPU")
     print(f"      main thread (graph launch, sync)                   {ms(d['main_thread_cpu'])} CPU")
     print(f"      idle waits (cores x wall - CPU)                    {ms(max(ncpu * wall - cpu, 0.0))} core time")
     print(f"      outside the graph, per step: to_global of a batch {ms(d['to_global_s'])}, loss readout "
           f"{ms(d['loss_readout_s'] / log_interval)} ({ms(d['loss_readout_s'])} once per logged interval)")
+    if oneflow_threads:
+        print(f"      with OneFlow's threads as OneFlow runs them: {ms(oneflow_threads['wall_s'])} wall "
+              f"({oneflow_threads['wall_s'] / wall:.2f}x the time), VM scheduler "
+              f"{ms(oneflow_threads['vm_scheduler_cpu'])} CPU")
     if openblas:
         print(f"      with OneFlow's OpenBLAS instead: {ms(openblas['wall_s'])} wall, {ms(openblas['cpu_per_step'])} CPU "
               f"({openblas['wall_s'] / wall:.2f}x the time)")

@@ -7,6 +7,7 @@ import oneflow as flow
 
 from dlrm.optimizers import OPTIMIZERS
 from dlrm.schedule import make_lr_scheduler
+from dlrm.threads import lead_launcher
 
 
 def make_grad_scaler(policy):
@@ -45,7 +46,22 @@ def build_train_graph(module, optimizer, schedule, device, amp=False, loss_scale
     return TrainGraph(module, optimizers, device, amp, make_grad_scaler(loss_scale_policy))
 
 
-class TrainGraph(flow.nn.Graph):
+class Graph(flow.nn.Graph):
+    """nn.Graph whose first run in a CPU process keeps OneFlow's job-launcher thread ahead of the
+    process's other threads (dlrm.threads.lead_launcher: without it OneFlow 0.9.0 races itself on
+    short steps and segfaults). GPU processes are left as OneFlow runs them (not measured here)."""
+    launcher = None  # (thread id or None, policy) once a CPU graph has run; one per process
+
+    def __call__(self, *args):
+        if Graph.launcher is not None or self.device != "cpu":
+            return super().__call__(*args)
+        if not self._is_compiled:  # what nn.Graph.__call__ does first; its threads are made here
+            self._compile(*args)
+        out, *Graph.launcher = lead_launcher(lambda: super(Graph, self).__call__(*args))
+        return out
+
+
+class TrainGraph(Graph):
     """optimizers: [(optimizer, lr_scheduler, is_sparse)]."""
 
     def __init__(self, module, optimizers, device, amp, grad_scaler):
@@ -70,7 +86,7 @@ class TrainGraph(flow.nn.Graph):
         return loss.to("cpu")
 
 
-class EvalGraph(flow.nn.Graph):
+class EvalGraph(Graph):
     def __init__(self, module, device, amp):
         super().__init__()
         self.module = module

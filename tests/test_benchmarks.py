@@ -108,12 +108,14 @@ def test_peer_runs_without_our_thread_settings(tmp_path):
 def test_profile_children_build_their_graphs(tmp_path):
     """bench_train.py --profile's children (one process per variant, as profile_phase runs them)
     build and time each kind of graph it profiles: the one dlrm_train_eval.py builds, the
-    frozen-embedding one and the eval graph, on a tiny dataset."""
+    frozen-embedding one and the eval graph, and the first with OneFlow's threads left as OneFlow
+    runs them, on a tiny dataset."""
     from conftest import write_tiny_dataset
 
     data = write_tiny_dataset(str(tmp_path / "data"))
     records = []
-    for variant in ("default", "frozen_embedding", "forward"):
+    variants = ("default", "frozen_embedding", "forward", "oneflow_threads")
+    for variant in variants:
         proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_train.py"), "--_child", "profile",
                                "--variant", variant, "--steps", "2", "--data_dir", data, "--batch_size", "40",
                                "--bottom_mlp", "8,16", "--top_mlp", "16,8", "--embedding_vec_size", "16"],
@@ -121,7 +123,7 @@ def test_profile_children_build_their_graphs(tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
         records.append(json.loads(line.split(" ", 1)[1]))
-    assert [r["variant"] for r in records] == ["default", "frozen_embedding", "forward"]
+    assert [r["variant"] for r in records] == list(variants)
     for r in records:
         assert r["wall_s"] > 0 and len(r["all_wall_s"]) == 2 and r["samples_per_s"] == 40 / r["wall_s"], r
     assert records[0]["gemm_cpu_s"] > 0 and records[0]["loss_readout_s"] > 0, records[0]

@@ -1,15 +1,17 @@
-"""CPU speed settings: the startup hook's BLAS choice (scripts/oneflow_preload.py) and OneFlow's VM
-scheduler thread at SCHED_IDLE (dlrm.threads)."""
+"""CPU settings: the startup hook's BLAS choice (scripts/oneflow_preload.py) and the scheduling
+policies of OneFlow's threads (dlrm.threads)."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
-import oneflow as flow
 import pytest
 
-from dlrm.threads import find_spinner, idle_vm_scheduler, thread_times
+from dlrm.threads import find_spinner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -67,24 +69,70 @@ def test_find_spinner_picks_the_thread_that_never_blocked():
     assert find_spinner(before, {1: (10**9, 6)}, exclude=(1,)) is None
 
 
-class _Steps(flow.nn.Graph):
+LAUNCH_PROBE = """
+import sys
+import oneflow as flow
+from dlrm.graphs import Graph
+
+class Steps(Graph):
     def __init__(self, module):
         super().__init__()
-        self.module = module
+        self.module, self.device = module, "cpu"
 
     def build(self, x):
         return self.module(x).sum()
 
+graph, x = Steps(flow.nn.Linear(64, 64)), flow.randn(32, 64)
+graph(x).numpy()
+print(*Graph.launcher, flush=True)
+for line in sys.stdin:  # one more step per line
+    graph(x).numpy()
+    print("step", flush=True)
+"""
 
-def test_idle_vm_scheduler_finds_and_idles_oneflows_spinning_thread():
-    flow.manual_seed(0)
-    layers = flow.nn.Sequential(*[flow.nn.Sequential(flow.nn.Linear(512, 512), flow.nn.Tanh()) for _ in range(12)])
-    graph, x = _Steps(layers), flow.randn(2048, 512)
-    first = graph(x).numpy()
-    out, tid = idle_vm_scheduler(lambda: graph(x), tries=30)
-    assert tid is not None and tid != os.getpid() and tid in thread_times()
-    assert os.sched_getscheduler(tid) == os.SCHED_IDLE
-    assert out.numpy() == first and graph(x).numpy() == first  # the same results afterwards
+
+def wait_for(stream, pattern, lines):
+    """Read stream until a line matches pattern; returns the match (lines gets every line read)."""
+    for line in stream:
+        lines.append(line)
+        m = re.search(pattern, line)
+        if m:
+            return m
+    raise AssertionError("".join(lines[-30:]))
+
+
+@pytest.mark.slow
+def test_the_thread_found_is_the_one_that_launches_graph_jobs_and_leads_the_rest():
+    probe = subprocess.Popen([sys.executable, "-c", LAUNCH_PROBE], cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, GLOG_minloglevel="3"))
+    try:
+        tid, policy = wait_for(probe.stdout, r"^(\d+) (SCHED_\w+)$", []).groups()
+        tid = int(tid)
+        tasks = [int(t) for t in os.listdir(f"/proc/{probe.pid}/task")]
+        assert tid in tasks and len(tasks) > 10
+        expected = os.SCHED_FIFO if policy == "SCHED_FIFO" else os.SCHED_OTHER
+        if os.geteuid() == 0:
+            assert policy == "SCHED_FIFO"
+        assert os.sched_getscheduler(tid) == expected
+        assert {t: os.sched_getscheduler(t) for t in tasks if t != tid} == {t: os.SCHED_BATCH for t in tasks if t != tid}
+        if shutil.which("gdb") is None:
+            pytest.skip("no gdb to see which thread runs LazyJobStreamPolicy::EnqueueNNGraph (policies checked)")
+        # The thread that puts a step's graph in OneFlow's launch queue is the one found.
+        gdb = subprocess.Popen(["gdb", "-batch", "-p", str(probe.pid), "-ex",
+                                "break oneflow::vm::LazyJobStreamPolicy::EnqueueNNGraph", "-ex", "continue"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        wait_for(gdb.stdout, r"^Breakpoint 1 at", lines)
+        time.sleep(1)  # gdb resumes the process after setting the breakpoint
+        probe.stdin.write("\n")
+        probe.stdin.flush()
+        hit = wait_for(gdb.stdout, r"Switching to Thread .*\(LWP (\d+)\)", lines)
+        assert int(hit.group(1)) == tid, "".join(lines[-30:])
+        gdb.wait(timeout=60)
+        assert wait_for(probe.stdout, r"^step$", [])  # the process goes on after gdb detaches
+    finally:
+        probe.kill()
+        probe.wait()
 
 
 def blas_run(blas, tmp_path):
