@@ -19,7 +19,11 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-import oneflow as flow
+
+from dlrm.launch import wait_for_rank0
+
+wait_for_rank0()  # a launched rank: before OneFlow's import connects it to rank 0 (see there)
+import oneflow as flow  # noqa: E402
 
 from dlrm.checkpoint import load_found_weights, locate_checkpoint
 from dlrm.config import CheckpointConfig, pick_device, reader_threads

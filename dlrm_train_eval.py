@@ -18,7 +18,11 @@ import sys
 import time
 
 import numpy as np
-import oneflow as flow
+
+from dlrm.launch import wait_for_rank0
+
+wait_for_rank0()  # a launched rank: before OneFlow's import connects it to rank 0 (see there)
+import oneflow as flow  # noqa: E402
 
 from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, reader_plan, restore, \
     save_checkpoint, saved_train_batch, train_state

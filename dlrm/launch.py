@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "dlrm_train_eval.py")
@@ -30,6 +31,24 @@ def train_command(train_args, nproc=1, nnodes=1, node_rank=0, master_addr="127.0
     return [python, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(nproc), "--nnodes", str(nnodes),
             "--node_rank", str(node_rank), "--master_addr", master_addr,
             "--master_port", str(master_port or free_port()), TRAIN_SCRIPT, *map(str, train_args)]
+
+
+def wait_for_rank0(env=os.environ, timeout=600.0):
+    """In a launched rank other than 0: wait until rank 0 accepts connections at MASTER_ADDR:
+    MASTER_PORT. Call it before `import oneflow`. OneFlow 0.9.0 sets up its environment on import:
+    rank 0 serves the bootstrap there, the other ranks connect to it, and one that finds it not yet
+    listening sleeps 10 s before its next try (control/rpc_client.cpp, LoadServer). Ranks start
+    together and import OneFlow in about the same time, so 1 in 6 two-process starts here lost
+    10 s. After `timeout` s OneFlow's own retries take over."""
+    if env.get("RANK", "0") in ("0", "-1") or not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((env["MASTER_ADDR"], int(env["MASTER_PORT"])), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
 
 
 def preprocess_command(tool_args, python=sys.executable):

@@ -243,3 +243,34 @@ def test_try_multinode_netns_errors(tmp_path):
     assert_one_line_error(run("try_multinode_netns.sh", "exec", "2", "true"), "node must be 0 or 1")
     assert_one_line_error(run("try_multinode_netns.sh", "run", tmp_path / "nope", tmp_path / "w"),
                           "DATA_DIR", "does not exist")
+
+
+# ----------------------------------------------------------------------------- dlrm.launch.wait_for_rank0
+def test_a_launched_rank_waits_until_rank0_listens():
+    import socket
+    import threading
+    import time
+
+    from dlrm.launch import free_port, wait_for_rank0
+
+    port = free_port()
+    env = {"RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    server = socket.socket()
+
+    def listen_later():
+        time.sleep(0.5)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+    threading.Thread(target=listen_later).start()
+    t = time.monotonic()
+    wait_for_rank0(env, timeout=30)
+    waited = time.monotonic() - t
+    server.close()
+    assert 0.5 <= waited < 5
+    t = time.monotonic()
+    wait_for_rank0(dict(env, RANK="0"), timeout=30)  # rank 0 itself, and a plain run (RANK -1 or unset)
+    wait_for_rank0(dict(env, RANK="-1"), timeout=30)
+    wait_for_rank0({}, timeout=30)
+    wait_for_rank0(env, timeout=0.3)  # nobody listens: gives up after the timeout
+    assert time.monotonic() - t < 2

@@ -37,6 +37,7 @@ def launch(args, nproc=1, env=None, popen=False, timeout=600):
         return subprocess.Popen(cmd, start_new_session=True, **kw)
     proc = subprocess.run(cmd, timeout=timeout, **kw)
     assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "LoadServer" not in proc.stdout, proc.stdout[-4000:]  # no rank slept 10 s (dlrm.launch.wait_for_rank0)
     return proc.stdout
 
 
