@@ -34,6 +34,7 @@ from dlrm.graphs import EvalGraph, Graph, make_train_graph
 from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
 from dlrm.schedule import lr_at
+from dlrm.threads import launcher_note
 
 
 def print_arguments(args, cfg):
@@ -141,10 +142,7 @@ def main(argv=None):
             label, dense, sparse, _ = next(reader)
             loss = train_graph(to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))
             if cfg.device == "cpu" and step == start_step + 1:
-                tid, policy = Graph.launcher
-                threads = (f"OneFlow's job launcher (thread {tid}, {policy}) leads, the other threads at SCHED_BATCH"
-                           if tid else "OneFlow's job launcher not found, threads as OneFlow runs them")
-                print(f"rank {rank}: {threads} (dlrm.threads); {blas}", flush=True)
+                print(f"rank {rank}: {launcher_note(*Graph.launcher)} (dlrm.threads); {blas}", flush=True)
             losses.append((step, loss))
 
             if step % cfg.log.loss_print_interval == 0 or step == sched.train_batches:

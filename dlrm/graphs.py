@@ -50,7 +50,7 @@ class Graph(flow.nn.Graph):
     """nn.Graph whose first run in a CPU process keeps OneFlow's job-launcher thread ahead of the
     process's other threads (dlrm.threads.lead_launcher: without it OneFlow 0.9.0 races itself on
     short steps and segfaults). GPU processes are left as OneFlow runs them (not measured here)."""
-    launcher = None  # (thread id or None, policy) once a CPU graph has run; one per process
+    launcher = None  # (thread id or None, the others' policy) once a CPU graph has run; one per process
 
     def __call__(self, *args):
         if Graph.launcher is not None or self.device != "cpu":

@@ -9,15 +9,17 @@ actor thread it has just woken; a 64-row CPU eval step is ~0.1 ms), the pop come
 empty std::queue: undefined behaviour that segfaults a few steps later in DequeueNNGraph, hangs
 the next graph's launch, or corrupts the heap. On 2 cores, 12 of 30 eval-heavy runs died or hung.
 
-A thread at SCHED_BATCH never preempts a SCHED_OTHER thread when it wakes (kernel/sched/fair.c,
-check_preempt_wakeup_fair), and needs no privilege. So after the first graph run every thread of
-the process but the launcher goes to SCHED_BATCH (threads made later inherit it from their
-maker), and the launcher to SCHED_FIFO where allowed. Runs of 600 32-row eval steps: 11 of 20
-failed as OneFlow runs them, 1 of 30 with SCHED_BATCH, 0 of 40 with the launcher at SCHED_FIFO
-too. Nice levels do not do it (the others 10 below: 3 of 30 of a milder kind failed, 12 of 30
-without): the launcher's spin-wait between instructions sched_yield()s, and each yield pushes
-its scheduling deadline later than the woken threads'. The setting also made a 2-process
-training 1.5x faster: OneFlow's threads no longer preempt each other at every hand-off.
+So the launcher must not lose its core there. Where the process may, the launcher goes to
+SCHED_FIFO, which no normal thread preempts, and every other thread of the process to
+SCHED_BATCH (a woken SCHED_BATCH thread does not preempt a running one, kernel/sched/fair.c
+check_preempt_wakeup_fair); else the others go to SCHED_IDLE (allowed without privilege). Threads
+made later inherit the policy of the thread that makes them. Runs of 600 32-row eval steps on
+2 cores: 11 of 20 failed as OneFlow runs its threads; 0 of 140 with the launcher at SCHED_FIFO;
+without privilege 3 of 70 with the others at SCHED_BATCH, 0 of 40 at SCHED_IDLE. Nice levels do
+not do it (3 of 30 of a milder kind failed with the others 10 below, 12 of 30 without): the
+launcher's spin-wait between instructions sched_yield()s, and each yield pushes its scheduling
+deadline later than the woken threads'. SCHED_BATCH also made a 2-process training 1.5x faster:
+OneFlow's threads no longer preempt each other at every hand-off.
 """
 import os
 
@@ -33,11 +35,13 @@ def task_ids():
 
 
 def lead_launcher(first_run):
-    """Run first_run() (the first run of the process's first nn.Graph, compiled already), put every
-    thread of the process but the job launcher it starts at SCHED_BATCH, and the launcher at
-    SCHED_FIFO where the process may (root, CAP_SYS_NICE or an RLIMIT_RTPRIO): then nothing at
-    normal priority preempts it either (kernel workers, other programs). Returns (first_run's
-    output, the launcher's thread id or None if none was started, its policy's name).
+    """Run first_run() (the first run of the process's first nn.Graph, compiled already) and put
+    the job launcher it starts ahead of every other thread of the process. Where the process may
+    (root, CAP_SYS_NICE or an rtprio limit) the launcher goes to SCHED_FIFO, which no normal
+    thread preempts, and the others to SCHED_BATCH; else the others go to SCHED_IDLE, which
+    never keeps a normal thread off a core, so the run gives way to every other program on the
+    machine. Returns (first_run's output, the launcher's thread id or None if none was started,
+    the others' policy name).
 
     The launcher is the last thread that first run starts: the VM makes a worker thread for a
     stream kind on its first use, the critical-section worker and then the launcher, both from
@@ -49,19 +53,29 @@ def lead_launcher(first_run):
     if not new or not hasattr(os, "sched_setscheduler"):
         return out, None, None
     launcher = max(new)
-    for tid in task_ids() - {launcher}:
-        try:
-            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
-        except OSError:
-            pass  # the thread ended meanwhile, or runs under a policy we may not change
     try:
         # It runs a few microseconds per step, then spin-waits at most 200 us for the next
         # instruction (WorkerLoop), so it cannot hold a core for long.
         os.sched_setscheduler(launcher, os.SCHED_FIFO, os.sched_param(1))
-        policy = "SCHED_FIFO"
+        others = "SCHED_BATCH"
     except OSError:
-        policy = "SCHED_OTHER"
-    return out, launcher, policy
+        others = "SCHED_IDLE"
+    for tid in task_ids() - {launcher}:
+        try:
+            os.sched_setscheduler(tid, getattr(os, others), os.sched_param(0))
+        except OSError:
+            pass  # the thread ended meanwhile, or runs under a policy we may not change
+    return out, launcher, others
+
+
+def launcher_note(tid, others):
+    """The log's words for lead_launcher's outcome."""
+    if not tid:
+        return "OneFlow's job launcher not found, threads as OneFlow runs them"
+    if others == "SCHED_BATCH":
+        return f"OneFlow's job launcher (thread {tid}) at SCHED_FIFO leads, the other threads at SCHED_BATCH"
+    return (f"OneFlow's job launcher (thread {tid}) leads, the other threads at SCHED_IDLE (no privilege for "
+            f"SCHED_FIFO: this run gives way to other programs)")
 
 
 def thread_times():
