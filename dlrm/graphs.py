@@ -47,18 +47,16 @@ def build_train_graph(module, optimizer, schedule, device, amp=False, loss_scale
 
 
 class Graph(flow.nn.Graph):
-    """nn.Graph whose first run in a CPU process keeps OneFlow's job-launcher thread ahead of the
-    process's other threads (dlrm.threads.lead_launcher: without it OneFlow 0.9.0 races itself on
-    short steps and segfaults). GPU processes are left as OneFlow runs them (not measured here)."""
-    launcher = None  # (thread id or None, the others' policy) once a CPU graph has run; one per process
+    """nn.Graph that, before the first graph run of a CPU process, puts OneFlow's job-launcher
+    thread ahead of the process's other threads (dlrm.threads.lead_launcher: without it OneFlow
+    0.9.0 races itself on short steps and segfaults). GPU processes are left as OneFlow runs them
+    (not measured here)."""
+    launcher = None  # lead_launcher's (thread id, the others' policy) once done; one per process
 
     def __call__(self, *args):
-        if Graph.launcher is not None or self.device != "cpu":
-            return super().__call__(*args)
-        if not self._is_compiled:  # what nn.Graph.__call__ does first; its threads are made here
-            self._compile(*args)
-        out, *Graph.launcher = lead_launcher(lambda: super(Graph, self).__call__(*args))
-        return out
+        if Graph.launcher is None and self.device == "cpu":
+            Graph.launcher = lead_launcher()
+        return super().__call__(*args)
 
 
 class TrainGraph(Graph):

@@ -7,7 +7,8 @@ threads and only then puts the graph in LazyJobStreamPolicy's queue, which the s
 callback pops. When the launcher loses its core in between for longer than the step takes (to an
 actor thread it has just woken; a 64-row CPU eval step is ~0.1 ms), the pop comes first, on an
 empty std::queue: undefined behaviour that segfaults a few steps later in DequeueNNGraph, hangs
-the next graph's launch, or corrupts the heap. On 2 cores, 12 of 30 eval-heavy runs died or hung.
+the next graph's launch, or corrupts the heap. On 2 cores, 12 of 30 runs with 400 64-row eval steps
+died or hung.
 
 So the launcher must not lose its core there. Where the process may, the launcher goes to
 SCHED_FIFO, which no normal thread preempts, and every other thread of the process to
@@ -15,7 +16,7 @@ SCHED_BATCH (a woken SCHED_BATCH thread does not preempt a running one, kernel/s
 check_preempt_wakeup_fair); else the others go to SCHED_IDLE (allowed without privilege). Threads
 made later inherit the policy of the thread that makes them. Runs of 600 32-row eval steps on
 2 cores: 11 of 20 failed as OneFlow runs its threads; 0 of 140 with the launcher at SCHED_FIFO;
-without privilege 3 of 70 with the others at SCHED_BATCH, 0 of 40 at SCHED_IDLE. Nice levels do
+without privilege 3 of 70 with the others at SCHED_BATCH, 0 of 60 at SCHED_IDLE. Nice levels do
 not do it (3 of 30 of a milder kind failed with the others 10 below, 12 of 30 without): the
 launcher's spin-wait between instructions sched_yield()s, and each yield pushes its scheduling
 deadline later than the woken threads'. SCHED_BATCH also made a 2-process training 1.5x faster:
@@ -24,6 +25,7 @@ OneFlow's threads no longer preempt each other at every hand-off.
 import os
 
 TASK_DIR = "/proc/self/task"
+_PROBES = []  # lead_launcher's graph, alive as long as the process
 
 
 def task_ids():
@@ -34,44 +36,63 @@ def task_ids():
         return set()
 
 
-def lead_launcher(first_run):
-    """Run first_run() (the first run of the process's first nn.Graph, compiled already) and put
-    the job launcher it starts ahead of every other thread of the process. Where the process may
-    (root, CAP_SYS_NICE or an rtprio limit) the launcher goes to SCHED_FIFO, which no normal
-    thread preempts, and the others to SCHED_BATCH; else the others go to SCHED_IDLE, which
-    never keeps a normal thread off a core, so the run gives way to every other program on the
-    machine. Returns (first_run's output, the launcher's thread id or None if none was started,
-    the others' policy name).
+def lead_launcher():
+    """Start OneFlow's job launcher with a tiny graph of its own and put it ahead of every other
+    thread of this process. Where the process may (CAP_SYS_NICE, as root usually, or an rtprio
+    limit) the launcher goes to SCHED_FIFO, which no normal thread preempts, and the others to
+    SCHED_BATCH; else the launcher to SCHED_OTHER and the others to SCHED_IDLE, which never keeps
+    a normal thread off a core, so the run gives way to every other program on the machine.
+    Threads made later inherit the policy of the thread that makes them (OneFlow's actor threads
+    for a graph compiled later: the calling thread). Call it before the process's first graph run
+    on the CPU. Returns (the launcher's thread id, the others' policy name), or (None, None) when
+    the launcher could not be told apart or put ahead (then nothing is changed).
 
-    The launcher is the last thread that first run starts: the VM makes a worker thread for a
-    stream kind on its first use, the critical-section worker and then the launcher, both from
-    the calling thread (vm/virtual_machine.cpp CreateThreadCtx, framework/instructions_builder.cpp
-    LaunchLazyJob), and Linux hands out thread ids in creation order."""
+    The probe graph's run starts exactly two threads, both from this thread: the VM's worker for
+    the critical-section stream, then the one for the launcher stream (framework/
+    instructions_builder.cpp LaunchLazyJob, vm/virtual_machine.cpp CreateThreadCtx; every other
+    stream kind shares a thread that exists already, and its compile, which starts the actor
+    threads, comes before the snapshot). Linux hands out thread ids in creation order. Its step
+    is an addition: no BLAS call that could start BLAS threads meanwhile."""
+    import oneflow as flow
+
+    class Probe(flow.nn.Graph):
+        def build(self, x):
+            return x + 1
+
+    # global over every rank's CPU, as the package's graphs: each rank runs it, and it is kept
+    # alive as they are (a multi-process graph freed early waits on the other ranks)
+    probe, x = Probe(), flow.zeros(4, placement=flow.env.all_device_placement("cpu"), sbp=flow.sbp.broadcast)
+    _PROBES.append(probe)
+    probe._compile(x)  # what nn.Graph.__call__ does first: the actor threads start here
     before = task_ids()
-    out = first_run()
-    new = task_ids() - before
-    if not new or not hasattr(os, "sched_setscheduler"):
-        return out, None, None
-    launcher = max(new)
+    probe(x).numpy()
+    new = sorted(task_ids() - before)
+    if len(new) not in (1, 2) or not hasattr(os, "sched_setscheduler"):
+        return None, None  # another thread started threads meanwhile: leave them all
+    launcher = new[-1]
     try:
         # It runs a few microseconds per step, then spin-waits at most 200 us for the next
         # instruction (WorkerLoop), so it cannot hold a core for long.
         os.sched_setscheduler(launcher, os.SCHED_FIFO, os.sched_param(1))
         others = "SCHED_BATCH"
     except OSError:
+        try:  # its maker's policy, maybe SCHED_BATCH or SCHED_IDLE inherited from a parent process
+            os.sched_setscheduler(launcher, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            return None, None  # an unprivileged thread may not leave SCHED_IDLE
         others = "SCHED_IDLE"
     for tid in task_ids() - {launcher}:
         try:
             os.sched_setscheduler(tid, getattr(os, others), os.sched_param(0))
         except OSError:
             pass  # the thread ended meanwhile, or runs under a policy we may not change
-    return out, launcher, others
+    return launcher, others
 
 
 def launcher_note(tid, others):
     """The log's words for lead_launcher's outcome."""
     if not tid:
-        return "OneFlow's job launcher not found, threads as OneFlow runs them"
+        return "OneFlow's job launcher could not be put ahead, threads as OneFlow runs them"
     if others == "SCHED_BATCH":
         return f"OneFlow's job launcher (thread {tid}) at SCHED_FIFO leads, the other threads at SCHED_BATCH"
     return (f"OneFlow's job launcher (thread {tid}) leads, the other threads at SCHED_IDLE (no privilege for "

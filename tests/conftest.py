@@ -25,6 +25,17 @@ SCRIPTS = os.path.join(REPO, "scripts")
 # Local Spark settings every preprocessing test uses (2 cores here, small driver).
 SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2", "--shuffle_partitions", "4"]
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _pytest_keeps_its_thread_policies():
+    """Tests run CPU graphs in this process too; it must not put its own threads at SCHED_BATCH or
+    SCHED_IDLE (dlrm.threads), which the training subprocesses it starts would inherit. Test
+    modules import OneFlow at collection, before any test runs."""
+    if "oneflow" in sys.modules:
+        from dlrm.graphs import Graph
+        Graph.launcher = (None, None)
+
+
 requires_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
                                    reason="Spark needs Java (no java on PATH and no JAVA_HOME)")
 

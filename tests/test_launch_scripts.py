@@ -254,7 +254,7 @@ def test_a_launched_rank_waits_until_rank0_listens():
     from dlrm.launch import free_port, wait_for_rank0
 
     port = free_port()
-    env = {"RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     server = socket.socket()
 
     def listen_later():
@@ -272,5 +272,6 @@ def test_a_launched_rank_waits_until_rank0_listens():
     wait_for_rank0(dict(env, RANK="0"), timeout=30)  # rank 0 itself, and a plain run (RANK -1 or unset)
     wait_for_rank0(dict(env, RANK="-1"), timeout=30)
     wait_for_rank0({}, timeout=30)
+    wait_for_rank0({k: v for k, v in env.items() if k != "WORLD_SIZE"}, timeout=30)  # OneFlow runs it alone
     wait_for_rank0(env, timeout=0.3)  # nobody listens: gives up after the timeout
     assert time.monotonic() - t < 2
