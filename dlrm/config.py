@@ -288,7 +288,8 @@ def check_run_store(store, embedding_vec_size, optimizer, world_size, rank=None)
     `rank`, only that rank's directory: the others may be on other nodes, or already opened by
     their own rank (which holds their LOCK) while this one is still checking."""
     paths = rank_paths(store.persistent_path, world_size)
-    check_store(paths if rank is None else [paths[rank]], np.dtype(store.key_type).itemsize, 4 * embedding_vec_size * store.size_factor,
+    check_store(paths if rank is None else [paths[rank]], np.dtype(store.key_type).itemsize,
+                4 * embedding_vec_size * store.size_factor,
                 f"--embedding_vec_size {embedding_vec_size} x {store.size_factor} for --optimizer {optimizer}")
 
 

@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -144,8 +143,7 @@ def test_the_thread_found_is_the_one_that_launches_graph_jobs_and_leads_the_rest
             if "ptrace" in "".join(lines):
                 pytest.skip("gdb may not attach here (ptrace refused; policies checked)")
             raise
-        time.sleep(1)  # gdb resumes the process after setting the breakpoint
-        probe.stdin.write("\n")
+        probe.stdin.write("\n")  # read once gdb lets the process go on; the breakpoint is in place
         probe.stdin.flush()
         hit = wait_for(gdb.stdout, r"Switching to Thread .*\(LWP (\d+)\)", lines)
         assert int(hit.group(1)) == tid, "".join(lines[-30:])
