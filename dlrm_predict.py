@@ -41,16 +41,23 @@ def plan(args, world):
     """Everything checked before any work: returns the JSON-able plan every rank follows."""
     fmt = output_format(args.output)
     inp = plan_input(args.input)
-    found = locate_checkpoint(CheckpointConfig(None, args.model_load_dir, False, False, False, 0, 0))
-    trained = trained_from(found)
-    data_dir, info = dataset_info(trained, args.data_dir)
-    batch = trained.eval_batch_size if args.batch_size is None else args.batch_size
+    if len(args.model_load_dir) > 1 and args.persistent_path:
+        raise PredictError("--persistent_path names one OneEmbedding store: with several --model_load_dir "
+                           "checkpoints each reads the store it was trained with")
+    models, data_dir, info = [], args.data_dir, None
+    for path in args.model_load_dir:
+        found = locate_checkpoint(CheckpointConfig(None, path, False, False, False, 0, 0))
+        trained = trained_from(found)
+        # the first model's dataset is the ensemble's: every other model must have been trained on it
+        data_dir, info = dataset_info(trained, data_dir)
+        models.append({"found": found, "trained": vars(trained)})
+    batch = models[0]["trained"]["eval_batch_size"] if args.batch_size is None else args.batch_size
     if batch <= 0 or batch % world:
         raise PredictError(f"--batch_size {batch} is not a positive multiple of the number of ranks ({world})")
-    out = {"found": found, "trained": vars(trained), "data_dir": data_dir, "info": info, "format": fmt,
+    out = {"models": models, "data_dir": data_dir, "info": info, "format": fmt,
            "kind": inp.kind, "files": inp.files, "batch_size": batch}
     if inp.kind == "parquet":
-        check_parquet_input(inp.files, trained.store["key_type"])
+        check_parquet_input(inp.files, models[0]["trained"]["store"]["key_type"])
         return out
     if info is None:
         raise PredictError(f"dataset {data_dir} has no dataset_info.json: raw rows cannot be transformed as it was; "
@@ -99,8 +106,8 @@ def row_report(p, groups, lines, bad_rows):
 
 
 # ----------------------------------------------------------------------------- scoring
-def build_model(p, device, persistent_path, world):
-    trained = SimpleNamespace(**p["trained"])
+def build_model(trained, device, persistent_path, world):
+    trained = SimpleNamespace(**trained)
     if device == "cuda":
         flow.boxing.nccl.enable_all_to_all(True)
     module = DLRM(model_config(trained, device), store_config(trained, persistent_path, world), device)
@@ -184,7 +191,8 @@ def main(argv=None):
     p = broadcast_json(checked(lambda: plan(args, world)) if rank == 0 else None, cpu)
     if "error" in p:
         return fail(p["error"])
-    if device == "cuda" and not (args.persistent_path or p["trained"]["store"]["persistent_path"]):
+    if device == "cuda" and not (args.persistent_path or all(m["trained"]["store"]["persistent_path"]
+                                                             for m in p["models"])):
         return fail("--persistent_path: the checkpoint records no OneEmbedding store; pass the one it was trained with")
 
     # 2. Rank 0 turns raw text into model rows (Spark) beside the output; the others wait.
@@ -209,17 +217,23 @@ def main(argv=None):
             print(f"scoring {sum(g[2] for g in rows['groups'])} rows of {args.input} on {device} x {world} "
                   f"({time.time() - t0:.1f} s to prepare)", flush=True)
 
-        # 3. Model and weights (dlrm.checkpoint's loader), then every rank scores its slice.
-        module = build_model(p, device, args.persistent_path, world)
-        try:
-            load_found_weights(module, p["found"], args.persistent_path, p["data_dir"])
-        except ValueError as e:
-            return fail(e)
+        # 3. Each model and its weights (dlrm.checkpoint's loader); every rank scores its slice. Several
+        # models (an ensemble: the same recipe, other seeds) give the mean of their probabilities.
         groups = [tuple(g) for g in rows["groups"]]
-        amp = device == "cuda" and bool(p["found"]["state"]["config"].get("amp"))
-        t_score = time.time()
-        probs = score(module, device, amp, groups, p["batch_size"], cpu,
-                      reader_threads(0, device, local_world))
+        t_score, probs = time.time(), None
+        for m in p["models"]:
+            module = build_model(m["trained"], device, args.persistent_path, world)
+            try:
+                load_found_weights(module, m["found"], args.persistent_path, p["data_dir"])
+            except ValueError as e:
+                return fail(e)
+            amp = device == "cuda" and bool(m["found"]["state"]["config"].get("amp"))
+            member = score(module, device, amp, groups, p["batch_size"], cpu, reader_threads(0, device, local_world))
+            if rank == 0:
+                probs = member if probs is None else probs + member
+            del module
+        if rank == 0:
+            probs = probs / len(p["models"])
         t_score = time.time() - t_score
 
         # 4. Rank 0 writes the file and the last line.
@@ -228,7 +242,9 @@ def main(argv=None):
             labels = read_columns(groups, ["label"]).column("label").to_numpy()
             table, bad = output_table(probs, labels, labeled, reasons, bool(labeled.any()))
             write_output(args.output, p["format"], table)
-            print(f"scored in {t_score:.2f} s ({len(probs) / t_score:.0f} rows/s)", flush=True)
+            models = f"the mean of {len(p['models'])} models' probabilities, " if len(p["models"]) > 1 else ""
+            print(f"scored in {t_score:.2f} s ({models}{len(probs) * len(p['models']) / t_score:.0f} rows/s)",
+                  flush=True)
             print(summary(args, probs, labels, labeled, bad) + f" ({time.time() - t0:.1f} s)", flush=True)
         flow.comm.barrier()
     finally:

@@ -11,9 +11,11 @@ One run prints figures (it is not a test):
    "--min_frequency 2"), cached under --work_dir by the raw files' identity and the flags; a Kaggle
    file is split by the Kaggle rule (in file order: 6/7 train, then 1/14 test, 1/14 val);
 3. our DLRM, each of --models: dlrm_train_eval.py (--nproc ranks, CPU) with the recipe --train_args
-   (default: the quickstart's, TRAIN_ARGS below; the dcn model adds --dcn_args), evaluated on val at
-   the end and checkpointed; the checkpoint is then scored on val and test in this process (the model
-   rebuilt from its train_state.json alone);
+   (default: the quickstart's, TRAIN_ARGS below; the dcn model adds --dcn_args), --seeds times
+   (--seed 1..N), each evaluated on val at the end and checkpointed; the checkpoints are then scored
+   on val and test in this process (each model rebuilt from its train_state.json alone). The recipe's
+   prediction is the mean of its models' probabilities, as dlrm_predict.py gives for several
+   checkpoints; one model's figures (the mean over the seeds) are printed beside it;
 4. the baseline: scikit-learn LogisticRegression (liblinear, dual: fewer rows than buckets) on the same
    parquet rows: a one-hot of each categorical id hashed with its column into 2^--hash_bits buckets,
    plus log1p(max(raw, 0)) of each dense value (the parquet stores raw + 1); C from --lr_c chosen by
@@ -51,6 +53,7 @@ TRAIN_ARGS = ("--bottom_mlp 64,32 --embedding_vec_size 32 --top_mlp 64,32 --trai
               "--eval_batch_size 1000 --optimizer adagrad --learning_rate 0.02 --warmup_batches 0 "
               "--decay_start 1000000000 --decay_batches 1 --loss_print_interval 100")
 DCN_ARGS = "--interaction_type dcn --dcn_num_layers 2 --dcn_low_rank_dim 64"
+SEEDS = 3  # the recipe's models: one per seed, their probabilities averaged (docs/training.md)
 WHOLE_SPLIT_EVAL_BATCHES = 10**9  # capped by the split: every val row is evaluated
 # The real rows used when present: a 0.3% sample of Kaggle's train.txt (117,547 rows, time order).
 REAL_SAMPLE = os.path.join(harness.REPO, "..", "shared", "criteo", "kaggle_sample_train117k.tsv")
@@ -113,12 +116,12 @@ def ensure_parquet(args, raw, num_test):
 
 
 # ----------------------------------------------------------------------------- 3. our DLRM
-def train_dlrm(args, data_dir, name, recipe_args):
-    """Train one of our models (the recipe plus --eval_split val: the test split is not looked at while
-    training), checkpointed at the end; then score that checkpoint on val and test."""
+def train_dlrm(args, data_dir, name, recipe_args, seed):
+    """Train one of our models (the recipe plus --seed and --eval_split val: the test split is not looked
+    at while training), checkpointed at the end; returns its run record with the checkpoint's path."""
     from dlrm.checkpoint import latest_checkpoint
 
-    run_dir = os.path.join(args.work_dir, f"train_{name}")
+    run_dir = os.path.join(args.work_dir, f"train_{name}_seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     metrics = os.path.join(run_dir, "metrics.jsonl")
@@ -126,7 +129,7 @@ def train_dlrm(args, data_dir, name, recipe_args):
     batch = int(recipe[recipe.index("--train_batch_size") + 1]) if "--train_batch_size" in recipe else 55296
     train_rows = read_dataset_info(data_dir)["rows"]["train"]
     train_args = ["--data_dir", data_dir, "--device", "cpu", "--metrics_file", metrics, "--model_save_dir", run_dir,
-                  "--train_batches", str(epoch_batches(train_rows, batch, args.epochs)), *recipe,
+                  "--train_batches", str(epoch_batches(train_rows, batch, args.epochs)), *recipe, "--seed", str(seed),
                   "--eval_split", "val", "--eval_interval", "0", "--eval_batches", str(WHOLE_SPLIT_EVAL_BATCHES)]
     cmd = train_command(train_args, nproc=args.nproc)
     print(f"  $ {' '.join(map(str, cmd))}", flush=True)
@@ -146,13 +149,12 @@ def train_dlrm(args, data_dir, name, recipe_args):
     ckpt = latest_checkpoint(run_dir)
     if code != 0 or not points or ckpt is None:
         sys.exit(f"error: training failed (exit {code}); see {os.path.join(run_dir, 'train.log')}")
-    scores = score_checkpoint(ckpt, data_dir)
-    return {**scores, "train_val_auc": points[-1][0]["auc"], **run}
+    return {"checkpoint": ckpt, "train_val_auc": points[-1][0]["auc"], **run}
 
 
-def score_checkpoint(path, data_dir, batch=10000):
-    """{split: (AUC, log loss)} on val and test of the model in checkpoint `path`, rebuilt from its
-    train_state.json (config.model) alone, in this process."""
+def predictions(path, splits, batch=10000):
+    """{split: probabilities} on each of splits ({name: batch of rows}) of the model in checkpoint `path`,
+    rebuilt from its train_state.json (config.model) alone, in this process."""
     import numpy as np
     import oneflow as flow
     from sklearn.metrics import roc_auc_score
@@ -170,15 +172,47 @@ def score_checkpoint(path, data_dir, batch=10000):
     load_weights(model, path)
     model.eval()
     out = {}
-    for split in ("val", "test"):
-        b = read_split(data_dir, split)
+    for split, b in splits.items():
         with flow.no_grad():
-            preds = np.concatenate([
+            out[split] = np.concatenate([
                 model(to_global(b.dense[i:i + batch], cpu), to_global(b.sparse[i:i + batch], cpu)).sigmoid()
                 .to_local().numpy().reshape(-1) for i in range(0, b.rows, batch)])
-        y = b.label.ravel()
-        out[split] = (roc_auc_score(y, preds), log_loss(y, preds))
     return out
+
+
+def auc_logloss(probs, splits):
+    """{split: (AUC, log loss)} of the probabilities against the splits' labels."""
+    from sklearn.metrics import roc_auc_score
+
+    from dlrm.evaluation import log_loss
+
+    return {s: (roc_auc_score(b.label.ravel(), probs[s]), log_loss(b.label.ravel(), probs[s]))
+            for s, b in splits.items()}
+
+
+def recipe_results(args, data_dir, name, recipe):
+    """[(label, record)]: the recipe's prediction (the mean of its --seeds models' probabilities) and one
+    model's figures (each seed's AUC and log loss, averaged)."""
+    import numpy as np
+
+    splits = {s: read_split(data_dir, s) for s in ("val", "test")}
+    runs, probs = [], []
+    for seed in range(1, args.seeds + 1):
+        run = train_dlrm(args, data_dir, name, recipe, seed)
+        probs.append(predictions(run["checkpoint"], splits))
+        run.update(auc_logloss(probs[-1], splits))
+        print(f"  seed {seed}: val AUC {run['val'][0]:.4f} (the run's own evaluation: {run['train_val_auc']:.4f}), "
+              f"test AUC {run['test'][0]:.4f}; {run['wall_s']:.0f} s{load_note(run)}", flush=True)
+        runs.append(run)
+    one = {s: tuple(np.mean([r[s][i] for r in runs]) for i in (0, 1)) for s in splits}
+    one["wall_s"] = np.mean([r["wall_s"] for r in runs])
+    both = auc_logloss({s: np.mean([p[s] for p in probs], axis=0) for s in splits}, splits)
+    both["wall_s"] = sum(r["wall_s"] for r in runs)
+    both["others_cores"] = max((r.get("others_cores") or 0) for r in runs)
+    if args.seeds == 1:
+        return [(f"our DLRM, {name} ({args.nproc} ranks)", both)]
+    return [(f"our DLRM, {name}, mean of {args.seeds} seeds' models", both),
+            (f"  one {name} model (mean over the {args.seeds})", one)]
 
 
 # ----------------------------------------------------------------------------- 4. logistic regression
@@ -252,6 +286,8 @@ def get_parser():
     a("--models", type=lambda t: [m for m in t.split(",") if m], default="dot,dcn",
       help="our models to train: dot (the recipe), dcn (the recipe plus --dcn_args)")
     a("--dcn_args", default=DCN_ARGS, help="flags added to the recipe for the dcn model")
+    a("--seeds", type=int, default=SEEDS,
+      help="models per recipe (--seed 1..N); the recipe predicts the mean of their probabilities")
     harness.add_synthetic_args(p, "bench_quality", 300000,
                                "where the raw synthetic data, the parquet datasets and the training run go")
     a("--num_test_examples", type=int, default=None,
@@ -283,11 +319,9 @@ def main(argv=None):
     results = []
     for name in args.models:
         recipe = args.train_args + (" " + args.dcn_args if name == "dcn" else "")
-        print(f"\n== our DLRM, {name} (dlrm_train_eval.py, {args.nproc} rank(s), CPU; recipe: {recipe})")
-        ours = train_dlrm(args, data_dir, name, recipe)
-        print(f"  val AUC {ours['val'][0]:.4f} (the run's own evaluation: {ours['train_val_auc']:.4f}), "
-              f"test AUC {ours['test'][0]:.4f}; {ours['wall_s']:.0f} s{load_note(ours)}")
-        results.append((f"our DLRM, {name} ({args.nproc} ranks)", ours))
+        print(f"\n== our DLRM, {name} (dlrm_train_eval.py, {args.nproc} rank(s), CPU, {args.seeds} seed(s); "
+              f"recipe: {recipe})")
+        results += recipe_results(args, data_dir, name, recipe)
 
     print(f"\n== logistic regression (scikit-learn liblinear; 2^{args.hash_bits} hashed one-hot + log1p dense; "
           f"C from {args.lr_c} on val)")

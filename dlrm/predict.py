@@ -27,7 +27,9 @@ class PredictError(ValueError):
 def get_parser():
     p = argparse.ArgumentParser(description="Score rows with a trained DLRM checkpoint (graph mode)")
     a = p.add_argument
-    a("--model_load_dir", type=str, required=True, help="a checkpoint written by dlrm_train_eval.py")
+    a("--model_load_dir", type=str, nargs="+", required=True,
+      help="a checkpoint written by dlrm_train_eval.py; several (trained on the same dataset): the mean of their "
+           "probabilities")
     a("--input", type=str, required=True,
       help="raw Criteo text (40 fields with label or 39 without, per file): a file, .gz, directory or glob; "
            "or a preprocessed parquet split directory")
@@ -153,8 +155,8 @@ def dataset_info(trained, data_dir):
         old = schema.read_dataset_info(recorded)
         diff = [k for k in IDENTITY if old and old.get(k) != info.get(k)]
         if diff:
-            raise PredictError(f"--data_dir {data_dir} differs from the dataset {recorded} the checkpoint was "
-                               f"trained on in {', '.join(diff)}")
+            raise PredictError(f"--data_dir {data_dir} differs from the dataset {recorded} the checkpoint "
+                               f"{trained.path} was trained on in {', '.join(diff)}")
     return data_dir, info
 
 

@@ -146,6 +146,34 @@ def test_parquet_split_scores_every_row_in_order(tiny_run, tmp_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")], "temporary files left behind"
 
 
+def test_several_checkpoints_give_the_mean_of_their_probabilities(tiny_run, tmp_path, capsys):
+    data, ckpt = tiny_run
+    other = write_checkpoint(data, tmp_path / "run2", seed=1)
+    test = os.path.join(data, "test")
+    single = []
+    for i, c in enumerate((ckpt, other)):
+        code, _, err = predict(capsys, "--model_load_dir", c, "--input", test, "--output", tmp_path / f"{i}.parquet")
+        assert code == 0, err
+        single.append(pq.read_table(tmp_path / f"{i}.parquet").column("probability").to_numpy())
+    assert np.abs(single[0] - single[1]).max() > 1e-3  # two different models
+    code, out, err = predict(capsys, "--model_load_dir", ckpt, other, "--input", test,
+                             "--output", tmp_path / "e.parquet")
+    assert code == 0, err
+    both = pq.read_table(tmp_path / "e.parquet")
+    assert both.column("row").to_pylist() == list(range(100))
+    np.testing.assert_allclose(both.column("probability").to_numpy(), (single[0] + single[1]) / 2, rtol=1e-6)
+    assert "the mean of 2 models' probabilities" in out and "done: 100 rows" in out
+    # a model of another dataset, or one store path for several models: one line, nothing written
+    elsewhere = write_checkpoint(write_tiny_dataset(str(tmp_path / "d9"), table_sizes=(9,) * 26), tmp_path / "run9")
+    for extra, needle in (([elsewhere], f"the checkpoint {elsewhere} [9, 9"),
+                          ([other, "--persistent_path", tmp_path / "s"], "--persistent_path names one")):
+        code, out, err = predict(capsys, "--model_load_dir", ckpt, *extra, "--input", test,
+                                 "--output", tmp_path / "x.csv")
+        lines = error_lines(err)
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not os.path.exists(tmp_path / "x.csv")
+
+
 def test_refusals_are_one_line(tiny_run, tmp_path, capsys):
     data, ckpt = tiny_run
     test = os.path.join(data, "test")

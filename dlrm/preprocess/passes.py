@@ -411,7 +411,7 @@ def write_eval(inputs, split_file, check, args, tmp_dir, vocab=None):
     return rows
 
 
-def count_distinct_ids(spark, tmp_dir):
+def count_distinct_ids(spark, tmp_dir, mod_idx):
     """Pass 5 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the
     written train + test + val (the table sizes)."""
     from pyspark.sql import functions as F
@@ -420,8 +420,15 @@ def count_distinct_ids(spark, tmp_dir):
     log("counting distinct ids per column...")
     written = spark.read.parquet(*[uri(os.path.join(tmp_dir, s)) for s in SPLITS])
     sizes = [0] * NUM_SPARSE
-    exploded = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
-    for r in exploded.distinct().groupBy("pos").count().collect():
+    if mod_idx > 0:
+        # column i owns the ids i*(M+1) .. i*(M+1)+M, so the ids alone are distinct across columns and
+        # the column is id div (M+1): one long column to shuffle instead of (column, id) pairs
+        ids = written.select(F.explode(F.array(*SPARSE_COLUMNS)).alias("id")).distinct()
+        counts = ids.groupBy(F.expr("id div %d" % (mod_idx + 1)).alias("pos")).count()
+    else:
+        exploded = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
+        counts = exploded.distinct().groupBy("pos").count()
+    for r in counts.collect():
         sizes[int(r["pos"])] = int(r["count"])
     log("table_size_array = %s (%.1f s)" % (sizes, time.time() - t))
     return sizes
@@ -568,7 +575,7 @@ def run(args, fmt, paths, state):
             if vocab:
                 sizes = vocab.sizes
             else:
-                sizes = step("count_distinct_ids", lambda: count_distinct_ids(spark, tmp_dir),
+                sizes = step("count_distinct_ids", lambda: count_distinct_ids(spark, tmp_dir, args.mod_idx),
                              lambda v: {"sizes": v}, lambda d: d["sizes"],
                              lambda v: "%d ids" % sum(v))
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
