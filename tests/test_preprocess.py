@@ -509,6 +509,9 @@ def run_kaggle(tmp_path_factory):
 def test_kaggle_real_rows(run_kaggle):
     out, info = run_kaggle["out"], run_kaggle["info"]
     assert "kaggle" in run_kaggle["proc"].stdout and "in 10 partitions" in run_kaggle["proc"].stdout
+    # one pass, one scan of train.txt, writes the three splits
+    assert ("writing train (shuffled, seed 1234) into 4 files, test and val (file order) into up to 3 files "
+            "each") in run_kaggle["proc"].stdout
     assert info["input_format"] == "kaggle" and info["malformed"]["total"] == 0
     assert info["rows"] == {"train": 8571, "test": 714, "val": 715}
     assert info["lines_read"] == info["rows"]

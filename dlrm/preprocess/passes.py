@@ -5,9 +5,10 @@
    reason, split and file, the first malformed row (stops here with --bad_rows fail)
 2. build_vocabulary (--min_frequency only): per column, the train values seen at least N times,
    ranked -> output_dir/vocabulary/ and the exact table sizes
-3. write_train: transform train, shuffle it, write its parquet, check its row count
-4. write_test_val: transform test and val (one scan of the split file), write them in file
-   order, check their row counts
+3. write_splits (kaggle: all three splits, one scan of train.txt), or write_train then
+   write_test_val (criteo1t: the other days, then the last day's two splits): transform the
+   rows, shuffle train, keep test and val in file order, write the parquet, check the row
+   counts
 5. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
    table sizes
 6. build_dataset_info: the dataset_info.json content
@@ -31,7 +32,7 @@ from dlrm.schema import (DATASET_INFO_VERSION, NUM_DENSE, NUM_SPARSE, SPARSE_COL
 
 TOOL = "tools/criteo1t_parquet.py"  # recorded in dataset_info.json
 VOCAB_DIR = "vocabulary"  # output_dir/vocabulary/column=i/*.parquet with --min_frequency
-EVAL_DIR = "_test_val"  # write_eval's Spark output, moved to test/ and val/ when complete
+WRITE_DIR = "_splits"  # write_splits' Spark output, moved to train/, test/, val/ when complete
 VOCAB_COLUMNS = ("column (0..25 for C1..C26, a directory level), value (the hex value as an "
                  "integer), count (its rows in train), rank (id = rank + the column's offset; "
                  "rank 0, shared by all other values, is not listed)")
@@ -326,33 +327,6 @@ def _check_written(split, written, check):
             "skipped = %d" % (split, read, written, skipped, written + skipped), 1)
 
 
-def write_train(inputs, split_file, check, args, tmp_dir, vocab=None):
-    """Pass 3: write tmp_dir/train/, shuffled (seed --seed) into --train_files files; returns
-    {"train": rows}. Malformed rows are dropped (only if check_rows found any); with a
-    Vocabulary the ids are joined in before the rows are ordered (same order as without)."""
-    from pyspark.sql import functions as F
-
-    t = time.time()
-    df = _split_lines(inputs, ["train"], split_file, check)
-    out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
-    log("writing train (shuffled, seed %d) into %d files..." % (args.seed, args.train_files))
-    # both random keys are drawn before the shuffle (and the joins), so the result does not
-    # depend on the order in which shuffle blocks arrive: deterministic for a seed and input
-    df = (transformed(df.select("value"), out_cols)
-          .select("*", F.rand(args.seed).alias("_r1"), F.rand(args.seed + 1).alias("_r2")))
-    if vocab:
-        df = vocab.apply(inputs.spark, df, args.key_type)
-    df = (df.repartition(args.train_files, "_r1")
-          .sortWithinPartitions("_r2", "_r1")
-          .drop("_r1", "_r2"))
-    dest = os.path.join(tmp_dir, "train")
-    df.write.mode("errorifexists").parquet(uri(dest))
-    written, nfiles = _parquet_rows(dest)
-    log("wrote train: %d rows in %d files in %.1f s" % (written, nfiles, time.time() - t))
-    _check_written("train", written, check)
-    return {"train": written}
-
-
 def eval_file_index(line, bounds, files):
     """The output file (0..2*files-1) of split-file line ``line`` (a column) of test or val:
     each split's line range cut into ``files`` equal runs, test's first, then val's."""
@@ -365,37 +339,65 @@ def eval_file_index(line, bounds, files):
     return F.when(line < F.lit(bounds["val"][0]), run("test")).otherwise(run("val") + files)
 
 
-def write_eval(inputs, split_file, check, args, tmp_dir, vocab=None):
-    """Pass 4: write tmp_dir/test/ and tmp_dir/val/ in one scan of the split file; each keeps
-    the file order in up to --eval_files files (equal runs of its lines; fewer files when a
-    split has fewer lines). Returns {"test": rows, "val": rows}.
+def write_splits(inputs, split_file, check, args, tmp_dir, splits, vocab=None):
+    """Write tmp_dir/<split>/ for each of ``splits`` (train, or test and val, or all three when
+    one file holds them: Kaggle's train.txt) in one Spark job, one scan of their lines: train
+    shuffled (seed --seed) into --train_files files, test and val in file order, each cut into
+    --eval_files equal runs of its lines (fewer files when a split has fewer lines); with a
+    Vocabulary the ids are joined in first. Returns {split: rows}, each checked against the
+    lines read.
 
-    The rows go to their file's partition by hash partitioning on a key chosen to land there
-    (spark.partition_keys): a range partitioning would scan the input once more to sample it.
+    A row reaches its file's partition by hash partitioning on a key chosen to land there
+    (spark.partition_keys): a train row one of the first --train_files partitions at random,
+    a test or val row its run's (a range partitioning would scan the input once more to sample
+    it). Each partition holds one split, sorted within it: train rows by a second random key,
+    test and val rows by line.
     """
     from pyspark.sql import functions as F
 
     t = time.time()
-    files = args.eval_files
-    log("writing test and val (file order) into up to %d files each..." % files)
-    # (long literals: the keys were found as longs, and hash(int) differs from hash(long))
-    keys = F.array(*[F.lit(k).cast("long") for k in partition_keys(inputs.spark, 2 * files)])
-    index = eval_file_index(F.col("_line"), split_file.bounds, files)
-    df = _split_lines(inputs, ["test", "val"], split_file, check)
-    df = df.select("value", "_line", "_split", F.element_at(keys, index + 1).alias("_k"))
+    train = "train" in splits
+    evals = [s for s in ("test", "val") if s in splits]
+    ntrain, files = (args.train_files if train else 0), args.eval_files
+    what = ["train (shuffled, seed %d) into %d files" % (args.seed, ntrain)] if train else []
+    if evals:
+        what.append("%s (file order) into up to %d files each" % (" and ".join(evals), files))
+    log("writing %s..." % ", ".join(what))
+    df = _split_lines(inputs, splits, split_file, check)
+    keep = [c for c in ("_split", "_line") if c in df.columns]
     out_cols = transform_exprs(F.col("_f"), args.mod_idx, args.key_type, vocab=bool(vocab))
-    df = transformed(df, out_cols, "_line", "_split", "_k")
+    df = transformed(df, out_cols, *keep)
+    is_train = F.col("_split") == "train"
+    if train:
+        # both random keys are drawn before the shuffle (and the joins), so the result does
+        # not depend on the order in which shuffle blocks arrive: deterministic for a seed and
+        # input
+        df = df.select("*", F.rand(args.seed).alias("_r1"), F.rand(args.seed + 1).alias("_r2"))
+        part = F.least(F.floor(F.col("_r1") * ntrain), F.lit(ntrain - 1)).cast("int")
+        order = [F.col("_r2"), F.col("_r1")]
+    if evals:
+        run = F.lit(ntrain) + eval_file_index(F.col("_line"), split_file.bounds, files)
+        line = F.col("_line").cast("double")
+        part = F.when(is_train, part).otherwise(run) if train else run
+        order = [F.when(is_train, F.col("_r2")).otherwise(line),
+                 F.when(is_train, F.col("_r1")).otherwise(F.lit(0.0))] if train else [line]
+    # (long literals: the keys were found as longs, and hash(int) differs from hash(long))
+    nparts = ntrain + (2 * files if evals else 0)
+    keys = F.array(*[F.lit(k).cast("long") for k in partition_keys(inputs.spark, nparts)])
+    df = df.select("*", F.element_at(keys, part + 1).alias("_k"),
+                   *[o.alias("_o%d" % i) for i, o in enumerate(order)])
     if vocab:
         df = vocab.apply(inputs.spark, df, args.key_type)
-    # each partition holds one split, so the (_split, _line) order also satisfies the
-    # writer's ordering by _split: it adds no sort of its own
-    df = (df.repartition(2 * files, "_k")
-          .sortWithinPartitions("_split", "_line")
-          .drop("_line", "_k"))
-    dest = os.path.join(tmp_dir, EVAL_DIR)
+    # each partition holds one split, so the (_split, ...) order also satisfies the writer's
+    # ordering by _split: it adds no sort of its own
+    helpers = ["_k", "_line", "_r1", "_r2"] + ["_o%d" % i for i in range(len(order))]
+    df = (df.repartition(nparts, "_k")
+          .sortWithinPartitions("_split", *["_o%d" % i for i in range(len(order))])
+          .drop(*[c for c in helpers if c in df.columns]))
+    dest = os.path.join(tmp_dir, WRITE_DIR)
     df.write.partitionBy("_split").mode("errorifexists").parquet(uri(dest))
     rows = {}
-    for split in ("test", "val"):
+    for split in splits:
         written = os.path.join(dest, "_split=%s" % split)
         if os.path.isdir(written):
             os.rename(written, os.path.join(tmp_dir, split))
@@ -407,11 +409,20 @@ def write_eval(inputs, split_file, check, args, tmp_dir, vocab=None):
         log("wrote %s: %d rows in %d files" % (split, rows[split], nfiles))
         _check_written(split, rows[split], check)
     shutil.rmtree(dest)
-    log("wrote test and val in %.1f s" % (time.time() - t))
+    log("wrote %s in %.1f s" % (", ".join(splits), time.time() - t))
     return rows
 
 
-def count_distinct_ids(spark, tmp_dir, mod_idx):
+def write_passes(fmt):
+    """[(pass name, splits)]: the write passes, one scan each. All three splits in one when one
+    file holds them (kaggle: train.txt, one scan instead of two); else (criteo1t) train from the
+    days before the last, then test and val from the last day, each kept by --resume."""
+    if fmt == "kaggle":
+        return [("write_splits", ["train", "test", "val"])]
+    return [("write_train", ["train"]), ("write_test_val", ["test", "val"])]
+
+
+def count_distinct_ids(spark, tmp_dir):
     """Pass 5 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the
     written train + test + val (the table sizes)."""
     from pyspark.sql import functions as F
@@ -420,15 +431,8 @@ def count_distinct_ids(spark, tmp_dir, mod_idx):
     log("counting distinct ids per column...")
     written = spark.read.parquet(*[uri(os.path.join(tmp_dir, s)) for s in SPLITS])
     sizes = [0] * NUM_SPARSE
-    if mod_idx > 0:
-        # column i owns the ids i*(M+1) .. i*(M+1)+M, so the ids alone are distinct across columns and
-        # the column is id div (M+1): one long column to shuffle instead of (column, id) pairs
-        ids = written.select(F.explode(F.array(*SPARSE_COLUMNS)).alias("id")).distinct()
-        counts = ids.groupBy(F.expr("id div %d" % (mod_idx + 1)).alias("pos")).count()
-    else:
-        exploded = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
-        counts = exploded.distinct().groupBy("pos").count()
-    for r in counts.collect():
+    exploded = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
+    for r in exploded.distinct().groupBy("pos").count().collect():
         sizes[int(r["pos"])] = int(r["count"])
     log("table_size_array = %s (%.1f s)" % (sizes, time.time() - t))
     return sizes
@@ -476,7 +480,7 @@ def _train_bytes(inputs):
     return _input_bytes(inputs, range(inputs.split_file))
 
 
-def pass_plan(args, inputs):
+def pass_plan(args, fmt, inputs):
     """[(name, weight)] of the passes in run order; a weight is the input bytes the pass
     scans times a rough cost factor (benchmarks/bench_preprocess.py on 3 days: the train write
     took ~3x the check's time per input byte, test and val ~2x), used only for the whole run's
@@ -489,7 +493,10 @@ def pass_plan(args, inputs):
     plan = [("check_rows", every)]  # (its aggregation moves less than a scan's bytes)
     if args.min_frequency > 0:
         plan.append(("build_vocabulary", 2 * train))
-    plan += [("write_train", 3 * train), ("write_test_val", 2 * split_file)]
+    if fmt == "kaggle":
+        plan.append(("write_splits", 3 * train))
+    else:
+        plan += [("write_train", 3 * train), ("write_test_val", 2 * split_file)]
     if args.min_frequency <= 0:
         plan.append(("count_distinct_ids", every))
     return plan
@@ -497,8 +504,8 @@ def pass_plan(args, inputs):
 
 def pass_outputs(name):
     """The directories of tmp_dir a pass writes (none for the passes that only count)."""
-    return {"build_vocabulary": [VOCAB_DIR], "write_train": ["train"],
-            "write_test_val": ["test", "val"]}.get(name, [])
+    writes = {name: splits for fmt in ("kaggle", "criteo1t") for name, splits in write_passes(fmt)}
+    return {"build_vocabulary": [VOCAB_DIR], **writes}.get(name, [])
 
 
 def finished_outputs(state):
@@ -528,7 +535,7 @@ def run(args, fmt, paths, state):
         state.remove_unfinished(keep=finished_outputs(state))
         room = (args, spark, tmp_dir, _train_bytes(inputs),
                 _input_bytes(inputs, range(len(paths))))
-        with Progress(spark, args.progress_interval, pass_plan(args, inputs)) as progress:
+        with Progress(spark, args.progress_interval, pass_plan(args, fmt, inputs)) as progress:
 
             def step(name, compute, save, restore, reused_text):
                 done = state.done(name)
@@ -567,15 +574,16 @@ def run(args, fmt, paths, state):
                     lambda d: Vocabulary(dest, d["sizes"], args.broadcast_vocab_rows),
                     lambda v: "%d frequent values" % (sum(v.sizes) - NUM_SPARSE))
             rows = {}
-            for name, write in (("write_train", write_train), ("write_test_val", write_eval)):
+            for name, splits in write_passes(fmt):
                 rows.update(step(
-                    name, lambda write=write: write(inputs, split_file, check, args, tmp_dir, vocab),
+                    name, lambda splits=splits: write_splits(inputs, split_file, check, args, tmp_dir,
+                                                             splits, vocab),
                     lambda v: {"rows": v}, lambda d: _check_reused_splits(tmp_dir, d),
                     lambda v: ", ".join("%s: %d rows" % kv for kv in v.items())))
             if vocab:
                 sizes = vocab.sizes
             else:
-                sizes = step("count_distinct_ids", lambda: count_distinct_ids(spark, tmp_dir, args.mod_idx),
+                sizes = step("count_distinct_ids", lambda: count_distinct_ids(spark, tmp_dir),
                              lambda v: {"sizes": v}, lambda d: d["sizes"],
                              lambda v: "%d ids" % sum(v))
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
