@@ -281,9 +281,12 @@ def build_vocabulary(spark, inputs, split_file, check, args, tmp_dir):
     t = time.time()
     n = args.min_frequency
     log("building the vocabularies (values seen >= %d times in train)..." % n)
-    fields = F.split(F.col("value"), "\t", -1)
+    # the line is split in a projection of its own: inside the exploded array Spark would split
+    # it again for each of the 26 values (no common subexpressions there; 5x slower measured)
+    fields = F.col("_f")
     values = F.array(*[hex_value(fields[1 + NUM_DENSE + i]) for i in range(NUM_SPARSE)])
     counts = (_split_lines(inputs, ["train"], split_file, check)
+              .select(F.split(F.col("value"), "\t", -1).alias("_f"))
               .select(F.posexplode(values).alias("column", "value"))
               .filter(F.col("value").isNotNull())
               .groupBy("column", "value").count()
