@@ -31,7 +31,7 @@ from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import log_loss, roc_auc
 from dlrm.graphs import EvalGraph
-from dlrm.model import DLRM
+from dlrm.model import DLRM, EMBEDDING_NAME
 from dlrm.predict import (PredictError, check_parquet_input, dataset_info, get_parser, model_config,
                           order_by_slices, output_format, plan_input, read_columns, store_config, trained_from,
                           write_output)
@@ -106,11 +106,15 @@ def row_report(p, groups, lines, bad_rows):
 
 
 # ----------------------------------------------------------------------------- scoring
-def build_model(trained, device, persistent_path, world):
+def build_model(trained, device, persistent_path, world, index=0):
+    """The index-th model of the run (on GPUs its OneEmbedding gets a name of its own: OneFlow keeps
+    every store of a process until it exits, so all models' embeddings stay in GPU memory)."""
     trained = SimpleNamespace(**trained)
     if device == "cuda":
         flow.boxing.nccl.enable_all_to_all(True)
-    module = DLRM(model_config(trained, device), store_config(trained, persistent_path, world), device)
+    name = EMBEDDING_NAME if index == 0 else f"{EMBEDDING_NAME}_{index}"
+    module = DLRM(model_config(trained, device), store_config(trained, persistent_path, world), device,
+                  embedding_name=name)
     module.to_global(flow.env.all_device_placement(device), flow.sbp.broadcast)
     return module
 
@@ -221,8 +225,8 @@ def main(argv=None):
         # models (an ensemble: the same recipe, other seeds) give the mean of their probabilities.
         groups = [tuple(g) for g in rows["groups"]]
         t_score, probs = time.time(), None
-        for m in p["models"]:
-            module = build_model(m["trained"], device, args.persistent_path, world)
+        for i, m in enumerate(p["models"]):
+            module = build_model(m["trained"], device, args.persistent_path, world, index=i)
             try:
                 load_found_weights(module, m["found"], args.persistent_path, p["data_dir"])
             except ValueError as e:

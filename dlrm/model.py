@@ -90,14 +90,19 @@ def make_table_options(table_sizes):
     ]
 
 
-class OneEmbedding(nn.Module):
-    """flow.one_embedding.MultiTableEmbedding: column j of the ids is looked up in table j."""
+EMBEDDING_NAME = "sparse_embedding"
 
-    def __init__(self, table_sizes, embedding_vec_size, store, seed=0):
+
+class OneEmbedding(nn.Module):
+    """flow.one_embedding.MultiTableEmbedding: column j of the ids is looked up in table j. OneFlow
+    0.9.0 registers its store under ``name`` per process for the process's life (a second one of
+    the same name aborts it): several models in one process need names of their own."""
+
+    def __init__(self, table_sizes, embedding_vec_size, store, seed=0, name=EMBEDDING_NAME):
         super().__init__()
         self.key_type = getattr(flow, store.key_type)
         self.one_embedding = flow.one_embedding.MultiTableEmbedding(
-            name="sparse_embedding",
+            name=name,
             embedding_dim=embedding_vec_size,
             dtype=flow.float,
             key_type=self.key_type,
@@ -238,14 +243,15 @@ def make_interaction(model, device):
 
 class DLRM(nn.Module):
     """model: a ModelConfig (the whole architecture); store: a StoreConfig (used on CUDA only); seed:
-    OneEmbedding's init seed."""
+    OneEmbedding's init seed; embedding_name: its OneEmbedding's (one per model in a process)."""
 
-    def __init__(self, model, store, device, seed=0):
+    def __init__(self, model, store, device, seed=0, embedding_name=EMBEDDING_NAME):
         super().__init__()
         self.dense = DenseFeatures(pad=model.dense_input_padding)
         self.bottom_mlp = MLP(self.dense.out_features, model.bottom_mlp, model.fused_mlp, skip_final_activation=False)
         if device == "cuda":
-            self.embedding = OneEmbedding(model.table_sizes, model.embedding_vec_size, store, seed=seed)
+            self.embedding = OneEmbedding(model.table_sizes, model.embedding_vec_size, store, seed=seed,
+                                          name=embedding_name)
         else:
             self.embedding = LocalEmbedding(model.table_sizes, model.embedding_vec_size)
         self.interaction = make_interaction(model, device)
