@@ -157,12 +157,10 @@ def predictions(path, splits, batch=10000):
     rebuilt from its train_state.json (config.model) alone, in this process."""
     import numpy as np
     import oneflow as flow
-    from sklearn.metrics import roc_auc_score
 
     from dlrm.checkpoint import load_weights, read_train_state
     from dlrm.config import ModelConfig
     from dlrm.distributed import cpu_placement, to_global
-    from dlrm.evaluation import log_loss
     from dlrm.model import DLRM
 
     saved = read_train_state(path)["config"]["model"]

@@ -25,6 +25,7 @@ import pytest
 from conftest import KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, error_lines, requires_java, run_tool
 from conftest import preprocess_tool as tool  # unchecked: tests look at its exit code and output
 from dlrm.preprocess.cli import parse_args
+from dlrm.preprocess.passes import WRITE_DIR
 from dlrm.preprocess.plan import driver_memory_gb
 from dlrm.preprocess.resume import STATE_FILE, describe_inputs, first_difference, settings_of
 from dlrm.schema import (COLUMNS, DATASET_INFO_VERSION, DENSE_COLUMNS, LABEL, NUM_DENSE, NUM_FIELDS,
@@ -626,9 +627,9 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     out = os.path.join(parent, "out")
     args = [out if a == run_mod["out"] else a for a in run_mod["args"]]
     assert out in args
-    # 1: killed while Spark writes train (check_rows finished)
+    # 1: killed while Spark writes train (check_rows finished; Spark's output directory exists)
     _run_until(args, parent,
-               lambda ln, d: "writing train" in ln and _wait_for(os.path.join(d, "train")))
+               lambda ln, d: "writing train" in ln and _wait_for(os.path.join(d, WRITE_DIR)))
     # 2: resumed, killed while it writes test and val (train finished)
     log = _run_until(args + ["--resume"], parent, lambda ln, d: "writing test and val" in ln)
     assert REUSED_RE.findall(log) == ["check_rows"], log

@@ -9,9 +9,9 @@
    write_test_val (criteo1t: the other days, then the last day's two splits): transform the
    rows, shuffle train, keep test and val in file order, write the parquet, check the row
    counts
-5. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
+4. count_distinct_ids (mod and hash ids): exact distinct ids per categorical column -> the
    table sizes
-6. build_dataset_info: the dataset_info.json content
+5. build_dataset_info: the dataset_info.json content
 """
 import functools
 import os
@@ -426,7 +426,7 @@ def write_passes(fmt):
 
 
 def count_distinct_ids(spark, tmp_dir):
-    """Pass 5 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the
+    """Pass 4 (mod and hash ids): the exact number of distinct ids of each of C1..C26 over the
     written train + test + val (the table sizes)."""
     from pyspark.sql import functions as F
 
