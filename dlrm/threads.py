@@ -26,6 +26,9 @@ import os
 
 TASK_DIR = "/proc/self/task"
 _PROBES = []  # lead_launcher's graph, alive as long as the process
+# lead_launcher's default for the other threads: a process whose threads start other programs that
+# must not inherit SCHED_BATCH or SCHED_IDLE (the test runner) sets it to False before its first graph
+LEAD_OTHERS = True
 
 
 def task_ids():
@@ -36,7 +39,7 @@ def task_ids():
         return set()
 
 
-def lead_launcher():
+def lead_launcher(others=None):
     """Start OneFlow's job launcher with a tiny graph of its own and put it ahead of every other
     thread of this process. Where the process may (CAP_SYS_NICE, as root usually, or an rtprio
     limit) the launcher goes to SCHED_FIFO, which no normal thread preempts, and the others to
@@ -45,7 +48,10 @@ def lead_launcher():
     Threads made later inherit the policy of the thread that makes them (OneFlow's actor threads
     for a graph compiled later: the calling thread). Call it before the process's first graph run
     on the CPU. Returns (the launcher's thread id, the others' policy name), or (None, None) when
-    the launcher could not be told apart or put ahead (then nothing is changed).
+    the launcher could not be told apart or put ahead (then nothing is changed). others=False (a
+    process whose threads start other programs, which would inherit their policy: the test
+    runner): only the launcher moves, to SCHED_FIFO where permitted, else nothing; the others'
+    policy is returned as None. others=None: LEAD_OTHERS.
 
     The probe graph's run starts exactly two threads, both from this thread: the VM's worker for
     the critical-section stream, then the one for the launcher stream (framework/
@@ -54,6 +60,8 @@ def lead_launcher():
     threads, comes before the snapshot). Linux hands out thread ids in creation order. Its step
     is an addition: no BLAS call that could start BLAS threads meanwhile."""
     import oneflow as flow
+
+    others = LEAD_OTHERS if others is None else others
 
     class Probe(flow.nn.Graph):
         def build(self, x):
@@ -74,27 +82,32 @@ def lead_launcher():
         # It runs a few microseconds per step, then spin-waits at most 200 us for the next
         # instruction (WorkerLoop), so it cannot hold a core for long.
         os.sched_setscheduler(launcher, os.SCHED_FIFO, os.sched_param(1))
-        others = "SCHED_BATCH"
+        policy = "SCHED_BATCH"
     except OSError:
+        if not others:
+            return None, None
         try:  # its maker's policy, maybe SCHED_BATCH or SCHED_IDLE inherited from a parent process
             os.sched_setscheduler(launcher, os.SCHED_OTHER, os.sched_param(0))
         except OSError:
             return None, None  # an unprivileged thread may not leave SCHED_IDLE
-        others = "SCHED_IDLE"
+        policy = "SCHED_IDLE"
+    if not others:
+        return launcher, None
     for tid in task_ids() - {launcher}:
         try:
-            os.sched_setscheduler(tid, getattr(os, others), os.sched_param(0))
+            os.sched_setscheduler(tid, getattr(os, policy), os.sched_param(0))
         except OSError:
             pass  # the thread ended meanwhile, or runs under a policy we may not change
-    return launcher, others
+    return launcher, policy
 
 
 def launcher_note(tid, others):
     """The log's words for lead_launcher's outcome."""
     if not tid:
         return "OneFlow's job launcher could not be put ahead, threads as OneFlow runs them"
-    if others == "SCHED_BATCH":
-        return f"OneFlow's job launcher (thread {tid}) at SCHED_FIFO leads, the other threads at SCHED_BATCH"
+    if others in ("SCHED_BATCH", None):
+        return (f"OneFlow's job launcher (thread {tid}) at SCHED_FIFO leads, the other threads "
+                f"{'at SCHED_BATCH' if others else 'unchanged'}")
     return (f"OneFlow's job launcher (thread {tid}) leads, the other threads at SCHED_IDLE (no privilege for "
             f"SCHED_FIFO: this run gives way to other programs)")
 

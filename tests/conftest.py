@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+import dlrm.threads
 from dlrm.launch import PREPROCESS_TOOL, run_preprocess
 from dlrm.metrics import read_metrics  # noqa: F401  (shared with the tests)
 
@@ -26,14 +27,11 @@ SCRIPTS = os.path.join(REPO, "scripts")
 SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2", "--shuffle_partitions", "4"]
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _pytest_keeps_its_thread_policies():
-    """Tests run CPU graphs in this process too; it must not put its own threads at SCHED_BATCH or
-    SCHED_IDLE (dlrm.threads), which the training subprocesses it starts would inherit. Test
-    modules import OneFlow at collection, before any test runs."""
-    if "oneflow" in sys.modules:
-        from dlrm.graphs import Graph
-        Graph.launcher = (None, None)
+# Tests run CPU graphs in this process too: OneFlow's job launcher goes ahead at its first graph
+# (SCHED_FIFO where permitted: without it OneFlow 0.9.0's launch race can crash this process in short
+# graph steps, see dlrm.threads), but this process's other threads keep their policies, which the
+# training subprocesses it starts would inherit.
+dlrm.threads.LEAD_OTHERS = False
 
 
 requires_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),

@@ -208,3 +208,25 @@ def test_mkl_serves_oneflows_matmuls_with_the_same_results(tmp_path):
     np.testing.assert_allclose(mkl_mm, ob_mm, rtol=1e-4, atol=1e-4)  # float32 sums in another order
     assert np.abs(mkl_mm - ob_mm).max() <= 1e-5 * np.abs(ob_mm).max()
     np.testing.assert_allclose(mkl["losses"], ob["losses"], rtol=1e-5)
+
+
+def test_the_test_process_puts_only_the_launcher_ahead():
+    """conftest: this process's graph runs get the launcher at SCHED_FIFO (OneFlow's launch race), while
+    the thread that starts subprocesses keeps its policy for them to inherit."""
+    import oneflow as flow
+
+    from dlrm.graphs import Graph
+
+    class One(Graph):
+        device = "cpu"
+
+        def build(self, x):
+            return x * 2
+
+    # a graph run: the process's first one, if no test ran one before, puts the launcher ahead
+    One()(flow.ones(2, placement=flow.env.all_device_placement("cpu"), sbp=flow.sbp.broadcast))
+    tid, others = Graph.launcher
+    if tid is None:
+        pytest.skip("no SCHED_FIFO in this environment: the test process's threads are left as they are")
+    assert others is None and os.sched_getscheduler(tid) == os.SCHED_FIFO
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
