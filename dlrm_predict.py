@@ -119,12 +119,15 @@ def build_model(trained, device, persistent_path, world, index=0):
     return module
 
 
-def score(module, device, amp, groups, batch_size, placement, threads):
+def score(module, device, amp, groups, batch_size, placement, threads, keep):
     """Predictions of every row of groups in order (on rank 0; None elsewhere): each rank scores its
-    contiguous slice (BatchReader(train=False), the last batch padded) with the evaluation graph."""
+    contiguous slice (BatchReader(train=False), the last batch padded) with the evaluation graph, which
+    is appended to keep: a graph freed while the other ranks may still run theirs can hang them (as
+    dlrm.threads keeps its probe graph), so every model's graph lives until the run ends."""
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
     per_rank = batch_size // world
     graph = EvalGraph(module, device, amp)
+    keep.append(graph)
     module.eval()
     reader = BatchReader(groups, per_rank, rank, world, train=False,
                          max_batches=eval_batches_per_rank(groups, batch_size, world), workers=threads)
@@ -224,7 +227,7 @@ def main(argv=None):
         # 3. Each model and its weights (dlrm.checkpoint's loader); every rank scores its slice. Several
         # models (an ensemble: the same recipe, other seeds) give the mean of their probabilities.
         groups = [tuple(g) for g in rows["groups"]]
-        t_score, probs = time.time(), None
+        t_score, probs, graphs = time.time(), None, []
         for i, m in enumerate(p["models"]):
             module = build_model(m["trained"], device, args.persistent_path, world, index=i)
             try:
@@ -232,10 +235,10 @@ def main(argv=None):
             except ValueError as e:
                 return fail(e)
             amp = device == "cuda" and bool(m["found"]["state"]["config"].get("amp"))
-            member = score(module, device, amp, groups, p["batch_size"], cpu, reader_threads(0, device, local_world))
+            member = score(module, device, amp, groups, p["batch_size"], cpu, reader_threads(0, device, local_world),
+                           graphs)
             if rank == 0:
                 probs = member if probs is None else probs + member
-            del module
         if rank == 0:
             probs = probs / len(p["models"])
         t_score = time.time() - t_score

@@ -340,6 +340,12 @@ def test_two_processes_write_what_one_does(trained_kaggle, kaggle_head_parquet, 
              PREDICT_SCRIPT, *common, "--output", tmp_path / "two.parquet")
     one, two = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "two.parquet")
     assert one.num_rows == 714 and one.equals(two)
+    # several models on two processes: the same checkpoint twice averages to its own probabilities
+    twice = ["--model_load_dir", ckpt, ckpt, *common[2:]]
+    run_tool("-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", free_port(),
+             PREDICT_SCRIPT, *twice, "--output", tmp_path / "twice.parquet")
+    np.testing.assert_allclose(pq.read_table(tmp_path / "twice.parquet").column("probability").to_numpy(),
+                               one.column("probability").to_numpy(), rtol=1e-6)
     # a refusal stops both ranks, printed once
     proc = run_tool("-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", free_port(),
                     PREDICT_SCRIPT, *common[:4], "--data_dir", tmp_path / "moved", "--device", "cpu",
