@@ -160,7 +160,6 @@ def test_real_kaggle_rows_train_with_finite_loss(kaggle_head_parquet, tmp_path):
     assert final_auc(metrics) > 0.62
 
 
-# ----------------------------------------------------------------------------- bad input
 def test_short_graph_steps_run_without_crashing_oneflow(synthetic_parquet):
     """Hundreds of 32-row eval steps, three runs: OneFlow 0.9.0 crashes or hangs on such short steps
     unless its job launcher leads the other threads (dlrm.threads: 11 of 20 such runs failed without
@@ -173,6 +172,7 @@ def test_short_graph_steps_run_without_crashing_oneflow(synthetic_parquet):
         check_cpu_threads(out, 1)
 
 
+# ----------------------------------------------------------------------------- bad input
 def run_main(argv, capsys):
     code = train.main(argv)
     return code, capsys.readouterr().err
