@@ -3,7 +3,9 @@
 
 For each row count N (``--rows 1000000,4000000``):
 
-1. generate N synthetic raw Criteo rows with tools/make_synthetic_criteo.py (one train.txt);
+1. generate N synthetic raw Criteo rows with tools/make_synthetic_criteo.py: one train.txt
+   (Kaggle layout), or with ``--days D`` D day files of N rows each (Criteo 1TB layout; the
+   last day's first half goes to test);
 2. in one fresh SparkSession (a new JVM per N, after an untimed warm-up on other rows),
    transform the same input to parquet twice, both read text -> split -> transform -> write
    parquet to a temp dir, no shuffle (the tool's write pass on clean input):
@@ -11,8 +13,8 @@ For each row count N (``--rows 1000000,4000000``):
    - udf: the same transforms as per-column Python UDFs (what the original tool did);
    and print rows/s (wall and per CPU second of the JVM + Python workers) and the ratio
    (target: native >= 10x);
-3. run the whole tool end to end (``python tools/criteo1t_parquet.py``, kaggle layout: line
-   count and row check in one scan, shuffled train, test, val, table sizes), with mod ids and,
+3. run the whole tool end to end (``python tools/criteo1t_parquet.py``: line count and row
+   check in one scan, shuffled train, test, val, table sizes), with mod ids and,
    unless ``--vocab_min_frequency 0``, again with vocabulary ids (``--min_frequency``: the
    vocabulary pass and the id joins instead of the distinct-id count);
 4. unless ``--skip_floor``, Spark's floor for the same work, in a fresh process like the tool
@@ -31,6 +33,7 @@ While each phase runs a thread samples, with psutil, the RSS of the Spark driver
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -117,9 +120,18 @@ def mib(n):
     return n / 2**20
 
 
-def generate(rows, dest, seed):
-    """One train.txt of `rows` synthetic rows; the seconds it took."""
-    return harness.synthesize(dest, days=1, rows_per_day=rows, seed=seed, kaggle=True)
+def generate(rows, dest, seed, days=0):
+    """One train.txt of `rows` synthetic rows, or `days` day files of `rows` rows each; the
+    seconds it took."""
+    return harness.synthesize(dest, days=max(days, 1), rows_per_day=rows, seed=seed,
+                              kaggle=days == 0)
+
+
+def input_files(in_dir):
+    """The raw files generate() wrote: train.txt, or day_0, day_1, ..."""
+    names = sorted((f for f in os.listdir(in_dir) if f == "train.txt" or f.startswith("day_")),
+                   key=lambda f: (len(f), f))
+    return [os.path.join(in_dir, f) for f in names]
 
 
 def udf_columns(F, T, fields):
@@ -177,17 +189,27 @@ def check_same(out_a, out_b):
     return a.num_rows == b.num_rows and a.sort_by(keys).equals(b.sort_by(keys))
 
 
-def full_tool(in_dir, out_dir, args, *extra):
-    cmd = preprocess_command(["--input_dir", in_dir, "--output_dir", out_dir, "--spark_master", args.spark_master,
-                              "--spark_driver_memory_gb", args.driver_memory_gb, "--train_files", 16,
-                              "--eval_files", 4, "--shuffle_partitions", 16, "--overwrite", *extra])
+def measured(cmd):
+    """Run cmd (the tool, or the floor's child) as a fresh process under an RssSampler, the same
+    for both sides of the comparison; (wall seconds, the sampler, stdout). Exits on a failure."""
     t = time.time()
-    p = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    with RssSampler(p.pid) as mem:
+    p = psutil.Popen([str(c) for c in cmd], cwd=harness.REPO, stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
+    with RssSampler(p.pid, interval=0.5) as mem:
         stdout, _ = p.communicate()
     if p.returncode != 0:
-        raise SystemExit("the tool failed:\n" + stdout)
+        raise SystemExit("%s failed:\n%s" % (" ".join(map(str, cmd[:3])), stdout))
     return time.time() - t, mem, stdout
+
+
+def full_tool(in_dir, out_dir, args, rows_per_file, *extra):
+    if args.days:  # the last day: half test, half val
+        extra = ("--num_test_examples", rows_per_file // 2) + extra
+    shutil.rmtree(out_dir, ignore_errors=True)  # (not timed: the floor's outputs go the same way)
+    cmd = preprocess_command(["--input_dir", in_dir, "--output_dir", out_dir, "--spark_master", args.spark_master,
+                              "--spark_driver_memory_gb", args.driver_memory_gb, "--train_files", 16,
+                              "--eval_files", 4, "--shuffle_partitions", 16, *extra])
+    return measured(cmd)
 
 
 def floor_child(args):
@@ -209,8 +231,8 @@ def floor_child(args):
     work = args.work_dir
     try:
         t = time.time()
-        df = spark.read.csv("file://" + os.path.join(work, "in", "train.txt"), sep="\t",
-                            schema=schema)
+        df = spark.read.csv(["file://" + f for f in input_files(os.path.join(work, "in"))],
+                            sep="\t", schema=schema)
         cols = [F.col(LABEL).cast("float").alias(LABEL)]
         cols += [F.coalesce((F.col(c).cast("double") + 1.0).cast("float"),
                             F.lit(1.0).cast("float")).alias(c) for c in DENSE_COLUMNS]
@@ -235,12 +257,16 @@ def floor_child(args):
 
 
 def floor_run(args, work):
-    """Step 4 in a fresh process: (wall seconds with start-up, the child's phase seconds)."""
-    t = time.time()
-    res = harness.run_child(__file__, ["--floor", "--work_dir", work, "--spark_master",
-                                       args.spark_master, "--driver_memory_gb",
-                                       args.driver_memory_gb], timeout=None, echo=True)
-    return time.time() - t, res
+    """Step 4 in a fresh process: (wall seconds with start-up, the sampler, the child's phase
+    seconds)."""
+    for d in ("floor_typed", "floor_shuffled"):  # (not timed, as for the tool's output)
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+    secs, mem, stdout = measured([sys.executable, os.path.abspath(__file__), "--floor", "--work_dir",
+                                  work, "--spark_master", args.spark_master, "--driver_memory_gb",
+                                  args.driver_memory_gb])
+    results = [ln[len(harness.RESULT_TAG):] for ln in stdout.splitlines()
+               if ln.startswith(harness.RESULT_TAG)]
+    return secs, mem, json.loads(results[-1])
 
 
 def child(args):
@@ -261,7 +287,7 @@ def child(args):
             transform_phase(spark, os.path.join(work, "warm", "train.txt"),
                             os.path.join(work, "warm_out_" + kind), kind)
         for kind in kinds:
-            secs, mem = transform_phase(spark, os.path.join(work, "in", "train.txt"),
+            secs, mem = transform_phase(spark, input_files(os.path.join(work, "in"))[0],
                                         os.path.join(work, "out_" + kind), kind)
             res[kind] = {"s": secs, "cpu_s": mem.cpu_s, "jvm": mib(mem.peak_jvm),
                          "tree": mib(mem.peak_tree)}
@@ -286,6 +312,9 @@ def main(argv=None):
     ap.add_argument("--skip_tool", action="store_true", help="no end-to-end tool run")
     ap.add_argument("--vocab_min_frequency", type=int, default=3,
                     help="also run the whole tool with --min_frequency this (0: mod ids only)")
+    ap.add_argument("--days", type=int, default=0,
+                    help="0: one Kaggle train.txt of --rows rows; D > 0: D day files of --rows rows "
+                    "each (Criteo 1TB layout)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--warmup_rows", type=int, default=200000,
                     help="rows of the untimed warm-up run of each phase (JIT compilation)")
@@ -310,10 +339,12 @@ def main(argv=None):
         for n in rows_list:
             in_dir = os.path.join(work, "in")
             shutil.rmtree(in_dir, ignore_errors=True)
-            gen_s = generate(n, in_dir, args.seed)
-            size = os.path.getsize(os.path.join(in_dir, "train.txt"))
-            print("[bench] %d rows, %.0f MiB of text (generated in %.1f s)" % (n, mib(size),
-                                                                              gen_s), flush=True)
+            gen_s = generate(n, in_dir, args.seed, args.days)
+            files = input_files(in_dir)
+            size = sum(os.path.getsize(f) for f in files)
+            total = n * len(files)
+            print("[bench] %d rows in %d file(s), %.0f MiB of text (generated in %.1f s)"
+                  % (total, len(files), mib(size), gen_s), flush=True)
             # each row count in a fresh JVM, so the memory peaks are comparable
             argv = ["--child", n, "--work_dir", work, "--spark_master", args.spark_master,
                     "--driver_memory_gb", args.driver_memory_gb] + (["--skip_udf"] if args.skip_udf else [])
@@ -321,7 +352,7 @@ def main(argv=None):
                 res = harness.run_child(__file__, argv, timeout=None, echo=True)
             except RuntimeError as e:
                 raise SystemExit("the benchmark child failed for %d rows: %s" % (n, e))
-            res["rows"] = n
+            res["rows"], res["files"] = n, len(files)
             if "udf" in res and n <= 1000000:
                 same = check_same(os.path.join(work, "out_native"), os.path.join(work, "out_udf"))
                 print("[bench]   native and udf outputs equal: %s" % same, flush=True)
@@ -333,17 +364,18 @@ def main(argv=None):
                               ["--min_frequency", args.vocab_min_frequency]))
             for rnd in range(1, args.rounds + 1):
                 for key, what, extra in sides:
-                    secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args, *extra)
+                    secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args, n, *extra)
                     if key not in res or secs < res[key]["s"]:
                         res[key] = {"s": secs, "jvm": mib(mem.peak_jvm)}
                     print("[bench]   round %d, whole tool (%s): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
-                          % (rnd, what, secs, n / secs, mib(mem.peak_jvm)), flush=True)
+                          % (rnd, what, secs, total / secs, mib(mem.peak_jvm)), flush=True)
                 if not args.skip_floor:
-                    secs, phases = floor_run(args, work)
+                    secs, mem, phases = floor_run(args, work)
                     res["floor"] = min(secs, res.get("floor", secs))
                     print("[bench]   round %d, Spark floor: %.1f s (typed CSV -> parquet %.1f s, shuffle %.1f s, "
-                          "start-up %.1f s)" % (rnd, secs, phases["write"], phases["shuffle"],
-                                                secs - phases["write"] - phases["shuffle"]), flush=True)
+                          "start-up %.1f s), JVM peak RSS %.0f MiB"
+                          % (rnd, secs, phases["write"], phases["shuffle"],
+                             secs - phases["write"] - phases["shuffle"], mib(mem.peak_jvm)), flush=True)
             if "floor" in res:
                 for key, what, _ in sides:
                     print("[bench]   floor / whole tool (%s), best of %d each: %.0f%%"
@@ -366,14 +398,15 @@ def main(argv=None):
     print("|" + "---|" * len(hdr))
     for r in results:
         n, nat, udf = r["rows"], r["native"], r.get("udf")
-        cells = [str(n), "%.0f" % (n / nat["s"])]
+        total = n * r["files"]
+        cells = [str(n) if r["files"] == 1 else "%d x %d" % (r["files"], n), "%.0f" % (n / nat["s"])]
         cells += ["%.0f" % (n / udf["s"]), "%.1fx" % (udf["s"] / nat["s"])] if udf else ["-"] * 2
         cells += ["%.0f" % (n / nat["cpu_s"])]
         cells += (["%.0f" % (n / udf["cpu_s"]), "%.1fx" % (udf["cpu_s"] / nat["cpu_s"])] if udf
                   else ["-"] * 2)
         cells += ["%.0f" % nat["jvm"], "%.0f" % udf["jvm"] if udf else "-"]
         for tool in (r.get("tool"), r.get("vocab")):
-            cells += (["%.1f" % tool["s"], "%.0f" % (n / tool["s"]), "%.0f" % tool["jvm"]] if tool
+            cells += (["%.1f" % tool["s"], "%.0f" % (total / tool["s"]), "%.0f" % tool["jvm"]] if tool
                       else ["-"] * 3)
         fl = r.get("floor")
         cells += ["%.1f" % fl if fl else "-"]

@@ -15,6 +15,7 @@
 """
 import functools
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -319,12 +320,40 @@ def transformed(df, out_cols, *extra):
     return df.select(*out_cols, *extra)
 
 
+def _parquet_files(path):
+    return sorted(f for f in os.listdir(path) if f.endswith(".parquet"))
+
+
 def _parquet_rows(path):
     """Row count and file count of a parquet directory, from the file footers."""
     import pyarrow.parquet as pq
 
-    files = sorted(f for f in os.listdir(path) if f.endswith(".parquet"))
+    files = _parquet_files(path)
     return sum(pq.ParquetFile(os.path.join(path, f)).metadata.num_rows for f in files), len(files)
+
+
+def _part_files(path):
+    """[(file name, partition index)] of the parquet files Spark wrote to path: a task writes
+    part-NNNNN-..., NNNNN its partition's index."""
+    out = []
+    for f in _parquet_files(path):
+        m = re.match(r"part-(\d+)-", f)
+        if not m:
+            raise PreprocessError("internal error: unexpected file %s in %s" % (f, path), 1)
+        out.append((f, int(m.group(1))))
+    return out
+
+
+def split_of_part(part, ntrain, files, evals):
+    """The split of write_splits' partition ``part``: the first ntrain are train's, then
+    ``files`` for each of evals (test, val) in turn."""
+    if part < ntrain:
+        return "train"
+    k = (part - ntrain) // files
+    if k >= len(evals):
+        raise PreprocessError("internal error: partition %d beyond the %d planned" % (
+            part, ntrain + files * len(evals)), 1)
+    return evals[k]
 
 
 def _check_written(split, written, check):
@@ -405,21 +434,28 @@ def write_splits(inputs, split_file, check, args, tmp_dir, splits, vocab=None):
     df = df.repartition(nparts, "_k")
     if late:
         df = vocab.apply(inputs.spark, df, args.key_type, late)
-    # each partition holds one split, so the (_split, ...) order also satisfies the writer's
-    # ordering by _split: it adds no sort of its own
-    helpers = ["_k", "_line", "_r1", "_r2"] + ["_o%d" % i for i in range(len(order))]
-    df = (df.sortWithinPartitions("_split", *["_o%d" % i for i in range(len(order))])
+    # Each partition holds one split, so the write needs no partitionBy("_split"), which
+    # requires the rows sorted by the split first: a constant within a partition, so every
+    # comparison of the sort would go past its prefix (1M rows, warm: 7.4 s instead of 7.0 s).
+    # A file's split follows from its partition index instead (split_of_part).
+    helpers = ["_k", "_line", "_r1", "_r2", "_split"] + ["_o%d" % i for i in range(len(order))]
+    df = (df.sortWithinPartitions(*["_o%d" % i for i in range(len(order))])
           .drop(*[c for c in helpers if c in df.columns]))
     dest = os.path.join(tmp_dir, WRITE_DIR)
-    df.write.partitionBy("_split").mode("errorifexists").parquet(uri(dest))
+    df.write.mode("errorifexists").parquet(uri(dest))
+    for split in splits:
+        os.makedirs(os.path.join(tmp_dir, split))
+    for name, part in _part_files(dest):
+        split = split_of_part(part, ntrain, files, evals)
+        for f in (name, ".%s.crc" % name):  # (the local file system's checksum file)
+            if os.path.exists(os.path.join(dest, f)):
+                os.rename(os.path.join(dest, f), os.path.join(tmp_dir, split, f))
     rows = {}
     for split in splits:
-        written = os.path.join(dest, "_split=%s" % split)
-        if os.path.isdir(written):
-            os.rename(written, os.path.join(tmp_dir, split))
-        else:  # no rows: an empty split with the schema, as a plain write leaves it
-            schema = df.drop("_split").schema
-            (inputs.spark.createDataFrame([], schema).write.mode("errorifexists")
+        if not _parquet_files(os.path.join(tmp_dir, split)):
+            # no rows: an empty split with the schema, as a plain write leaves it
+            os.rmdir(os.path.join(tmp_dir, split))
+            (inputs.spark.createDataFrame([], df.schema).write.mode("errorifexists")
              .parquet(uri(os.path.join(tmp_dir, split))))
         rows[split], nfiles = _parquet_rows(os.path.join(tmp_dir, split))
         log("wrote %s: %d rows in %d files" % (split, rows[split], nfiles))
@@ -448,8 +484,17 @@ def count_distinct_ids(spark, tmp_dir):
     written = spark.read.parquet(*[uri(os.path.join(tmp_dir, s)) for s in SPLITS])
     sizes = [0] * NUM_SPARSE
     exploded = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
-    for r in exploded.distinct().groupBy("pos").count().collect():
-        sizes[int(r["pos"])] = int(r["count"])
+    # The partial aggregation's first-level hash map holds 2^16 keys by default; a task's
+    # distinct (column, id) pairs overflow it into the slower second level. 2^18 keys (~8 MB a
+    # task): this pass 20% faster on 3M synthetic rows, warm (1.4 s instead of 1.8 s).
+    conf = "spark.sql.codegen.aggregate.fastHashMap.capacityBit"
+    before = spark.conf.get(conf, "16")
+    spark.conf.set(conf, "18")
+    try:
+        for r in exploded.distinct().groupBy("pos").count().collect():
+            sizes[int(r["pos"])] = int(r["count"])
+    finally:
+        spark.conf.set(conf, before)
     log("table_size_array = %s (%.1f s)" % (sizes, time.time() - t))
     return sizes
 
@@ -546,8 +591,15 @@ def run(args, fmt, paths, state):
     spark = start_spark(args)
     try:
         inputs = Inputs(spark, paths)
-        state.check_partitions(
-            [spark.read.text(uri(p)).rdd.getNumPartitions() for p in paths], inputs.names)
+
+        def check_partitions():
+            state.check_partitions(
+                [spark.read.text(uri(p)).rdd.getNumPartitions() for p in paths], inputs.names)
+
+        # before anything is reused; in a new run once the first pass has warmed up Spark's
+        # planner (cold, planning the scans only to count their partitions took ~1 s)
+        if state.finished:
+            check_partitions()
         state.remove_unfinished(keep=finished_outputs(state))
         room = (args, spark, tmp_dir, _train_bytes(inputs),
                 _input_bytes(inputs, range(len(paths))))
@@ -571,9 +623,13 @@ def run(args, fmt, paths, state):
                 split_file = SplitFile(d["lines"], {k: tuple(v) for k, v in d["bounds"].items()})
                 return split_file, _row_check_from(d["check"])
 
+            def first_pass():
+                value = check_rows(inputs, fmt, args.num_test_examples, args.bad_rows)
+                check_partitions()  # recorded before the pass is
+                return value
+
             split_file, check = step(
-                "check_rows",
-                lambda: check_rows(inputs, fmt, args.num_test_examples, args.bad_rows),
+                "check_rows", first_pass,
                 lambda v: {"lines": v[0].lines, "bounds": v[0].bounds, "offsets": inputs.offsets,
                            "check": dataclasses.asdict(v[1])},
                 restore_check,
