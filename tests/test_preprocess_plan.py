@@ -231,3 +231,14 @@ def test_publish_output_replaces_only_with_overwrite(tmp_path, capsys):
     assert sorted(os.listdir(str(out))) == ["dataset_info.json"]
     assert sorted(os.listdir(str(tmp_path))) == ["out"]  # no temp or old dir left
     assert "[preprocess] replaced the previous %s" % out in capsys.readouterr().out
+
+
+def test_split_of_part_follows_the_write_plan():
+    from dlrm.preprocess.passes import split_of_part
+
+    # a write's partitions: 4 train, then 3 runs of test, then 3 of val
+    assert [split_of_part(p, 4, 3, ["test", "val"]) for p in range(10)] == ["train"] * 4 + ["test"] * 3 + ["val"] * 3
+    assert [split_of_part(p, 0, 2, ["test", "val"]) for p in range(4)] == ["test", "test", "val", "val"]
+    assert [split_of_part(p, 3, 2, []) for p in range(3)] == ["train"] * 3
+    with pytest.raises(PreprocessError, match="partition 10 beyond the 10 planned"):
+        split_of_part(10, 4, 3, ["test", "val"])
