@@ -38,6 +38,7 @@ import shlex
 import shutil
 import sys
 import time
+from types import SimpleNamespace
 
 import harness
 from harness import CpuWindow, load_note, run_watched
@@ -159,12 +160,12 @@ def predictions(path, splits, batch=10000):
     import oneflow as flow
 
     from dlrm.checkpoint import load_weights, read_train_state
-    from dlrm.config import ModelConfig
     from dlrm.distributed import cpu_placement, to_global
     from dlrm.model import DLRM
+    from dlrm.predict import model_config
 
     saved = read_train_state(path)["config"]["model"]
-    model = DLRM(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}), None, "cpu")
+    model = DLRM(model_config(SimpleNamespace(model=saved), "cpu"), None, "cpu")
     cpu = cpu_placement()
     model.to_global(cpu, flow.sbp.broadcast)
     load_weights(model, path)

@@ -554,10 +554,8 @@ def pass_plan(args, fmt, inputs):
     plan = [("check_rows", every)]  # (its aggregation moves less than a scan's bytes)
     if args.min_frequency > 0:
         plan.append(("build_vocabulary", 2 * train))
-    if fmt == "kaggle":
-        plan.append(("write_splits", 3 * train))
-    else:
-        plan += [("write_train", 3 * train), ("write_test_val", 2 * split_file)]
+    plan += [(name, 3 * train if "train" in splits else 2 * split_file)
+             for name, splits in write_passes(fmt)]
     if args.min_frequency <= 0:
         plan.append(("count_distinct_ids", every))
     return plan
