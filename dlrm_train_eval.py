@@ -142,7 +142,9 @@ def main(argv=None):
             label, dense, sparse, _ = next(reader)
             loss = train_graph(to_global(label, cpu), to_global(dense, cpu), to_global(sparse, cpu))
             if cfg.device == "cpu" and step == start_step + 1:
-                print(f"rank {rank}: {launcher_note(*Graph.launcher)} (dlrm.threads); {blas}", flush=True)
+                # every rank prints this line to the launcher's one pipe, unbuffered (python -u): the
+                # newline in the same write keeps two ranks' lines apart (print writes it separately)
+                print(f"rank {rank}: {launcher_note(*Graph.launcher)} (dlrm.threads); {blas}\n", end="", flush=True)
             losses.append((step, loss))
 
             if step % cfg.log.loss_print_interval == 0 or step == sched.train_batches:
