@@ -22,7 +22,9 @@ For each row count N (``--rows 1000000,4000000``):
    the same label/dense/mod-id transforms -> parquet, then a random shuffle of that parquet
    (seeded random partitioning into the tool's train file count, sorted within partitions by a
    second random key) -> parquet; printed with the ratio floor / tool for mod and vocabulary
-   ids (goal >= 90%). Steps 3 and 4 alternate ``--rounds`` times; each side's best run counts.
+   ids (goal >= 90%). Steps 3 and 4 alternate ``--rounds`` times, the floor first in even
+   rounds; printed: the ratio of each side's best run, and each round's ratio of its two
+   adjacent runs with their median (robust to the machine's speed drifting).
 
 While each phase runs a thread samples, with psutil, the RSS of the Spark driver JVM (the
 ``java`` process) and of its whole process tree (JVM + Python workers); the peaks are printed
@@ -36,6 +38,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -356,30 +359,48 @@ def main(argv=None):
             if "udf" in res and n <= 1000000:
                 same = check_same(os.path.join(work, "out_native"), os.path.join(work, "out_udf"))
                 print("[bench]   native and udf outputs equal: %s" % same, flush=True)
-            # the whole tool and Spark's floor alternate --rounds times; each side's best run
-            # counts (run-to-run noise on a 2-core machine is ~10% of a run)
+            # the whole tool and Spark's floor alternate --rounds times, the floor first in even
+            # rounds; each side's best run counts, and each round's ratio (adjacent runs, so a
+            # drift of the machine's speed during the benchmark cancels) is printed too
             sides = [] if args.skip_tool else [("tool", "mod ids", [])]
             if sides and args.vocab_min_frequency > 0:
                 sides.append(("vocab", "vocabulary ids, --min_frequency %d" % args.vocab_min_frequency,
                               ["--min_frequency", args.vocab_min_frequency]))
+            runs = {key: [] for key in [k for k, _, _ in sides] + ["floor"]}
+
+            def run_tool(rnd, key, what, extra):
+                secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args, n, *extra)
+                runs[key].append(secs)
+                if key not in res or secs < res[key]["s"]:
+                    res[key] = {"s": secs, "jvm": mib(mem.peak_jvm)}
+                print("[bench]   round %d, whole tool (%s): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
+                      % (rnd, what, secs, total / secs, mib(mem.peak_jvm)), flush=True)
+
+            def run_floor(rnd):
+                secs, mem, phases = floor_run(args, work)
+                runs["floor"].append(secs)
+                res["floor"] = min(secs, res.get("floor", secs))
+                print("[bench]   round %d, Spark floor: %.1f s (typed CSV -> parquet %.1f s, shuffle %.1f s, "
+                      "start-up %.1f s), JVM peak RSS %.0f MiB"
+                      % (rnd, secs, phases["write"], phases["shuffle"],
+                         secs - phases["write"] - phases["shuffle"], mib(mem.peak_jvm)), flush=True)
+
             for rnd in range(1, args.rounds + 1):
-                for key, what, extra in sides:
-                    secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args, n, *extra)
-                    if key not in res or secs < res[key]["s"]:
-                        res[key] = {"s": secs, "jvm": mib(mem.peak_jvm)}
-                    print("[bench]   round %d, whole tool (%s): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
-                          % (rnd, what, secs, total / secs, mib(mem.peak_jvm)), flush=True)
-                if not args.skip_floor:
-                    secs, mem, phases = floor_run(args, work)
-                    res["floor"] = min(secs, res.get("floor", secs))
-                    print("[bench]   round %d, Spark floor: %.1f s (typed CSV -> parquet %.1f s, shuffle %.1f s, "
-                          "start-up %.1f s), JVM peak RSS %.0f MiB"
-                          % (rnd, secs, phases["write"], phases["shuffle"],
-                             secs - phases["write"] - phases["shuffle"], mib(mem.peak_jvm)), flush=True)
+                floor_first = rnd % 2 == 0 and not args.skip_floor
+                if floor_first:
+                    run_floor(rnd)
+                for side in sides:
+                    run_tool(rnd, *side)
+                if not args.skip_floor and not floor_first:
+                    run_floor(rnd)
             if "floor" in res:
                 for key, what, _ in sides:
-                    print("[bench]   floor / whole tool (%s), best of %d each: %.0f%%"
-                          % (what, args.rounds, 100 * res["floor"] / res[key]["s"]), flush=True)
+                    rounds = [100 * f / t for f, t in zip(runs["floor"], runs[key])]
+                    res[key]["round_ratios"] = rounds
+                    print("[bench]   floor / whole tool (%s): best of %d each %.0f%%; per round %s, "
+                          "median %.0f%%" % (what, args.rounds, 100 * res["floor"] / res[key]["s"],
+                                             " ".join("%.0f%%" % r for r in rounds),
+                                             statistics.median(rounds)), flush=True)
             results.append(res)
     finally:
         if not args.work_dir:
@@ -393,7 +414,8 @@ def main(argv=None):
            "native rows/CPU-s", "UDF rows/CPU-s", "native/UDF (CPU)",
            "JVM peak native MiB", "JVM peak UDF MiB", "whole tool s", "whole tool rows/s",
            "JVM peak whole tool MiB", "whole tool vocab s", "whole tool vocab rows/s",
-           "JVM peak whole tool vocab MiB", "Spark floor s", "floor/tool mod", "floor/tool vocab"]
+           "JVM peak whole tool vocab MiB", "Spark floor s", "floor/tool mod (best; round median)",
+           "floor/tool vocab (best; round median)"]
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in results:
@@ -410,8 +432,8 @@ def main(argv=None):
                       else ["-"] * 3)
         fl = r.get("floor")
         cells += ["%.1f" % fl if fl else "-"]
-        cells += ["%.0f%%" % (100 * fl / r[k]["s"]) if fl and k in r else "-"
-                  for k in ("tool", "vocab")]
+        cells += ["%.0f%%; %.0f%%" % (100 * fl / r[k]["s"], statistics.median(r[k]["round_ratios"]))
+                  if fl and k in r else "-" for k in ("tool", "vocab")]
         print("| " + " | ".join(cells) + " |")
     return 0
 
