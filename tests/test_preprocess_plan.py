@@ -46,6 +46,7 @@ def test_check_args_accepts_defaults_and_the_largest_int32_modulus():
     assert max_categorical_id(limit) == 2147483623 <= INT32_MAX
     assert max_categorical_id(limit + 1) == 2147483649 > INT32_MAX
     check_args(args_of("--key_type", "int32", "--mod_idx", str(limit)))
+    check_args(args_of("--mod_idx", str((2**63 - 1 - 25) // 26)))  # the largest int64 one
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -58,6 +59,9 @@ def test_check_args_accepts_defaults_and_the_largest_int32_modulus():
     (["--key_type", "int32", "--mod_idx", "82595524"],
      "--key_type int32: the largest id 2147483649 (mod_idx 82595524) does not fit int32; use "
      "--mod_idx <= 82595523 or --key_type int64"),
+    (["--mod_idx", "354745078340568300"],  # ids wrap around in Spark's long arithmetic
+     "--mod_idx 354745078340568300: the largest id 9223372036854775825 does not fit int64; use "
+     "--mod_idx <= 354745078340568299"),
 ])
 def test_check_args_errors(flags, message):
     with pytest.raises(PreprocessError) as e:

@@ -13,6 +13,7 @@ import sys
 from dlrm.schema import NUM_SPARSE
 
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 DEFAULT_MOD_IDX = 40000000  # --mod_idx's default
 
 KAGGLE_RULE = (
@@ -75,6 +76,10 @@ def check_args(args):
             raise PreprocessError("--min_frequency gives vocabulary ids, which replace the mod "
                                   "and hash ids of --mod_idx; drop one of the two", 2)
         return  # --key_type int32: checked once the table sizes are known (check_int32_ids)
+    if max_categorical_id(args.mod_idx) > INT64_MAX:
+        raise PreprocessError("--mod_idx %d: the largest id %d does not fit int64; use --mod_idx "
+                              "<= %d" % (args.mod_idx, max_categorical_id(args.mod_idx),
+                                         (INT64_MAX - (NUM_SPARSE - 1)) // NUM_SPARSE), 2)
     if args.key_type == "int32":
         if args.mod_idx <= 0:
             raise PreprocessError("--key_type int32 needs mod ids (--mod_idx > 0); hash ids "
