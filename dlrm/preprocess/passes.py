@@ -488,7 +488,9 @@ def count_distinct_ids(spark, tmp_dir, mod_idx):
         # is the key and gives its column (distinct single longs: 15% less time than distinct
         # (column, id) pairs on 3M rows, warm)
         ids = written.select(F.explode(F.array(*SPARSE_COLUMNS)).alias("id")).distinct()
-        counts = ids.groupBy(F.expr("id div %d" % (mod_idx + 1)).alias("pos"))  # (exact)
+        # (integer division: a double quotient could round up to the next column for moduli
+        # near 2^58)
+        counts = ids.groupBy(F.expr("id div %d" % (mod_idx + 1)).alias("pos"))
     else:  # hash ids of different columns may coincide
         pairs = written.select(F.posexplode(F.array(*SPARSE_COLUMNS)).alias("pos", "id"))
         counts = pairs.distinct().groupBy("pos")
