@@ -55,6 +55,11 @@ def max_categorical_id(mod_idx):
     return (NUM_SPARSE - 1) * (mod_idx + 1) + mod_idx
 
 
+def largest_mod_idx(id_max):
+    """The largest --mod_idx whose max_categorical_id is at most id_max."""
+    return (id_max - (NUM_SPARSE - 1)) // NUM_SPARSE
+
+
 def check_args(args):
     """Raise PreprocessError (exit code 2) for argument values the parser cannot rule out."""
     if args.spark_driver_memory_gb <= 0:
@@ -79,7 +84,7 @@ def check_args(args):
     if max_categorical_id(args.mod_idx) > INT64_MAX:
         raise PreprocessError("--mod_idx %d: the largest id %d does not fit int64; use --mod_idx "
                               "<= %d" % (args.mod_idx, max_categorical_id(args.mod_idx),
-                                         (INT64_MAX - (NUM_SPARSE - 1)) // NUM_SPARSE), 2)
+                                         largest_mod_idx(INT64_MAX)), 2)
     if args.key_type == "int32":
         if args.mod_idx <= 0:
             raise PreprocessError("--key_type int32 needs mod ids (--mod_idx > 0); hash ids "
@@ -89,7 +94,7 @@ def check_args(args):
                 "--key_type int32: the largest id %d (mod_idx %d) does not fit int32; use "
                 "--mod_idx <= %d or --key_type int64"
                 % (max_categorical_id(args.mod_idx), args.mod_idx,
-                   (INT32_MAX - (NUM_SPARSE - 1)) // NUM_SPARSE), 2)
+                   largest_mod_idx(INT32_MAX)), 2)
 
 
 def check_int32_ids(table_sizes):
