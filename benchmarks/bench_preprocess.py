@@ -35,7 +35,6 @@ While each phase runs a thread samples, with psutil, the RSS of the Spark driver
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -267,9 +266,10 @@ def floor_run(args, work):
     secs, mem, stdout = measured([sys.executable, os.path.abspath(__file__), "--floor", "--work_dir",
                                   work, "--spark_master", args.spark_master, "--driver_memory_gb",
                                   args.driver_memory_gb])
-    results = [ln[len(harness.RESULT_TAG):] for ln in stdout.splitlines()
-               if ln.startswith(harness.RESULT_TAG)]
-    return secs, mem, json.loads(results[-1])
+    results = harness.results_in(stdout)
+    if not results:
+        raise SystemExit("the floor's child printed no result:\n" + stdout)
+    return secs, mem, results[-1]
 
 
 def child(args):

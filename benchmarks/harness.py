@@ -36,6 +36,12 @@ def emit(record):
     print(RESULT_TAG + json.dumps(record), flush=True)
 
 
+def results_in(stdout):
+    """The records that emit() printed into a child's stdout, in order."""
+    return [json.loads(line[len(RESULT_TAG):]) for line in stdout.splitlines()
+            if line.startswith(RESULT_TAG)]
+
+
 def run_child(script, argv, env=None, timeout=1800, echo=False):
     """Run `script` (a benchmark's own __file__) as a child phase with argv; return its last result.
 
@@ -44,12 +50,11 @@ def run_child(script, argv, env=None, timeout=1800, echo=False):
     cmd = [sys.executable, os.path.abspath(script), *map(str, argv)]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                           timeout=timeout)
-    results = []
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            results.append(json.loads(line[len(RESULT_TAG):]))
-        elif echo:
-            print(line, flush=True)
+    results = results_in(proc.stdout)
+    if echo:
+        for line in proc.stdout.splitlines():
+            if not line.startswith(RESULT_TAG):
+                print(line, flush=True)
     if proc.returncode != 0 or not results:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
         raise RuntimeError(f"child {' '.join(map(str, argv[:2]))} failed (exit {proc.returncode}):\n{tail}")
