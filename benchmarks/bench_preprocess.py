@@ -65,6 +65,7 @@ class RssSampler:
         self.peak_tree = 0
         self.cpu0 = None
         self.cpu_s = 0.0
+        self.seen_cpu = {}  # pid -> its CPU seconds at the last sample, for every process under root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -83,6 +84,16 @@ class RssSampler:
         return jvms
 
     def _sample(self):
+        try:
+            tree = [self.root] + self.root.children(recursive=True)
+        except psutil.Error:
+            tree = []
+        for p in tree:
+            try:
+                t = p.cpu_times()
+                self.seen_cpu[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
         for p in self._jvms():
             try:
                 jvm = p.memory_info().rss
@@ -193,12 +204,17 @@ def check_same(out_a, out_b):
 
 def measured(cmd):
     """Run cmd (the tool, or the floor's child) as a fresh process under an RssSampler, the same
-    for both sides of the comparison; (wall seconds, the sampler, stdout). Exits on a failure."""
-    t = time.time()
+    for both sides of the comparison; (wall seconds, the sampler, stdout). The sampler's
+    others_cores: the cores other processes kept busy meanwhile. Exits on a failure."""
+    t, busy, own = time.time(), harness.machine_busy_s(), harness.self_cpu_s()
     p = psutil.Popen([str(c) for c in cmd], cwd=harness.REPO, stdout=subprocess.PIPE,
                      stderr=subprocess.DEVNULL, text=True)
     with RssSampler(p.pid, interval=0.5) as mem:
         stdout, _ = p.communicate()
+    # the run's processes as last sampled (the JVM may outlive the tool, unreaped by us); what a
+    # process used after its last sample counts as others', so the figure errs high
+    ours = sum(mem.seen_cpu.values()) + harness.self_cpu_s() - own
+    mem.others_cores = max(harness.machine_busy_s() - busy - ours, 0.0) / (time.time() - t)
     if p.returncode != 0:
         raise SystemExit("%s failed:\n%s" % (" ".join(map(str, cmd[:3])), stdout))
     return time.time() - t, mem, stdout
@@ -367,23 +383,28 @@ def main(argv=None):
                 sides.append(("vocab", "vocabulary ids, --min_frequency %d" % args.vocab_min_frequency,
                               ["--min_frequency", args.vocab_min_frequency]))
             runs = {key: [] for key in [k for k, _, _ in sides] + ["floor"]}
+            others = []  # cores other processes kept busy during each timed run
 
             def run_tool(rnd, key, what, extra):
                 secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args, n, *extra)
                 runs[key].append(secs)
                 if key not in res or secs < res[key]["s"]:
                     res[key] = {"s": secs, "jvm": mib(mem.peak_jvm)}
-                print("[bench]   round %d, whole tool (%s): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB"
-                      % (rnd, what, secs, total / secs, mib(mem.peak_jvm)), flush=True)
+                others.append(mem.others_cores)
+                print("[bench]   round %d, whole tool (%s): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB, "
+                      "others %.2f cores" % (rnd, what, secs, total / secs, mib(mem.peak_jvm),
+                                             mem.others_cores), flush=True)
 
             def run_floor(rnd):
                 secs, mem, phases = floor_run(args, work)
                 runs["floor"].append(secs)
                 res["floor"] = min(secs, res.get("floor", secs))
+                others.append(mem.others_cores)
                 print("[bench]   round %d, Spark floor: %.1f s (typed CSV -> parquet %.1f s, shuffle %.1f s, "
-                      "start-up %.1f s), JVM peak RSS %.0f MiB"
+                      "start-up %.1f s), JVM peak RSS %.0f MiB, others %.2f cores"
                       % (rnd, secs, phases["write"], phases["shuffle"],
-                         secs - phases["write"] - phases["shuffle"], mib(mem.peak_jvm)), flush=True)
+                         secs - phases["write"] - phases["shuffle"], mib(mem.peak_jvm), mem.others_cores),
+                      flush=True)
 
             for rnd in range(1, args.rounds + 1):
                 floor_first = rnd % 2 == 0 and not args.skip_floor
@@ -401,6 +422,11 @@ def main(argv=None):
                           "median %.0f%%" % (what, args.rounds, 100 * res["floor"] / res[key]["s"],
                                              " ".join("%.0f%%" % r for r in rounds),
                                              statistics.median(rounds)), flush=True)
+            if others:
+                res["others_max"] = max(others)
+                print("[bench]   other processes: at most %.2f cores during a timed run%s"
+                      % (max(others), " (over 0.2: the times are noisy)" if max(others) > 0.2 else ""),
+                      flush=True)
             results.append(res)
     finally:
         if not args.work_dir:
