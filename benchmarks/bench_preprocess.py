@@ -36,6 +36,7 @@ While each phase runs a thread samples, with psutil, the RSS of the Spark driver
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -386,7 +387,7 @@ def main(argv=None):
             others = []  # cores other processes kept busy during each timed run
 
             def run_tool(rnd, key, what, extra):
-                secs, mem, _ = full_tool(in_dir, os.path.join(work, "tool_out"), args, n, *extra)
+                secs, mem, stdout = full_tool(in_dir, os.path.join(work, "tool_out"), args, n, *extra)
                 runs[key].append(secs)
                 if key not in res or secs < res[key]["s"]:
                     res[key] = {"s": secs, "jvm": mib(mem.peak_jvm)}
@@ -394,6 +395,9 @@ def main(argv=None):
                 print("[bench]   round %d, whole tool (%s): %.1f s, %.0f rows/s, JVM peak RSS %.0f MiB, "
                       "others %.2f cores" % (rnd, what, secs, total / secs, mib(mem.peak_jvm),
                                              mem.others_cores), flush=True)
+                took = re.search(r"^\[preprocess\] time per pass: (.*)$", stdout, re.M)
+                print("[bench]     its passes: %s" % (took.group(1) if took else "(not printed)"),
+                      flush=True)
 
             def run_floor(rnd):
                 secs, mem, phases = floor_run(args, work)

@@ -646,6 +646,8 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert REUSED_RE.findall(r.stdout) == ["check_rows", "write_train"], \
         r.stdout
+    assert re.search(r"^\[preprocess\] time per pass: write_test_val [\d.]+ s, count_distinct_ids "
+                     r"[\d.]+ s, check_rows reused, write_train reused$", r.stdout, re.M), r.stdout
     assert sorted(os.listdir(parent)) == ["out", "scratch"]
     # the same output as the uninterrupted run: files, rows in order, dataset_info.json
     ref = run_mod["out"]

@@ -45,6 +45,9 @@ def test_run_eta_from_the_passes_measured():
     # 20 s for weight 100 measured: 0.2 s per unit; the pass's ETA unknown yet -> its weight
     assert clock.eta(None, now=50.0) == (600 * 0.2 - 30.0) + 200 * 0.2
     assert clock.eta(60.0, now=50.0) == 60.0 + 200 * 0.2
+    clock.finish("write train", 81.3)
+    # the run's closing "time per pass" line: the passes that ran in order, then the reused
+    assert clock.summary() == "count 20.0 s, write train 61.3 s, check reused"
 
 
 @pytest.mark.slow
@@ -79,3 +82,8 @@ def test_progress_lines_during_a_run(tmp_path):
     assert any(d["run_eta"] != "?" for d in lines if d["name"].startswith("write_"))
     # the rates come from the driver's UI
     assert any("rows/s" in ln for ln in r.stdout.splitlines() if "check_rows (pass" in ln)
+    # the closing line: each of the four passes ran here, with its seconds, in run order
+    took = re.findall(r"^\[preprocess\] time per pass: (.*)$", r.stdout, re.M)
+    assert len(took) == 1, r.stdout
+    assert re.fullmatch(r"check_rows ([\d.]+) s, write_train ([\d.]+) s, write_test_val ([\d.]+) s, "
+                        r"count_distinct_ids ([\d.]+) s", took[0]), took

@@ -667,6 +667,7 @@ def run(args, fmt, paths, state):
                              lambda: count_distinct_ids(spark, tmp_dir, args.mod_idx),
                              lambda v: {"sizes": v}, lambda d: d["sizes"],
                              lambda v: "%d ids" % sum(v))
+        log("time per pass: %s" % progress.clock.summary())
         info = build_dataset_info(args, fmt, inputs.names, rows, check, sizes)
         with disk_full_check("build_dataset_info", *room):
             if args.export_dataset_info:

@@ -87,6 +87,13 @@ class RunClock:
         self.took[name] = now - self.started
         self.current = None
 
+    def summary(self):
+        """'check_rows 12.5 s, write_train 29.2 s, ...': the passes that ran here, in run order,
+        then the ones reused by --resume."""
+        parts = ["%s %.1f s" % (n, self.took[n]) for n in self.names if n in self.took]
+        parts += ["%s reused" % n for n in self.names if n in self.reused]
+        return ", ".join(parts)
+
     def eta(self, pass_eta, now):
         """Seconds left in the run: the running pass's ETA plus the passes after it."""
         if self.current is None:
