@@ -70,13 +70,16 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _jvms(self):
+    def _children(self):
         try:
-            procs = self.root.children(recursive=True)
+            return self.root.children(recursive=True)
         except psutil.Error:
             return []
+
+    def _jvms(self, procs=None):
+        """The java processes among procs (default: every process under root)."""
         jvms = []
-        for p in procs:
+        for p in self._children() if procs is None else procs:
             try:
                 if p.name() == "java":
                     jvms.append(p)
@@ -85,17 +88,14 @@ class RssSampler:
         return jvms
 
     def _sample(self):
-        try:
-            tree = [self.root] + self.root.children(recursive=True)
-        except psutil.Error:
-            tree = []
-        for p in tree:
+        children = self._children()  # listed once per sample, for the CPU and the RSS
+        for p in [self.root] + children:
             try:
                 t = p.cpu_times()
                 self.seen_cpu[p.pid] = t.user + t.system
             except psutil.Error:
                 pass
-        for p in self._jvms():
+        for p in self._jvms(children):
             try:
                 jvm = p.memory_info().rss
                 tree = jvm
