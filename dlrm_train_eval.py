@@ -28,6 +28,7 @@ from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoint
     save_checkpoint, saved_train_batch, train_state
 from dlrm.config import get_parser, resolve
 from dlrm.data import BatchReader
+from dlrm import failfast
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import EvalSet, evaluate
 from dlrm.graphs import EvalGraph, Graph, make_train_graph
@@ -84,6 +85,7 @@ def main(argv=None):
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
     local_world = world // flow.env.get_node_size()  # ranks on this machine
     cpu = cpu_placement()
+    failfast.watch(cpu)  # from here on, a rank that fails ends every rank
 
     # 1. Check everything cheap to check, and resolve the flags, before building anything.
     try:
@@ -195,4 +197,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(failfast.run(main))

@@ -106,7 +106,13 @@ class SparseAdagradTrainGraph(TrainGraph):
         """Take the sums and the step count from loaded graph variables; returns the rest."""
         rest = dict(state)
         if SUM_KEY in rest:
-            self.sum[...] = rest.pop(SUM_KEY).to_local().numpy()
+            self.sum[...] = self._whole(rest.pop(SUM_KEY))
         if STEP_KEY in rest:
-            self.steps_done = int(rest[STEP_KEY].to_local().numpy().reshape(-1)[0])
+            self.steps_done = int(self._whole(rest[STEP_KEY]).reshape(-1)[0])
         return rest
+
+    def _whole(self, tensor):
+        """A loaded tensor's values on this rank. flow.load(..., global_src_rank=0) places what it reads
+        on rank 0 alone (check_point_v2._LoadSingleVariable): every other rank's local part is empty
+        until it is broadcast to all ranks."""
+        return tensor.to_global(placement=self.placement, sbp=flow.sbp.broadcast).to_local().numpy()
