@@ -25,7 +25,7 @@ wait_for_rank0()  # a launched rank: before OneFlow's import connects it to rank
 import oneflow as flow  # noqa: E402
 
 from dlrm.checkpoint import checkpoint_name, locate_checkpoint, prune_checkpoints, reader_plan, restore, \
-    save_checkpoint, saved_train_batch, train_state
+    save_checkpoint, saved_train_batch, take_save_dir, train_state
 from dlrm.config import get_parser, resolve
 from dlrm.data import BatchReader
 from dlrm import failfast
@@ -97,14 +97,28 @@ def main(argv=None):
         print_arguments(args, cfg)
     sched, data, ckpt = cfg.schedule, cfg.data, cfg.checkpoint
 
-    # 2. Model, optimizer, LR schedule and the two graphs.
+    # 2. Take --model_save_dir for this run: rank 0 holds its lock (`taken`) until the process ends.
+    #    Rank 0 finds the checkpoint to start from (node-local directories are fine).
+    taken = None  # noqa: F841 - kept open: the lock lives as long as the file object
+    if rank == 0:
+        try:
+            taken = take_save_dir(ckpt.model_save_dir) if ckpt.model_save_dir else None
+            found = {"run": locate_checkpoint(ckpt)}
+        except ValueError as e:
+            found = {"error": str(e)}
+    found = broadcast_json(found if rank == 0 else None, cpu)
+    if "error" in found:
+        print(f"error: {found['error']}", file=sys.stderr)
+        return 2
+    found, start_step, plan = found["run"], 0, None
+
+    # 3. Model, optimizer, LR schedule and the two graphs.
     module, train_graph, eval_graph = build(cfg)
     metrics = Metrics(cfg.log.metrics_file, rank)
 
-    # 3. Load weights; resume step, optimizer state, LR schedule and reader position from our
-    #    checkpoints. Rank 0 finds and reads the checkpoint (node-local directories are fine).
-    found = broadcast_json(locate_checkpoint(ckpt) if rank == 0 else None, cpu)
-    start_step, plan = 0, None
+    # 4. Load weights; resume step, optimizer state, LR schedule and reader position from our checkpoints.
+    if ckpt.resume and not found:
+        metrics.log(f"--resume: no complete checkpoint in {ckpt.model_save_dir}; starting at step 0")
     if found:
         try:
             start_step = restore(module, train_graph, found, cfg, cpu)
@@ -118,6 +132,8 @@ def main(argv=None):
             metrics.log(f"Written by {found['state']['world_size']} processes with --train_batch_size "
                         f"{saved_train_batch(found['state'])}: the {rows} rows its ranks had not read of epoch(s) "
                         f"up to {plan['first_epoch'] - 1} come first, shared by {world} processes")
+    if ckpt.resume:
+        metrics.continue_from(start_step)
     reader = BatchReader(data.train_groups, data.train_batch_per_rank, rank, world, train=True, seed=cfg.seed,
                          start_batch=start_step, workers=data.reader_threads, plan=plan)
     eval_set = EvalSet(data, rank, world, local_world)
@@ -133,7 +149,7 @@ def main(argv=None):
     if ckpt.save_initial_model and ckpt.model_save_dir and start_step == 0:
         save("initial_checkpoint", train_state(0, cfg))
 
-    # 4. Train.
+    # 5. Train.
     losses = []  # (step, loss tensor) since the last log line
     blas = (f"BLAS: {os.environ.get('DLRM_BLAS_LIBRARY', 'OneFlow OpenBLAS')}, "
             f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', '-')}")

@@ -311,10 +311,29 @@ def train_records(path):
         return None
 
 
-def run_training(args, data_dir, ranks, env, name=None, arch=None, extra=()):
+def with_table_sizes(data_dir, sizes, work_dir):
+    """data_dir's splits (symlinked) under a dataset_info.json that records `sizes`: training takes a
+    dataset's own sizes only, and the table-size phase trains the same rows with larger tables."""
+    from dlrm import schema
+
+    if list(sizes) == schema.load_table_sizes(data_dir):
+        return data_dir
+    view = os.path.join(work_dir, f"tables_{sum(sizes)}")
+    os.makedirs(view, exist_ok=True)
+    for split in ("train", "test", "val"):
+        if os.path.isdir(os.path.join(data_dir, split)) and not os.path.lexists(os.path.join(view, split)):
+            os.symlink(os.path.abspath(os.path.join(data_dir, split)), os.path.join(view, split))
+    schema.write_dataset_info(view, dict(schema.read_dataset_info(data_dir) or {}, table_size_array=list(sizes)))
+    return view
+
+
+def run_training(args, data_dir, ranks, env, name=None, arch=None, extra=(), table_sizes=None):
     """dlrm_train_eval.py at `ranks` ranks; samples/s from its metrics file, polled while it runs so that
     every record gets the CPU use of the process tree and of the machine at that moment; its peak RSS.
-    arch: (bottom_mlp, top_mlp, embedding_vec_size), default the command line's; extra: more flags."""
+    arch: (bottom_mlp, top_mlp, embedding_vec_size), default the command line's; extra: more flags;
+    table_sizes: train the dataset's rows with these tables (with_table_sizes)."""
+    if table_sizes is not None:
+        data_dir = with_table_sizes(data_dir, table_sizes, args.work_dir)
     B, steps, interval = args.batch_size, args.steps, args.log_interval
     bottom, top, dim = arch or (args.bottom_mlp, args.top_mlp, args.embedding_vec_size)
     name = name or f"train_{ranks}rank"
@@ -368,10 +387,11 @@ def table_size_phase(args, data_dir, env):
     runs = {}
     for update in ("sparse", "dense"):
         for size, sizes in (("small", small), ("large", large)):
-            extra = ["--table_size_array", ",".join(map(str, sizes)), "--optimizer", args.tables_optimizer]
+            extra = ["--optimizer", args.tables_optimizer]
             extra += ["--dense_embedding_update"] if update == "dense" else []
             try:
-                rec = run_training(args, data_dir, 1, env, name=f"tables_{update}_{size}", arch=arch, extra=extra)
+                rec = run_training(args, data_dir, 1, env, name=f"tables_{update}_{size}", arch=arch, extra=extra,
+                                   table_sizes=sizes)
             except RuntimeError as e:
                 print(f"  {update} update, {size} tables: FAILED: {e}")
                 continue
@@ -493,8 +513,7 @@ def peer_phase(args, data_dir, env):
         ours_runs, peer_runs = [], []
         try:
             for i in range(args.peer_rounds):
-                rec = run_training(args, data_dir, 1, env, name=f"ours_{name}_{i}", arch=arch,
-                                   extra=["--table_size_array", ",".join(map(str, sizes))])
+                rec = run_training(args, data_dir, 1, env, name=f"ours_{name}_{i}", arch=arch, table_sizes=sizes)
                 print(f"  ours round {i}: {rec['samples_per_s']:,.0f} samples/s{load_note(rec)}", flush=True)
                 ours_runs.append(rec)
                 rec = run_peer(args, f"peer_{name}_{i}", arch, sizes)

@@ -19,18 +19,24 @@ back.
 The folder is written as .tmp-<name> and renamed when complete, so a killed run never leaves a
 checkpoint that looks whole; --resume takes the newest complete one.
 """
+import dataclasses
+import errno
+import fcntl
 import glob
 import hashlib
 import json
 import os
+import socket
 import sys
 import re
 import shutil
+import time
 
 import numpy as np
 import oneflow as flow
 
 from dlrm.data import fresh_plan, resume_plan
+from dlrm.failfast import Failure
 from dlrm.distributed import broadcast_json, broadcast_rows, cpu_placement, sum_over_ranks
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schedule import lr_at
@@ -38,6 +44,7 @@ from dlrm.optimizers import OPTIMIZERS
 from dlrm.store import StoreError, dataset_ids, missing_snapshot, rank_paths, read_rows, store_to_table
 
 STATE_FILE = "train_state.json"
+LOCK_FILE = "RUN_LOCK"  # held (flock) by the run writing to the directory; says which run that is
 MANIFEST_FILE = "MANIFEST.json"
 GRAPH_STATE_DIR = "graph_state"
 STEP_KEY = "System-Train-TrainStep"  # nn.Graph's step counter, which drives the LR schedulers
@@ -59,8 +66,54 @@ def graph_variables(graph):
     return variables
 
 
+def take_save_dir(save_dir):
+    """Rank 0: make save_dir this run's for as long as the process lives (an flock on LOCK_FILE, which
+    the kernel drops when the process ends, however it ends), or ValueError (one line) naming the run
+    that has it or why the directory cannot be written. Returns the open lock file: keep it."""
+    path = os.path.join(save_dir, LOCK_FILE)
+    try:
+        os.makedirs(save_dir, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:
+        raise ValueError(f"--model_save_dir {save_dir}: cannot write there ({e.strerror})") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise ValueError(f"--model_save_dir {save_dir} is in use by another run ({holder}): wait for it to "
+                             f"end, or save to another directory") from None
+        raise ValueError(f"--model_save_dir {save_dir}: cannot lock {path} ({e.strerror}); runs sharing the "
+                         f"directory would overwrite each other's checkpoints") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
+def tensor_bytes(tensors):
+    return sum(t.nelement() * t.element_size() for t in tensors if isinstance(t, flow.Tensor))
+
+
+def write_failure(save_dir, error, need):
+    """The one line for a checkpoint that could not be written to save_dir."""
+    try:
+        free = f"{shutil.disk_usage(save_dir).free / 2**20:,.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    if getattr(error, "errno", None) == errno.ENOSPC or error is None:
+        return (f"--model_save_dir {save_dir}: no space for a checkpoint (needs ~{need / 2**20:,.0f} MiB, "
+                f"{free}): free some space (or --keep_checkpoints K) and --resume")
+    return f"--model_save_dir {save_dir}: writing a checkpoint failed: {error.strerror or error} ({free})"
+
+
 def save_checkpoint(module, save_dir, name, train_state, graph=None):
-    """Collective: every rank calls it; rank 0 writes."""
+    """Collective: every rank calls it; rank 0 writes. A checkpoint that cannot be written (no space,
+    a read-only or failing disk) raises failfast.Failure on rank 0 (one line) and leaves nothing
+    behind: the other ranks are stopped by dlrm.failfast."""
     rank = flow.env.get_rank()
     final = os.path.join(save_dir, name)
     tmp = os.path.join(save_dir, f".tmp-{name}")
@@ -69,19 +122,28 @@ def save_checkpoint(module, save_dir, name, train_state, graph=None):
         shutil.rmtree(tmp, ignore_errors=True)
     flow.comm.barrier()
     state_dict = module.state_dict()  # with OneEmbedding, this writes a snapshot of the store
-    flow.save(state_dict, tmp, global_dst_rank=0)
     variables = graph_variables(graph)
-    if variables:
-        flow.save(variables, os.path.join(tmp, GRAPH_STATE_DIR), global_dst_rank=0)
-    if rank == 0:
-        entry = store_entry(state_dict)
-        if entry:  # the snapshot's name, for prune_checkpoints
-            train_state = dict(train_state, snapshot=entry[0])
-        write_json(os.path.join(tmp, STATE_FILE), train_state, indent=1)
-        write_manifest(tmp)
-        if os.path.exists(final):  # e.g. a rerun reaching the same step: replace it whole
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+    need = tensor_bytes(state_dict.values()) + tensor_bytes(variables.values())
+    if rank == 0 and shutil.disk_usage(save_dir).free < need:  # before writing anything
+        raise Failure(write_failure(save_dir, None, need), code=4)
+    try:
+        flow.save(state_dict, tmp, global_dst_rank=0)
+        if variables:
+            flow.save(variables, os.path.join(tmp, GRAPH_STATE_DIR), global_dst_rank=0)
+        if rank == 0:
+            entry = store_entry(state_dict)
+            if entry:  # the snapshot's name, for prune_checkpoints
+                train_state = dict(train_state, snapshot=entry[0])
+            write_json(os.path.join(tmp, STATE_FILE), train_state, indent=1)
+            write_manifest(tmp)
+            if os.path.exists(final):  # e.g. a rerun reaching the same step: replace it whole
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+    except OSError as e:
+        if rank != 0:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, half written
+        raise Failure(write_failure(save_dir, e, need), code=4) from None
     flow.comm.barrier()
     return final
 
@@ -431,12 +493,47 @@ def load_found_weights(module, found, persistent_path=None, data_dir=None):
     return load_weights(module, found["path"], verify=False, persistent_path=persistent_path, data_dir=data_dir)
 
 
+# ModelConfig fields a checkpoint's weights depend on, and the flag that sets each
+MODEL_FLAGS = {"embedding_vec_size": "--embedding_vec_size", "bottom_mlp": "--bottom_mlp", "top_mlp": "--top_mlp",
+               "interaction_type": "--interaction_type", "interaction_itself": "--interaction_itself",
+               "dense_input_padding": "--disable_dense_input_padding",
+               "interaction_padding": "--disable_interaction_padding", "dcn_num_layers": "--dcn_num_layers",
+               "dcn_low_rank_dim": "--dcn_low_rank_dim", "table_sizes": "--table_size_array (the dataset's)"}
+
+
+def model_differences(saved, model):
+    """The flags whose values differ between a checkpoint's recorded model (train_state.json's
+    config.model) and this run's ModelConfig, as 'flag saved -> now' strings; [] when they agree.
+    The DCN sizes count only for a DCN model."""
+    now = dataclasses.asdict(model)
+    defaults = {f.name: f.default for f in dataclasses.fields(model) if f.default is not dataclasses.MISSING}
+    out = []
+    for field, flag in MODEL_FLAGS.items():
+        if field.startswith("dcn_") and now["interaction_type"] != "dcn":
+            continue
+        old = saved.get(field, defaults.get(field))  # fields added later have defaults
+        if old is not None and list(np.atleast_1d(old)) != list(np.atleast_1d(now[field])):
+            out.append(f"{flag} {fmt_value(old)} -> {fmt_value(now[field])}")
+    return out
+
+
+def fmt_value(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) if len(value) <= 8 else f"[{len(value)} sizes, {sum(value):,} rows]"
+    return str(value)
+
+
 def restore(module, train_graph, found, cfg, placement):
     """Load what locate_checkpoint found: the weights and, for our checkpoints, the step, the optimizer
     state and so the LR schedule (reader_plan gives the reader position, on any number of processes
     and batch size). Collective; every rank raises the same ValueError (one line) if any rank fails.
     Returns the steps already taken (0: weights only)."""
     path, state = found["path"], found.get("state")
+    if state and "config" in state:  # before any tensor is read: one line naming what differs
+        differ = model_differences(state["config"]["model"], cfg.model)
+        if differ:
+            raise ValueError(f"checkpoint {path} holds another model than these flags build ({'; '.join(differ)}): "
+                             f"pass the flags it was trained with, or another --model_save_dir")
     embedding_state = load_found_weights(module, found, cfg.store.persistent_path, cfg.data.data_dir)
     if state is None or state["step"] == 0:
         return 0

@@ -251,14 +251,21 @@ def cpu_embedding_bytes(rows, dim, optimizer):
 
 
 def resolve_table_sizes(requested, data_dir, device, embedding_vec_size, optimizer):
-    """--table_size_array, else the dataset's recorded sizes, else the original's default; checked."""
-    table_sizes = requested
+    """The dataset's recorded sizes (--table_size_array must agree with them), else --table_size_array,
+    else the original's default; checked."""
+    recorded = schema.load_table_sizes(data_dir)
+    table_sizes = requested if requested is not None else recorded
+    if requested is not None and recorded is not None and list(requested) != list(recorded):
+        # the dataset's ids are offset by its own table sizes: other sizes fold them into the wrong rows
+        # silently, and the checkpoint could not score its own dataset
+        where = next((f"C{i + 1}: {a} vs {b}" for i, (a, b) in enumerate(zip(requested, recorded)) if a != b),
+                     f"{len(requested)} entries vs {len(recorded)}")
+        raise ArgError(f"--table_size_array differs from the table sizes {data_dir} records ({where}); leave the "
+                       f"flag out to use the dataset's")
     if table_sizes is None:
-        table_sizes = schema.load_table_sizes(data_dir)
-        if table_sizes is None:
-            print(f"note: {data_dir} records no table sizes (dataset_info.json or README.md); "
-                  f"using the original's Criteo 1TB table sizes", file=sys.stderr)
-            table_sizes = schema.CRITEO1T_TABLE_SIZES
+        print(f"note: {data_dir} records no table sizes (dataset_info.json or README.md); "
+              f"using the original's Criteo 1TB table sizes", file=sys.stderr)
+        table_sizes = schema.CRITEO1T_TABLE_SIZES
     if len(table_sizes) != schema.NUM_SPARSE:
         raise ArgError(f"--table_size_array has {len(table_sizes)} entries; the data has "
                        f"{schema.NUM_SPARSE} categorical columns (C1..C26)")
@@ -318,6 +325,9 @@ def resolve(args, world_size, cuda_available, local_world_size=1, rank=None):
                            store.size_factor)
         check_run_store(store, args.embedding_vec_size, args.optimizer, world_size, rank)
     eval_groups = list_row_groups(eval_files)
+    if not eval_groups:  # found now, not at the first evaluation after hours of training
+        raise DataError(f"{args.data_dir}/{args.eval_split} holds no rows: nothing to evaluate on (use "
+                        f"--eval_split {'val' if args.eval_split == 'test' else 'test'}, or re-run the preprocessing)")
     train_groups = shardable_row_groups(train_files, world_size)
     if full_batches_per_rank(train_groups, args.train_batch_size, world_size) == 0:
         raise DataError(f"{args.data_dir}/train holds less than one batch of {args.train_batch_size // world_size} "

@@ -24,8 +24,17 @@ import sys
 import threading
 import traceback
 
+class Failure(Exception):
+    """An error of this rank alone, explained by its one-line message (printed as `error: ...`): raised
+    rather than returned, so that run() handles it while the failed frames are still alive."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
 _conns = []  # this rank's connections: to every other rank on rank 0, to rank 0 elsewhere
-_ended = threading.Event()  # this rank has ended (its `D` or `F` is sent): a closing peer is expected
+_ended = threading.Event()  # this rank has sent its `D` or `F`
 _lock = threading.Lock()
 
 
@@ -60,7 +69,7 @@ def _watch_peer(conn, me, peer):
         buffered += chunk
         if b"D" in buffered or b"F" in buffered:
             break
-    if b"D" in buffered or _ended.is_set():
+    if b"D" in buffered:
         return
     who = "rank 0" if peer == 0 else f"rank {peer}"
     _leave(f"error: {who} ended with an error (see its line above); stopping rank {me}")
@@ -113,19 +122,34 @@ def watch(placement, rank=None, world=None, timeout=600.0):
 def run(main, argv=None):
     """Run an entry point's main(argv) and return its exit code. On a watched rank (see watch) a
     failure - a non-zero code or an exception, printed as a traceback - leaves at once with os._exit
-    after telling rank 0, which then stops every other rank."""
+    after telling rank 0, which then stops every other rank.
+
+    An exception is handled inside its `except` block: leaving the block would release the failed
+    frames' OneFlow objects, whose destructors wait for work that needs the other ranks (seen: a
+    rank that raised at a step never got past that point)."""
     try:
         code = main(argv)
-    except SystemExit as e:  # argparse's usage errors
+    except SystemExit as e:  # argparse's usage errors, sys.exit
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        _end(code)
+    except Failure as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = e.code
+        _end(code)
     except BaseException:  # noqa: B902 - a crash of any kind must still end the other ranks
         traceback.print_exc()
         code = 1
-    if not _conns:
-        return code
+        _end(code)
+    _end(code)
+    return code
+
+
+def _end(code):
+    """Tell rank 0 (or the others) how this rank ended; a failed rank leaves here."""
+    if not _conns or _ended.is_set():
+        return
     _ended.set()
     if code:
         _send(b"F")
         _leave(None, code)
     _send(b"D")
-    return code

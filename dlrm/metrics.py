@@ -175,10 +175,34 @@ class Metrics:
 
     def __init__(self, path, rank):
         self.rank = rank
+        self.path = path
         self.file = None
         if path and rank == 0:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self.file = open(path, "a")
+
+    def continue_from(self, step):
+        """A resumed run (--resume) redoes the steps after `step`: the records of those steps that the
+        interrupted run logged leave the file (rewritten atomically), so each step is logged once."""
+        if not self.file:
+            return
+        self.file.close()
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a half-written last line of a killed run
+                continue
+            if not (isinstance(rec, dict) and finite(rec.get("step")) and rec["step"] > step):
+                kept.append(line)
+        if len(kept) != len(lines):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
 
     def log(self, line, **record):
         if self.rank != 0:

@@ -69,13 +69,15 @@ def test_resolve_picks_the_device_and_drops_amp_on_cpu(tiny_dataset, capsys):
 @pytest.mark.parametrize("extra,world,error", [
     (["--train_batch_size", "1000"], 1, "holds less than one batch of 1000 rows per rank"),
     ([], 13, "12 parquet row groups cannot be shared by 13 ranks"),
-    (["--eval_split", "val", "--table_size_array", "1,2"], 1, "--table_size_array has 2 entries"),
-    (["--table_size_array", ",".join(["0"] * 26)], 1, "entries must be > 0"),
+    (["--eval_split", "val", "--table_size_array", ",".join(["7"] * 25 + ["8"])], 1,
+     r"--table_size_array differs from the table sizes .*/data records \(C26: 8 vs 7\); leave the flag out"),
+    (["--table_size_array", "7,7"], 1, r"records \(2 entries vs 26\)"),
     (["--one_embedding_key_type", "int32"], 1, "column C1 holds int64 ids but --one_embedding_key_type is int32"),
     (["--interaction_type", "dcn", "--dcn_low_rank_dim", "0"], 1, "--dcn_num_layers and --dcn_low_rank_dim must be >= 1"),
     (["--interaction_type", "dcn", "--interaction_itself"], 1, "--interaction_itself is a setting of the dot"),
 ])
 def test_resolve_refuses_in_one_line(tiny_dataset, extra, world, error):
+    """Each refusal names its flag or file (the table sizes: a dataset's ids are offset by its own)."""
     if world == 13:
         extra = ["--train_batch_size", "13", "--eval_batch_size", "13"]
     with pytest.raises((ArgError, DataError), match=error):
@@ -119,3 +121,22 @@ def test_original_1tb_sizes_are_refused_on_cpu(tmp_path):
     os.remove(os.path.join(root, "dataset_info.json"))  # no recorded sizes: the original's 1TB list
     with pytest.raises(ArgError, match="the CPU embedding for 187,767,399 rows x 128 needs"):
         resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "40"]), 1, False)
+
+
+def test_table_sizes_of_a_dataset_that_records_none(tiny_dataset):
+    os.remove(os.path.join(tiny_dataset, "dataset_info.json"))
+    with pytest.raises(ArgError, match="entries must be > 0"):
+        resolve(flags(tiny_dataset, "--table_size_array", ",".join(["0"] * 26)), 1, cuda_available=False)
+    cfg = resolve(flags(tiny_dataset, "--table_size_array", ",".join(["9"] * 26)), 1, cuda_available=False)
+    assert cfg.model.table_sizes == (9,) * 26
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_an_empty_eval_split_is_refused_before_training(tiny_dataset, split):
+    """A split of empty files: found at resolve, not at the first evaluation hours later."""
+    import pyarrow.parquet as pq
+
+    path = os.path.join(tiny_dataset, split, "part-00000.parquet")
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(DataError, match=f"{tiny_dataset}/{split} holds no rows: nothing to evaluate on"):
+        resolve(flags(tiny_dataset, "--eval_split", split), 1, cuda_available=False)
