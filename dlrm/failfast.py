@@ -35,6 +35,7 @@ class Failure(Exception):
 
 _conns = []  # this rank's connections: to every other rank on rank 0, to rank 0 elsewhere
 _ended = threading.Event()  # this rank has sent its `D` or `F`
+_failed = []  # this rank's failed exit code, once it has one
 _lock = threading.Lock()
 
 
@@ -70,6 +71,10 @@ def _watch_peer(conn, me, peer):
         if b"D" in buffered or b"F" in buffered:
             break
     if b"D" in buffered:
+        return
+    # Ranks that meet the same error (a bad flag, an agreed check) fail together: give this rank's
+    # own failure a moment to end it, without a second line.
+    if _ended.wait(2.0) and _failed:
         return
     who = "rank 0" if peer == 0 else f"rank {peer}"
     _leave(f"error: {who} ended with an error (see its line above); stopping rank {me}")
@@ -148,6 +153,8 @@ def _end(code):
     """Tell rank 0 (or the others) how this rank ended; a failed rank leaves here."""
     if not _conns or _ended.is_set():
         return
+    if code:
+        _failed.append(code)
     _ended.set()
     if code:
         _send(b"F")
