@@ -82,8 +82,8 @@ def check_malformed_share(check, paths, max_fraction):
         "%d of %d lines malformed (%.1f%%: %s), %d of them in %s: %s; is it Criteo text (40 "
         "tab-separated fields)? nothing written" % (
             bad, lines, 100.0 * bad / lines, reasons_text(check.by_reason), worst["total"], path,
-            "every line" if bad == lines else "more than --max_malformed_fraction %g" % max_fraction),
-        1)
+            "every line" if bad == lines
+            else "more than --max_malformed_fraction %g" % max_fraction), 1)
 
 
 def check_rows(inputs, fmt, num_test_examples, bad_rows, max_malformed_fraction=1.0):
