@@ -11,7 +11,6 @@ checkpoint keeps it in graph_state/ as module.embedding.weight-<m|v|sum>).
 import datetime
 import json
 import os
-import shutil
 
 import numpy as np
 import oneflow as flow
@@ -81,11 +80,22 @@ def store_options(persistent_path, world_size, key_type, storage_dim):
             "kv_store": {"persistent_table": {"path": persistent_path, "physical_block_size": 4096}}}
 
 
+def temp_dirs(output_dir, persistent_path):
+    """The directories a conversion writes first and renames into place when complete."""
+    return [output_dir.rstrip("/") + ".tmp"] + ([persistent_path.rstrip("/") + f".tmp-{os.getpid()}"]
+                                                 if persistent_path else [])
+
+
 def check_destinations(output_dir, persistent_path):
+    """Nothing the conversion would write over exists: it replaces and removes nothing it did not write."""
     if os.path.exists(output_dir):
         raise ConvertError(f"--output_dir {output_dir} exists: give a new directory")
     if persistent_path and os.path.exists(persistent_path) and os.listdir(persistent_path):
         raise ConvertError(f"--persistent_path {persistent_path} is not empty: converting writes a fresh store")
+    for tmp in temp_dirs(output_dir, persistent_path):
+        if os.path.lexists(tmp):
+            raise ConvertError(f"{tmp} exists (left by an interrupted conversion?): the conversion writes there "
+                               f"first; remove it yourself, or give another destination")
 
 
 def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, data_dir=None,
@@ -131,8 +141,7 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
         graph.update(table_state)
     else:
         snapshot = snapshot_name()
-        tmp_store = persistent_path.rstrip("/") + f".tmp-{os.getpid()}"
-        shutil.rmtree(tmp_store, ignore_errors=True)
+        tmp_store = temp_dirs(output_dir, persistent_path)[1]  # absent: check_destinations
         write_rows(rank_paths(tmp_store, world_size), snapshot, keys, values)
         weights[ONE_EMBEDDING_PREFIX + "shadow"] = np.zeros(1, np.float32)  # MultiTableEmbedding's parameter
         weights[ONE_EMBEDDING_PREFIX + SNAPSHOT_KEY] = snapshot
@@ -154,8 +163,7 @@ def convert(model_load_dir, output_dir, persistent_path=None, world_size=None, d
 
 def write_checkpoint(output_dir, weights, graph, state):
     """output_dir + '.tmp' (the caller renames it): the weights, graph_state/, train_state.json, manifest."""
-    tmp = output_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_dirs(output_dir, None)[0]  # absent: check_destinations
     as_tensors = {k: flow.tensor(v) if isinstance(v, np.ndarray) else v for k, v in weights.items()}
     flow.save(as_tensors, tmp)
     if graph:

@@ -38,10 +38,22 @@ def split_files(data_dir, split):
     return files
 
 
+def parquet_file(path):
+    """pq.ParquetFile(path) (its footer read), or DataError naming the file that is not
+    readable parquet (truncated: pyarrow's "Parquet magic bytes not found" names no file)."""
+    import pyarrow as pa
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({e}); rewrite the dataset "
+                        f"(tools/criteo1t_parquet.py) or restore the file") from None
+
+
 def check_schema(files, key_type):
-    """Every file has all columns, and ids of dtype key_type ('int32'/'int64')."""
+    """Every file is readable parquet with all columns, and ids of dtype key_type ('int32'/'int64')."""
     for path in files:
-        schema = pq.read_schema(path)
+        schema = parquet_file(path).schema_arrow
         missing = [c for c in COLUMNS if c not in schema.names]
         if missing:
             raise DataError(f"{path}: missing columns {', '.join(missing)}")
@@ -58,7 +70,7 @@ def list_row_groups(files):
     """[(file, row_group_index, num_rows)] for all files, from metadata only."""
     groups = []
     for path in files:
-        meta = pq.ParquetFile(path).metadata
+        meta = parquet_file(path).metadata
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
             if n > 0:

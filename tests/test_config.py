@@ -140,3 +140,19 @@ def test_an_empty_eval_split_is_refused_before_training(tiny_dataset, split):
     pq.write_table(pq.read_table(path).slice(0, 0), path)
     with pytest.raises(DataError, match=f"{tiny_dataset}/{split} holds no rows: nothing to evaluate on"):
         resolve(flags(tiny_dataset, "--eval_split", split), 1, cuda_available=False)
+
+
+def test_truncated_parquet_file_is_named_before_training(tiny_dataset):
+    """A dataset file cut short (a copy that stopped, a full disk): pyarrow's own error ("Parquet
+    magic bytes not found in footer") names no file; resolve names it, in one line."""
+    path = os.path.join(tiny_dataset, "val", "part-00000.parquet")
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(DataError) as e:
+        resolve(flags(tiny_dataset, "--eval_split", "val"), 1, cuda_available=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: not a readable parquet file (Parquet magic bytes not found") and "\n" not in msg
+    resolve(flags(tiny_dataset), 1, cuda_available=False)  # evaluating on test: val is not read
+    path = os.path.join(tiny_dataset, "train", "part-00002.parquet")
+    os.truncate(path, 100)
+    with pytest.raises(DataError, match=f"^{path}: not a readable parquet file"):
+        resolve(flags(tiny_dataset), 1, cuda_available=False)

@@ -22,7 +22,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, error_lines, requires_java, run_tool
+from conftest import (KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, assert_one_line_error, error_lines,
+                      requires_java, run_tool, write_tiny_dataset)
 from conftest import preprocess_tool as tool  # unchecked: tests look at its exit code and output
 from dlrm.preprocess.cli import parse_args
 from dlrm.preprocess.passes import WRITE_DIR
@@ -317,6 +318,55 @@ def test_refuses_output_containing_input(days_input):
     assert sorted(os.listdir(days_input[0]))[:3] == ["day_0", "day_1.gz", "day_2"]
 
 
+def test_overwrite_refuses_a_directory_the_tool_did_not_write(tmp_path, days_input):
+    """The typo `--output_dir ~ --overwrite`: refused in one line before Spark starts; nothing in
+    it renamed or removed (the rule: tests/test_preprocess_plan.py)."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("key")
+    (home / "notes.txt").write_text("precious")
+    t = time.time()
+    r = tool(["--input_dir", days_input[0], "--output_dir", str(home), "--overwrite"] + SPARK,
+             timeout=60)
+    assert_one_line_error(r, "--output_dir %s is not an output of tools/criteo1t_parquet.py (it "
+                          "holds dataset_info.json (missing), .ssh, notes.txt)" % home)
+    assert r.returncode == 2 and "Spark" not in r.stdout and time.time() - t < 20
+    assert sorted(os.listdir(str(tmp_path))) == ["home"]
+    assert (home / ".ssh" / "id_ed25519").read_text() == "key"
+    assert (home / "notes.txt").read_text() == "precious"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A tmpfs mounted (as root) on tmp_path/ro and remounted read-only: writes there fail with
+    OSError [Errno 30] Read-only file system, as on a read-only mount. Unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only file system needs root")
+    d = tmp_path / "ro"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % r.stderr.strip())
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+        yield str(d)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_read_only_output_file_system(days_input, read_only_dir):
+    out = os.path.join(read_only_dir, "out")
+    with pytest.raises(OSError):  # the file system is really read-only (root included)
+        os.mkdir(out)
+    t = time.time()
+    r = tool(["--input_dir", days_input[0], "--output_dir", out] + SPARK, timeout=60)
+    assert_one_line_error(r, "cannot write in %s (--output_dir %s): Read-only file system"
+                          % (read_only_dir, out))
+    assert r.returncode == 2 and "Spark" not in r.stdout and time.time() - t < 20
+    assert os.listdir(read_only_dir) == []
+
+
 def test_help_states_split_rules():
     r = tool(["--help"], timeout=60)
     assert r.returncode == 0
@@ -424,6 +474,49 @@ def test_bad_rows_fail(days_input, tmp_path):
     assert not [p for p in os.listdir(str(tmp_path)) if "incomplete" in p]
 
 
+@pytest.mark.slow
+@requires_java
+def test_unusable_inputs_stop_in_one_line(tmp_path):
+    """Two inputs found unusable only by reading them (in the first pass, before anything is
+    written): 2 MB of random bytes as train.txt (every line malformed) and a truncated
+    day_1.gz. Each: exit 1, one error line naming the file (with the count), no Traceback and
+    no Java stack trace, no output and no temporary directory left."""
+    def run(input_dir, *extra):
+        out = tmp_path / "out"
+        r = tool(["--input_dir", str(input_dir), "--output_dir", str(out), *extra] + SPARK)
+        assert r.returncode == 1, r.stdout + r.stderr
+        errs = error_lines(r.stderr)
+        assert len(errs) == 1, r.stderr
+        assert "Traceback" not in r.stderr and not re.search(r"^\s+at ", r.stderr, re.M), r.stderr
+        assert not [p for p in os.listdir(str(tmp_path)) if "out" in p]  # no output, no temp dir
+        return errs[0]
+
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    data = random.Random(3).randbytes(2 * 2**20)
+    (garbage / "train.txt").write_bytes(data)
+    pieces = re.split(rb"\r\n|\r|\n", data)  # Spark's text lines end at any of these
+    n = len(pieces) - (pieces[-1] == b"")
+    assert n > 10000
+    err = run(garbage)
+    assert err == ("error: %d of %d lines malformed (100.0%%: field_count %d), %d of them in %s: "
+                   "every line; is it Criteo text (40 tab-separated fields)? nothing written"
+                   % (n, n, n, n, garbage / "train.txt")), err
+
+    days = tmp_path / "days"
+    run_tool(SYNTH_TOOL, "--output_dir", days, "--days", "3", "--rows_per_day", 3000, "--seed", "1")
+    os.remove(str(days / "planted_model.json"))
+    with open(str(days / "day_1"), "rb") as f, gzip.open(str(days / "day_1.gz"), "wb") as g:
+        g.write(f.read())
+    os.remove(str(days / "day_1"))
+    os.truncate(str(days / "day_1.gz"), os.path.getsize(str(days / "day_1.gz")) // 2)
+    err = run(days, "--num_test_examples", "1000")
+    gz = days / "day_1.gz"
+    assert err == ("error: cannot read %s: Unexpected end of input stream (EOFException): a "
+                   "truncated or corrupt gzip file? (gzip -t %s checks it) replace the file and "
+                   "rerun" % (gz, gz)), err
+
+
 # ------------------------------------------------------------------------------------------
 # hash ids, under spark-submit, --overwrite
 # ------------------------------------------------------------------------------------------
@@ -439,8 +532,7 @@ def _spark_submit():
 @pytest.fixture(scope="module")
 def run_hash(days_input, tmp_path_factory):
     out = tmp_path_factory.mktemp("hash") / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    write_tiny_dataset(str(out))  # a previous output, which --overwrite replaces
     submit = _spark_submit()
     if submit is None:
         pytest.skip("spark-submit not found")
@@ -462,7 +554,7 @@ def run_hash(days_input, tmp_path_factory):
 def test_hash_ids_under_spark_submit_with_overwrite(run_hash, days_input):
     out, info = run_hash["out"], run_hash["info"]
     assert "spark-submit: using its spark.master local[2]" in run_hash["proc"].stdout
-    assert not os.path.exists(os.path.join(out, "old.txt"))  # replaced
+    assert "part-00000.parquet" not in os.listdir(os.path.join(out, "train"))  # replaced
     assert not [p for p in os.listdir(os.path.dirname(out)) if p.startswith(".out.")]
     check_common(out, info)
     assert info["id_mode"] == "hash" and info["rows"] == {"train": 1197, "test": 249,

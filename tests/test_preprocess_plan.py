@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from conftest import write_tiny_dataset
 from dlrm.preprocess.cli import parse_args
+from dlrm.preprocess.passes import RowCheck, check_malformed_share
 from dlrm.preprocess.plan import (INT32_MAX, PreprocessError, check_args, check_output_outside_input,
                                   driver_memory_gb, max_categorical_id, physical_memory_bytes,
                                   plan_inputs, prepare_output, publish_output, split_bounds)
@@ -62,6 +64,8 @@ def test_check_args_accepts_defaults_and_the_largest_int32_modulus():
     (["--mod_idx", "354745078340568300"],  # ids wrap around in Spark's long arithmetic
      "--mod_idx 354745078340568300: the largest id 9223372036854775825 does not fit int64; use "
      "--mod_idx <= 354745078340568299"),
+    (["--max_malformed_fraction", "1.5"], "--max_malformed_fraction must be in [0, 1]"),
+    (["--max_malformed_fraction", "nan"], "--max_malformed_fraction must be in [0, 1]"),
 ])
 def test_check_args_errors(flags, message):
     with pytest.raises(PreprocessError) as e:
@@ -186,8 +190,13 @@ def test_prepare_output_checks_and_names_the_temp_dir(tmp_path):
     with pytest.raises(PreprocessError) as e:
         prepare_output(str(out), False)
     assert e.value.code == 2 and "pass --overwrite" in str(e.value)
+    with pytest.raises(PreprocessError) as e:  # not the tool's output: --overwrite refused too
+        prepare_output(str(out), True)
+    assert e.value.code == 2 and "is not an output of tools/criteo1t_parquet.py" in str(e.value)
+    (out / "keep.txt").unlink()
+    write_tiny_dataset(str(out))
     assert prepare_output(str(out), True) == tmp
-    assert (out / "keep.txt").read_text() == "precious"  # nothing removed before publishing
+    assert sorted(os.listdir(str(out))) == ["dataset_info.json", "test", "train", "val"]  # kept
     (tmp_path / "file").write_text("x")
     with pytest.raises(PreprocessError) as e:
         prepare_output(str(tmp_path / "file"), True)
@@ -224,17 +233,101 @@ def test_publish_output_into_missing_or_empty_dir(tmp_path):
 
 def test_publish_output_replaces_only_with_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
-    make_dir(out, ["old.txt"], text="old")
+    write_tiny_dataset(str(out))  # a previous output of the tool
     tmp = prepare_output(str(out), True)
     make_dir(tmp, ["dataset_info.json"], text="{}")
     with pytest.raises(PreprocessError) as e:  # appeared during a run without --overwrite
         publish_output(tmp, str(out), False)
     assert e.value.code == 1 and "appeared during the run" in str(e.value)
-    assert sorted(os.listdir(str(out))) == ["old.txt"] and os.path.isdir(tmp)
+    assert str(e.value).endswith("the new dataset is complete in %s" % tmp)
+    assert "train" in os.listdir(str(out)) and os.path.isdir(tmp)
+    (out / "notes.txt").write_text("mine")  # added during the run: no longer only the tool's
+    with pytest.raises(PreprocessError) as e:
+        publish_output(tmp, str(out), True)
+    assert "(it holds notes.txt)" in str(e.value) and tmp in str(e.value)
+    assert (out / "notes.txt").read_text() == "mine" and os.path.isdir(tmp)
+    (out / "notes.txt").unlink()
     publish_output(tmp, str(out), True)
     assert sorted(os.listdir(str(out))) == ["dataset_info.json"]
     assert sorted(os.listdir(str(tmp_path))) == ["out"]  # no temp or old dir left
     assert "[preprocess] replaced the previous %s" % out in capsys.readouterr().out
+
+
+def test_overwrite_replaces_only_the_tools_own_output(tmp_path):
+    """--overwrite's rule (dlrm.outputs): a directory holding dataset_info.json and only what the
+    tool writes may be replaced; one foreign entry anywhere, or no dataset_info.json, refuses
+    it, naming the entry, and nothing is touched."""
+    out = tmp_path / "out"
+    write_tiny_dataset(str(out))
+    make_dir(out / "train", [".part-00000.parquet.crc", "_SUCCESS", "._SUCCESS.crc"])
+    make_dir(out / "vocabulary" / "column=3", ["part-00000-x.c000.snappy.parquet"])
+    make_dir(out / "vocabulary", ["_SUCCESS"])
+    make_dir(out, ["README.md"])
+    before = sorted(os.walk(str(out)))
+    assert prepare_output(str(out), True)  # all of it is the tool's
+
+    def refused():
+        with pytest.raises(PreprocessError) as e:
+            prepare_output(str(out), True)
+        assert e.value.code == 2
+        return str(e.value)
+
+    for foreign, named in [("notes.txt", "notes.txt"), ("train/notes.txt", "train/notes.txt"),
+                           ("vocabulary/column=3/x/y.parquet", "vocabulary/column=3/x/y.parquet"),
+                           ("Documents/a", "Documents")]:
+        make_dir(os.path.dirname(str(out / foreign)), [os.path.basename(foreign)], text="mine")
+        msg = refused()
+        assert msg == ("--output_dir %s is not an output of tools/criteo1t_parquet.py (it holds %s), "
+                       "so --overwrite will not replace it; remove it yourself or choose another "
+                       "--output_dir" % (out, named)), msg
+        assert (out / foreign).read_text() == "mine"
+        os.remove(str(out / foreign))
+        if foreign.count("/") > 1 or foreign.startswith("Documents"):
+            os.rmdir(os.path.dirname(str(out / foreign)))
+    os.symlink(str(tmp_path), str(out / "train" / "link.parquet"))  # a link is never the tool's
+    assert "(it holds train/link.parquet)" in refused()
+    os.remove(str(out / "train" / "link.parquet"))
+    os.rename(str(out / "dataset_info.json"), str(out / "info.json"))  # no marker
+    assert "(it holds dataset_info.json (missing), info.json)" in refused()
+    os.rename(str(out / "info.json"), str(out / "dataset_info.json"))
+    assert sorted(os.walk(str(out))) == before
+
+
+def test_home_like_output_dir_is_refused_with_overwrite(tmp_path):
+    """The typo `--output_dir ~ --overwrite`: a home-like directory, even one holding train/ and
+    a dataset_info.json, is refused before anything is renamed or removed."""
+    home = tmp_path / "home"
+    write_tiny_dataset(str(home))
+    make_dir(home, [".bashrc", "notes.txt", "photo.jpg", "todo.md"])
+    with pytest.raises(PreprocessError) as e:
+        prepare_output(str(home), True)
+    assert "(it holds .bashrc, notes.txt, photo.jpg, ... (4 in all))" in str(e.value)
+    assert sorted(os.listdir(str(home)))[:2] == [".bashrc", "dataset_info.json"]
+    assert sorted(os.listdir(str(tmp_path))) == ["home"]
+
+
+def test_malformed_share_above_the_limit_stops_the_run():
+    """check_rows' counts -> check_malformed_share: all lines malformed always stops, any share
+    above --max_malformed_fraction too, naming the file with the most."""
+    def check(bad_per_file, lines):
+        by_file = {n: {"field_count": b, "total": b} for n, b in bad_per_file.items() if b}
+        total = sum(bad_per_file.values())
+        return RowCheck({"train": lines, "test": 0, "val": 0},
+                        {"field_count": total, "label": 0, "dense": 0, "categorical": 0},
+                        {"train": total, "test": 0, "val": 0}, by_file)
+
+    paths = ["/in/day_0", "/in/day_1.gz", "/in/day_2"]
+    check_malformed_share(check({}, 1000), paths, 0.0)  # none malformed
+    check_malformed_share(check({"day_0": 10}, 1000), paths, 0.01)  # 1%: at the limit
+    with pytest.raises(PreprocessError) as e:
+        check_malformed_share(check({"day_0": 3, "day_1.gz": 8}, 1000), paths, 0.01)
+    assert e.value.code == 1 and str(e.value) == (
+        "11 of 1000 lines malformed (1.1%: field_count 11), 8 of them in /in/day_1.gz: more than "
+        "--max_malformed_fraction 0.01; is it Criteo text (40 tab-separated fields)? nothing written")
+    with pytest.raises(PreprocessError) as e:  # all of them: whatever the limit
+        check_malformed_share(check({"train.txt": 8123}, 8123), ["/in/train.txt"], 1.0)
+    assert str(e.value).startswith("8123 of 8123 lines malformed (100.0%: field_count 8123), 8123 "
+                                   "of them in /in/train.txt: every line;")
 
 
 def test_split_of_part_follows_the_write_plan():

@@ -134,6 +134,13 @@ def test_conversion_errors_are_one_line(adam_run, tmp_path):
         with pytest.raises(ValueError, match=message) as e:
             convert(**kwargs)
         assert "\n" not in str(e.value)
+    # a directory where the conversion writes first (o.tmp) that it did not make: refused, not removed
+    os.makedirs(tmp_path / "o.tmp" / "mine")
+    with pytest.raises(ValueError) as e:
+        convert(ckpt, str(tmp_path / "o"), str(tmp_path / "s3"), 2)
+    assert str(e.value) == (f"{tmp_path / 'o.tmp'} exists (left by an interrupted conversion?): the conversion "
+                            f"writes there first; remove it yourself, or give another destination")
+    assert os.listdir(tmp_path / "o.tmp") == ["mine"] and not os.path.exists(tmp_path / "s3")
 
 
 @pytest.mark.slow  # two tool subprocesses

@@ -72,8 +72,16 @@ def build_parser():
                    "id fits")
     p.add_argument("--bad_rows", choices=["skip", "fail"], default="skip",
                    help="malformed rows: skip and count them, or stop before writing anything")
+    # 1%: the real Criteo rows here have none (kaggle_train_head10k, 117k sample), so a share
+    # that large means the wrong file or format (a non-Criteo file is 100% malformed), not a
+    # few damaged lines, which are still skipped and counted
+    p.add_argument("--max_malformed_fraction", type=float, default=0.01,
+                   help="stop before writing anything when more than this share of the lines "
+                   "(or all of them, whatever the value) is malformed")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing non-empty output_dir (once the new one is complete)")
+                   help="replace an existing non-empty output_dir that this tool wrote (its "
+                   "dataset_info.json, splits, README.md, vocabulary and nothing else), once the "
+                   "new one is complete; any other directory is refused")
     p.add_argument("--shuffle_partitions", type=int, default=None,
                    help="spark.sql.shuffle.partitions (None keeps Spark's default)")
     p.add_argument("--progress_interval", type=float, default=30.0,
@@ -101,8 +109,10 @@ def main(argv=None):
         tmp_dir, state = start_work(args, paths)
         info = run(args, fmt, paths, state)
         state.close()
-        publish_output(tmp_dir, args.output_dir, args.overwrite)
-        published = True
+        try:
+            publish_output(tmp_dir, args.output_dir, args.overwrite)
+        finally:  # published, or refused with tmp_dir named as holding the complete dataset
+            published = True
         m = info["malformed"]
         log("done in %.1f s: train %d, test %d, val %d rows; %d malformed row(s) skipped%s; "
             "output %s" % (time.time() - t0, info["rows"]["train"], info["rows"]["test"],
@@ -144,10 +154,17 @@ def start_work(args, paths):
     elif args.resume:
         log("--resume: no interrupted run of %s found; starting from the beginning"
             % os.path.abspath(args.output_dir))
-    tmp_dir = prepare_output(args.output_dir, args.overwrite, keep=old)
-    if not old:
-        return tmp_dir, WorkState.start(tmp_dir, paths, args)
-    os.rename(old, tmp_dir)
+    try:  # the run's first writes: a read-only or unwritable output file system stops here
+        tmp_dir = prepare_output(args.output_dir, args.overwrite, keep=old)
+        if not old:
+            return tmp_dir, WorkState.start(tmp_dir, paths, args)
+        os.rename(old, tmp_dir)
+    except OSError as e:
+        where = os.path.dirname(e.filename) if e.filename else os.path.dirname(
+            os.path.abspath(args.output_dir))
+        raise PreprocessError("cannot write in %s (--output_dir %s): %s; choose an output "
+                              "directory on a writable file system"
+                              % (where, args.output_dir, e.strerror or e), 2) from None
     state = state.moved_to(tmp_dir)
     log("--resume: continuing %s (finished: %s)" % (old, ", ".join(state.finished) or "none"))
     return tmp_dir, state

@@ -21,17 +21,17 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from dlrm.preprocess.plan import (PreprocessError, check_int32_ids, log, split_bounds,
+from dlrm.preprocess.plan import (TOOL, PreprocessError, check_int32_ids, log, split_bounds,
                                   split_rule)
 from dlrm.preprocess.progress import Progress
 from dlrm.preprocess.resume import disk_full_check
 from dlrm.preprocess.spark import (DENSE_TRANSFORM, REASONS, Inputs, categorical_transform_text,
                                    check_block_order, hex_value, partition_keys, reason_expr,
-                                   start_spark, transform_exprs, union, uri, valid_expr)
+                                   start_spark, transform_exprs, union, unreadable_input_check, uri,
+                                   valid_expr)
 from dlrm.schema import (DATASET_INFO_VERSION, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS, SPLITS,
                          column_dtypes, write_dataset_info, write_original_readme)
 
-TOOL = "tools/criteo1t_parquet.py"  # recorded in dataset_info.json
 VOCAB_DIR = "vocabulary"  # output_dir/vocabulary/column=i/*.parquet with --min_frequency
 WRITE_DIR = "_splits"  # write_splits' Spark output, moved to train/, test/, val/ when complete
 VOCAB_COLUMNS = ("column (0..25 for C1..C26, a directory level), value (the hex value as an "
@@ -69,7 +69,24 @@ def reasons_text(by_reason):
     return ", ".join("%s %d" % (k, v) for k, v in by_reason.items() if v)
 
 
-def check_rows(inputs, fmt, num_test_examples, bad_rows):
+def check_malformed_share(check, paths, max_fraction):
+    """Raise PreprocessError when every line read is malformed, or more than max_fraction of
+    them (--max_malformed_fraction): the input is not Criteo text (or not the format expected),
+    and skipping would write a dataset of (almost) nothing. Names the file with the most."""
+    lines, bad = sum(check.lines_read.values()), check.total_bad
+    if not bad or (bad < lines and bad <= max_fraction * lines):
+        return
+    name, worst = max(check.by_file.items(), key=lambda kv: kv[1]["total"])
+    path = next((p for p in paths if os.path.basename(p) == name), name)
+    raise PreprocessError(
+        "%d of %d lines malformed (%.1f%%: %s), %d of them in %s: %s; is it Criteo text (40 "
+        "tab-separated fields)? nothing written" % (
+            bad, lines, 100.0 * bad / lines, reasons_text(check.by_reason), worst["total"], path,
+            "every line" if bad == lines
+            else "more than --max_malformed_fraction %g" % max_fraction), 1)
+
+
+def check_rows(inputs, fmt, num_test_examples, bad_rows, max_malformed_fraction=1.0):
     """Pass 1: one scan of every input line, aggregated by file, partition and malformed
     reason (reason_expr): each partition's line count (the split file's give the line
     positions, Inputs.offsets, and the split bounds), its byte range (check_block_order) and
@@ -77,7 +94,8 @@ def check_rows(inputs, fmt, num_test_examples, bad_rows):
 
     A split-file partition holding malformed rows on both sides of a split bound (rare) is
     split by a second, filtered aggregation. Raises PreprocessError (--bad_rows fail) at the
-    first malformed row, before anything is written. Returns (SplitFile, RowCheck).
+    first malformed row, before anything is written, and (check_malformed_share) when more than
+    max_malformed_fraction of the lines are malformed. Returns (SplitFile, RowCheck).
     """
     from pyspark.sql import functions as F
 
@@ -117,6 +135,7 @@ def check_rows(inputs, fmt, num_test_examples, bad_rows):
             "malformed row in %s line %d: %s (%d malformed row(s) in total; --bad_rows fail, "
             "nothing written)" % (inputs.paths[fidx], starts[fidx][part] + row + 1, reason,
                                   check.total_bad), 1)
+    check_malformed_share(check, inputs.paths, max_malformed_fraction)
     if check.total_bad:
         log("skipping malformed rows: %s" % reasons_text(check.by_reason))
     return split_file, check
@@ -621,7 +640,8 @@ def run(args, fmt, paths, state):
                     log("%s: reused from the interrupted run (%s)" % (progress.position(name),
                                                                       reused_text(value)))
                     return value
-                with progress.named(name), disk_full_check(name, *room):
+                with progress.named(name), unreadable_input_check(), \
+                        disk_full_check(name, *room):
                     value = compute()
                 state.finish(name, save(value))
                 return value
@@ -632,7 +652,8 @@ def run(args, fmt, paths, state):
                 return split_file, _row_check_from(d["check"])
 
             def first_pass():
-                value = check_rows(inputs, fmt, args.num_test_examples, args.bad_rows)
+                value = check_rows(inputs, fmt, args.num_test_examples, args.bad_rows,
+                                   args.max_malformed_fraction)
                 check_partitions()  # recorded before the pass is
                 return value
 

@@ -10,11 +10,13 @@ import re
 import shutil
 import sys
 
-from dlrm.schema import NUM_SPARSE
+from dlrm.outputs import replace_refusal
+from dlrm.schema import DATASET_INFO_FILE, NUM_SPARSE, ORIGINAL_README_FILE, SPLITS
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 DEFAULT_MOD_IDX = 40000000  # --mod_idx's default
+TOOL = "tools/criteo1t_parquet.py"  # recorded in dataset_info.json
 
 KAGGLE_RULE = (
     "kaggle layout (train.txt, n lines): the first floor(6n/7) lines -> train (shuffled), the "
@@ -76,6 +78,8 @@ def check_args(args):
         raise PreprocessError("--broadcast_vocab_rows must be >= 0", 2)
     if args.progress_interval <= 0:
         raise PreprocessError("--progress_interval must be > 0", 2)
+    if not 0 <= args.max_malformed_fraction <= 1:
+        raise PreprocessError("--max_malformed_fraction must be in [0, 1]", 2)
     if args.min_frequency > 0:
         if args.mod_idx != DEFAULT_MOD_IDX:
             raise PreprocessError("--min_frequency gives vocabulary ids, which replace the mod "
@@ -241,6 +245,22 @@ def check_output_outside_input(input_dir, output_dir):
                               "directory outside the input" % (output_dir, input_dir), 2)
 
 
+# What a run publishes as output_dir (a dlrm.outputs layout): --overwrite replaces only this.
+# Spark's files: part-*.parquet, their .crc checksums, _SUCCESS (an empty split's write).
+_SPARK_FILES = r"[^/]*\.parquet(\.crc)?|\.?_SUCCESS(\.crc)?"
+OUTPUT_LAYOUT = dict({s: _SPARK_FILES for s in SPLITS}, **{
+    DATASET_INFO_FILE: None, ORIGINAL_README_FILE: None,  # (README.md: --export_dataset_info)
+    "vocabulary": r"(column=\d+/)?(%s)" % _SPARK_FILES})  # passes.VOCAB_DIR (--min_frequency)
+
+
+def check_replaceable(output_dir):
+    """Raise PreprocessError (exit code 2) unless the non-empty output_dir is a dataset this tool
+    wrote: its dataset_info.json, and besides only its splits, README.md and vocabulary."""
+    refusal = replace_refusal(output_dir, OUTPUT_LAYOUT, DATASET_INFO_FILE, TOOL)
+    if refusal:
+        raise PreprocessError(refusal, 2)
+
+
 def _dir_nonempty(path):
     return os.path.isdir(path) and bool(os.listdir(path))
 
@@ -273,6 +293,8 @@ def prepare_output(output_dir, overwrite, keep=None):
     if _dir_nonempty(output_dir) and not overwrite:
         raise PreprocessError("output_dir %s exists and is not empty; pass --overwrite to "
                               "replace it" % output_dir, 2)
+    if _dir_nonempty(output_dir):
+        check_replaceable(output_dir)  # --overwrite: refused before any work
     os.makedirs(parent, exist_ok=True)
     prefix = temp_prefix(output_dir)[1]
     for stale in sorted(glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*"))):
@@ -288,7 +310,8 @@ def prepare_output(output_dir, overwrite, keep=None):
 
 
 def publish_output(tmp_dir, output_dir, overwrite):
-    """Atomically move the finished temp dir to output_dir (old one removed afterwards)."""
+    """Atomically move the finished temp dir to output_dir (old one removed afterwards).
+    A refusal (PreprocessError) leaves tmp_dir, complete, and names it."""
     output_dir = os.path.abspath(output_dir)
     parent, name = os.path.split(output_dir)
     old = None
@@ -296,7 +319,13 @@ def publish_output(tmp_dir, output_dir, overwrite):
         if os.listdir(output_dir):
             if not overwrite:  # appeared while we were running
                 raise PreprocessError("output_dir %s appeared during the run and is not "
-                                      "empty; nothing replaced" % output_dir)
+                                      "empty; nothing replaced; the new dataset is complete in "
+                                      "%s" % (output_dir, tmp_dir))
+            try:
+                check_replaceable(output_dir)  # again: something may have been added since
+            except PreprocessError as e:
+                raise PreprocessError("%s; the new dataset is complete in %s" % (e, tmp_dir),
+                                      1) from None
             old = os.path.join(parent, ".%s.old-%d" % (name, os.getpid()))
             os.rename(output_dir, old)
         else:

@@ -3,8 +3,11 @@
 Every transform is a native Spark column expression (no Python UDF), so Python workers never
 start and the driver only collects small aggregates.
 """
+import contextlib
 import os
+import re
 import sys
+from urllib.parse import unquote, urlparse
 
 from dlrm.preprocess.plan import PreprocessError, driver_memory_gb, log, warn
 from dlrm.schema import (DENSE_COLUMNS, LABEL, NUM_DENSE, NUM_FIELDS, NUM_SPARSE,
@@ -100,7 +103,48 @@ def start_spark(args):
     if args.shuffle_partitions:
         spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
     spark.sparkContext.setLogLevel("WARN")
+    if master.startswith("local"):
+        quiet_task_failure_logs(spark)
     return spark
+
+
+def quiet_task_failure_logs(spark):
+    """Turn off the executor's and the task scheduler's log of a failed task (~50 lines of Java
+    stack each). In local mode a task is tried once, so its failure fails the job and the same
+    stack reaches the driver's Python side, which reports it (one line for the failures it
+    knows: unreadable_input_check, resume.disk_full_check; else re-raised whole)."""
+    jvm = spark.sparkContext._jvm
+    off = jvm.org.apache.logging.log4j.Level.OFF
+    for name in ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager"):
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+
+
+# Spark's error for a file a task could not read (FAILED_READ_FILE), and its Java cause
+_FAILED_READ_RE = re.compile(r"Encountered error while reading file (\S+?)\.?\s")
+_CAUSE_RE = re.compile(r"Caused by: ([\w.$]+)(?:: ([^\n]*))?")
+
+
+@contextlib.contextmanager
+def unreadable_input_check():
+    """Turn a Spark job's failure to read a file (a truncated or corrupt gzip input: "Unexpected
+    end of input stream") into one PreprocessError line naming the file and the cause."""
+    try:
+        yield
+    except Exception as e:  # py4j / pyspark errors carry the Java stack trace in their text
+        text = str(e)
+        m = _FAILED_READ_RE.search(text)
+        if not m:
+            raise
+        url = urlparse(m.group(1))
+        path = unquote(url.path) if url.scheme in ("file", "") else m.group(1)
+        cause = _CAUSE_RE.search(text, m.end())  # e.g. java.io.EOFException: Unexpected end...
+        why = "read error"
+        if cause:
+            name = cause.group(1).rsplit(".", 1)[-1]
+            why = "%s (%s)" % (cause.group(2), name) if cause.group(2) else name
+        hint = (": a truncated or corrupt gzip file? (gzip -t %s checks it) replace the file "
+                "and rerun" % path if path.endswith(".gz") else "; replace the file and rerun")
+        raise PreprocessError("cannot read %s: %s%s" % (path, why, hint), 1) from None
 
 
 def partition_keys(spark, n):
