@@ -34,6 +34,7 @@ from dlrm.graphs import EvalGraph, Graph, make_train_graph
 from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
 from dlrm.schedule import lr_at
+from dlrm.store import agreed_error, found_snapshot_error
 from dlrm.threads import launcher_note
 
 
@@ -86,22 +87,33 @@ def main(argv=None):
     cpu = cpu_placement()
 
     # 1. Check everything cheap to check, and resolve the flags, before building anything.
+    cfg, error = None, None
     try:
         cfg = resolve(args, world, flow.cuda.is_available(), local_world, rank)
-    except ValueError as e:  # ArgError, DataError and the store options' checks
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # ArgError, DataError and the store checks (each rank its own directory)
+        error = str(e)
+    error = agreed_error(error, cpu)  # every rank stops together, rank 0 prints the line
+    if error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     if rank == 0:
         print_arguments(args, cfg)
     sched, data, ckpt = cfg.schedule, cfg.data, cfg.checkpoint
 
-    # 2. Model, optimizer, LR schedule and the two graphs.
+    # 2. Rank 0 finds the checkpoint to start from (node-local directories are fine); on CUDA each
+    #    rank's store must hold its snapshot before the model opens the store (which creates it).
+    found = broadcast_json(locate_checkpoint(ckpt) if rank == 0 else None, cpu)
+    error = found_snapshot_error(found, cfg.store.persistent_path, cpu) if cfg.device == "cuda" else None
+    if error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    # 3. Model, optimizer, LR schedule and the two graphs; load weights; resume step, optimizer
+    #    state, LR schedule and reader position from our checkpoints.
     module, train_graph, eval_graph = build(cfg)
     metrics = Metrics(cfg.log.metrics_file, rank)
-
-    # 3. Load weights; resume step, optimizer state, LR schedule and reader position from our
-    #    checkpoints. Rank 0 finds and reads the checkpoint (node-local directories are fine).
-    found = broadcast_json(locate_checkpoint(ckpt) if rank == 0 else None, cpu)
     start_step, plan = 0, None
     if found:
         try:
