@@ -488,3 +488,29 @@ def test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, c
     assert len(np.unique(probs[0])) > 1
     np.testing.assert_array_equal(probs[1], probs[0])
     np.testing.assert_array_equal(probs[2], probs[0])
+
+
+AGREE = """import sys
+import oneflow as flow
+from dlrm.distributed import cpu_placement
+from dlrm.store import agreed_error
+rank = flow.env.get_rank()
+for case in ([None, None], [None, "rank 1's store: in use"], ["rank 0's line", "rank 1's line"]):
+    print(f"rank {rank}: {agreed_error(case[rank], cpu_placement())!r}\\n", end="", flush=True)
+"""
+
+
+@pytest.mark.slow  # a 2-process launch
+def test_store_errors_are_agreed_across_ranks(tmp_path):
+    """dlrm.store.agreed_error, each rank's own check: every rank gets the lowest failing rank's line
+    (so all stop together and rank 0 prints it), or None on every rank."""
+    from dlrm.launch import free_port
+    (tmp_path / "agree.py").write_text(AGREE)
+    proc = subprocess.run([sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(tmp_path / "agree.py")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("rank ")]
+    for rank in (0, 1):
+        assert [ln.split(": ", 1)[1] for ln in lines if ln.startswith(f"rank {rank}:")] == \
+            ["None", "\"rank 1's store: in use\"", "\"rank 0's line\""]
