@@ -108,13 +108,14 @@ def lock_held(path):
 TRAIN_FIX = "use the optimizer and --embedding_vec_size that wrote it, or a fresh --persistent_path"
 
 
-def check_store(paths, key_size, value_size, what, fix=TRAIN_FIX):
+def check_store(paths, key_size, value_size, what, fix=TRAIN_FIX, writing=True):
     """StoreError (one line) if an existing rank directory was written with another key or value
     size (OneFlow would LOG(FATAL) at model build: InitOrCheckMetaValue in persistent_table.cpp) or
     another process holds it (its LOCK: PosixFileLockGuard PCHECKs F_SETLK). `what` says what this
     run's value is made of and `fix` what to do about another value size, for the message. The one
-    guard of every entry point that opens a store for writing (training, GPU predictions), run
-    before the model is built; agreed_error makes every rank stop together."""
+    guard of every entry point that opens a store: for writing (training, GPU predictions: before
+    the model is built, agreed_error making every rank stop together) and, without the lock test
+    (OneFlow's read-only table takes no lock), for reading (read_rows: the converter, CPU loads)."""
     for path in paths:
         if not os.path.isdir(path):
             continue
@@ -125,7 +126,7 @@ def check_store(paths, key_size, value_size, what, fix=TRAIN_FIX):
         if have_value is not None and have_value != value_size:
             raise StoreError(f"--persistent_path store {path} holds {have_value}-byte values "
                              f"({have_value // 4} floats), this run needs {value_size} ({what}): {fix}")
-        if lock_held(path):
+        if writing and lock_held(path):
             raise StoreError(f"--persistent_path store {path} is in use by another process (it holds {path}/LOCK): "
                              f"stop that run or use another --persistent_path")
 
@@ -224,6 +225,9 @@ def read_rows(paths, snapshot):
         if error:
             raise StoreError(error)
     key_dtype, dim = store_layout(paths)
+    # every rank's directory must be of the same store: OneFlow's reader LOG(FATAL)s on another size
+    check_store(paths, np.dtype(key_dtype).itemsize, dim * np.dtype(VALUE_DTYPE).itemsize,
+                f"as {paths[0]}", fix="the ranks' directories are of different stores", writing=False)
     keys, values = [np.zeros(0, key_dtype)], [np.zeros((0, dim), VALUE_DTYPE)]
     with flow.one_embedding.make_persistent_table_reader(paths, snapshot, flow_dtype(key_dtype), flow.float,
                                                          dim) as reader:

@@ -205,6 +205,20 @@ def test_a_lock_that_cannot_be_tested_is_one_line(tmp_path):
         check_store(paths, 8, 32, "")
 
 
+def test_reading_a_store_whose_ranks_differ_is_one_line(tmp_path):
+    """The converter and CPU loads read stores with OneFlow's reader, which LOG(FATAL)s on a rank
+    directory of another VALUE_SIZE (InitOrCheckMetaValue, persistent_table.cpp): the same guard
+    as training's (without the lock test: the read-only table takes no lock) stops it first."""
+    paths = written_store(tmp_path / "p", 2, 8)
+    other = written_store(tmp_path / "q", 2, 4)
+    shutil.rmtree(paths[1])
+    shutil.copytree(other[1], paths[1])
+    with pytest.raises(StoreError, match=rf"^--persistent_path store {paths[1]} holds 16-byte values \(4 floats\), "
+                                         rf"this run needs 32 \(as {paths[0]}\): the ranks' directories are of "
+                                         rf"different stores$"):
+        read_rows(paths, "s1")
+
+
 def gpu_checkpoint(adam_run, tmp_path, world=2):
     """The adam run's checkpoint in GPU form: rows in a store of `world` ranks at tmp_path/store."""
     _, ckpt, _ = adam_run
