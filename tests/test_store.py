@@ -502,6 +502,22 @@ def test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, c
     assert len(np.unique(probs[0])) > 1
     np.testing.assert_array_equal(probs[1], probs[0])
     np.testing.assert_array_equal(probs[2], probs[0])
+    return gpu, probs[0]
+
+
+@pytest.mark.slow  # a 2-process launch
+def test_a_store_checkpoint_scored_by_two_processes_on_cpu_is_the_same(adam_run, tmp_path, capsys):
+    """As above with two processes (rank 0 reads the store, the other gets its rows): the same
+    probabilities as one process, bit for bit."""
+    from conftest import run_tool
+    from dlrm.launch import free_port
+    gpu, one = test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, capsys)
+    run_tool("-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", free_port(),
+             os.path.join(REPO, "dlrm_predict.py"), "--model_load_dir", gpu, "--persistent_path",
+             tmp_path / "partial", "--input", os.path.join(adam_run[0], "test"), "--output", tmp_path / "two.parquet",
+             "--batch_size", "40", "--device", "cpu")  # 20 rows per rank's batch, as one process's (MKL's
+    # GEMM kernel depends on the row count: bits would differ otherwise)
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "two.parquet").column("probability").to_numpy(), one)
 
 
 AGREE = """import sys
