@@ -9,6 +9,8 @@
 #   2gpu           --nproc_per_node 2 (only when two GPUs are visible; else SKIP)
 # Each check runs in WORK_DIR/NAME (train.log, ckpt/ with checkpoints and metrics.jsonl,
 # persistent/); the table is also written to WORK_DIR/report.json. Exit 0 when no check failed.
+# Each timed run has a process session of its own (scripts/in_session.sh): whatever is left of it
+# when it ends (e.g. a rank waiting in NCCL for one that died) is killed, freeing its GPU and store.
 #
 # usage: scripts/gpu_check.sh [extra dlrm_train_eval.py args for every run...]
 #        DATA_DIR=/data/criteo1t_parquet STEPS=1000 scripts/gpu_check.sh
