@@ -31,15 +31,18 @@ from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import log_loss, roc_auc
 from dlrm.graphs import EvalGraph
-from dlrm.model import DLRM, EMBEDDING_NAME
-from dlrm.predict import (PredictError, check_parquet_input, dataset_info, get_parser, model_config,
-                          order_by_slices, output_format, plan_input, read_columns, store_config, trained_from,
-                          write_output)
+from dlrm.model import DLRM
+from dlrm.predict import (PredictError, check_parquet_input, dataset_info, get_parser, gpu_store_error,
+                          model_arguments, new_id_bound, order_by_slices, output_format, plan_input, read_columns,
+                          remove_stale_temps, temp_path, trained_from, write_output)
+from dlrm.store import agreed_error, checkpoint_snapshot
 
 # ----------------------------------------------------------------------------- rank 0's steps
-def plan(args, world):
+def plan(args, world, device):
     """Everything checked before any work: returns the JSON-able plan every rank follows."""
-    fmt = output_format(args.output)
+    fmt = output_format(args.output, args.overwrite)
+    for path in remove_stale_temps(args.output):
+        print(f"note: removed {path}, left by a run of this tool that was killed", file=sys.stderr, flush=True)
     inp = plan_input(args.input)
     if len(args.model_load_dir) > 1 and args.persistent_path:
         raise PredictError("--persistent_path names one OneEmbedding store: with several --model_load_dir "
@@ -50,7 +53,9 @@ def plan(args, world):
         trained = trained_from(found)
         # the first model's dataset is the ensemble's: every other model must have been trained on it
         data_dir, info = dataset_info(trained, data_dir)
-        models.append({"found": found, "trained": vars(trained)})
+        # on GPUs each rank checks that its store directory holds the snapshot (gpu_store_error)
+        snapshot = checkpoint_snapshot(found["path"]) if device == "cuda" and trained.holds_store else None
+        models.append({"found": found, "trained": vars(trained), "snapshot": snapshot})
     batch = models[0]["trained"]["eval_batch_size"] if args.batch_size is None else args.batch_size
     if batch <= 0 or batch % world:
         raise PredictError(f"--batch_size {batch} is not a positive multiple of the number of ranks ({world})")
@@ -106,15 +111,19 @@ def row_report(p, groups, lines, bad_rows):
 
 
 # ----------------------------------------------------------------------------- scoring
-def build_model(trained, device, persistent_path, world, index=0):
-    """The index-th model of the run (on GPUs its OneEmbedding gets a name of its own: OneFlow keeps
-    every store of a process until it exits, so all models' embeddings stay in GPU memory)."""
-    trained = SimpleNamespace(**trained)
+def build_model(trained, device, persistent_path, world, index=0, new_ids=0):
+    """The index-th model of the run (dlrm.predict.model_arguments; on GPUs its OneEmbedding gets a
+    name of its own: OneFlow keeps every store of a process until it exits, so all models'
+    embeddings stay in GPU memory). Seeded with its run's seed, as training builds it: on CPU the
+    rows of ids a GPU checkpoint's store lacks keep that run's initial values, on every run and
+    rank (as tools/convert_checkpoint.py gives them); on GPUs OneEmbedding initialises such ids
+    from the same seed as training's evaluation did."""
     if device == "cuda":
         flow.boxing.nccl.enable_all_to_all(True)
-    name = EMBEDDING_NAME if index == 0 else f"{EMBEDDING_NAME}_{index}"
-    module = DLRM(model_config(trained, device), store_config(trained, persistent_path, world), device,
-                  embedding_name=name)
+    kwargs = model_arguments(trained, device, persistent_path, world, index, new_ids)
+    flow.manual_seed(kwargs["seed"])
+    np.random.seed(kwargs["seed"])  # LocalEmbedding's initial rows
+    module = DLRM(**kwargs)
     module.to_global(flow.env.all_device_placement(device), flow.sbp.broadcast)
     return module
 
@@ -195,16 +204,16 @@ def main(argv=None):
             text = str(e).strip().splitlines()
             return {"error": f"{type(e).__name__}: {text[0] if text else ''} (while preparing {args.input})"}
 
-    p = broadcast_json(checked(lambda: plan(args, world)) if rank == 0 else None, cpu)
+    p = broadcast_json(checked(lambda: plan(args, world, device)) if rank == 0 else None, cpu)
     if "error" in p:
         return fail(p["error"])
-    if device == "cuda" and not (args.persistent_path or all(m["trained"]["store"]["persistent_path"]
-                                                             for m in p["models"])):
-        return fail("--persistent_path: the checkpoint records no OneEmbedding store; pass the one it was trained with")
+    if device == "cuda":  # every rank its own store directories, before any store is opened
+        error = agreed_error(gpu_store_error(p["models"], args.persistent_path, world, rank), cpu)
+        if error:
+            return fail(error)
 
     # 2. Rank 0 turns raw text into model rows (Spark) beside the output; the others wait.
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    rows_dir = os.path.join(out_dir, f".{os.path.basename(args.output)}.rows-{os.getpid()}") if rank == 0 else None
+    rows_dir = temp_path(args.output, "rows") if rank == 0 else None
     try:
         def prepared():
             if p["kind"] == "parquet":
@@ -214,7 +223,13 @@ def main(argv=None):
             if not groups:
                 raise PredictError(f"--input {args.input}: no rows")
             report.extend(row_report(p, groups, lines, args.bad_rows))
-            return {"groups": groups}
+            # rows scoring may add to each model's store (sized for them: OneFlow's host cache has no bound check)
+            bound = {}
+            for m in p["models"] if device == "cuda" else []:
+                kind = m["trained"]["store"]["store_type"]
+                bound.setdefault(kind, new_id_bound(groups, p["info"], kind))
+            return {"groups": groups, "new_ids": [bound.get(m["trained"]["store"]["store_type"], 0)
+                                                  for m in p["models"]]}
 
         report = []  # rank 0: (labeled, reasons) per row
         rows = broadcast_json(checked(prepared) if rank == 0 else None, cpu)
@@ -229,7 +244,8 @@ def main(argv=None):
         groups = [tuple(g) for g in rows["groups"]]
         t_score, probs, graphs = time.time(), None, []
         for i, m in enumerate(p["models"]):
-            module = build_model(m["trained"], device, args.persistent_path, world, index=i)
+            module = build_model(m["trained"], device, args.persistent_path, world, index=i,
+                                 new_ids=rows["new_ids"][i])
             try:
                 load_found_weights(module, m["found"], args.persistent_path, p["data_dir"])
             except ValueError as e:
@@ -243,17 +259,22 @@ def main(argv=None):
             probs = probs / len(p["models"])
         t_score = time.time() - t_score
 
-        # 4. Rank 0 writes the file and the last line.
-        if rank == 0:
+        # 4. Rank 0 writes the file and the last line (a failure, e.g. the output appeared meanwhile,
+        # reaches every rank).
+        def written():
             labeled, reasons = report
             labels = read_columns(groups, ["label"]).column("label").to_numpy()
             table, bad = output_table(probs, labels, labeled, reasons, bool(labeled.any()))
-            write_output(args.output, p["format"], table)
+            write_output(args.output, p["format"], table, args.overwrite)
             models = f"the mean of {len(p['models'])} models' probabilities, " if len(p["models"]) > 1 else ""
             print(f"scored in {t_score:.2f} s ({models}{len(probs) * len(p['models']) / t_score:.0f} rows/s)",
                   flush=True)
             print(summary(args, probs, labels, labeled, bad) + f" ({time.time() - t0:.1f} s)", flush=True)
-        flow.comm.barrier()
+            return {}
+
+        done = broadcast_json(checked(written) if rank == 0 else None, cpu)
+        if "error" in done:
+            return fail(done["error"])
     finally:
         if rank == 0 and rows_dir and os.path.isdir(rows_dir):
             shutil.rmtree(rows_dir, ignore_errors=True)

@@ -35,6 +35,7 @@ from dlrm.graphs import EvalGraph, Graph, make_train_graph
 from dlrm.metrics import Metrics, gpu_memory_mib, host_memory_mib
 from dlrm.model import DLRM
 from dlrm.schedule import lr_at
+from dlrm.store import agreed_error, found_snapshot_error
 from dlrm.threads import launcher_note
 
 
@@ -88,17 +89,23 @@ def main(argv=None):
     failfast.watch(cpu)  # from here on, a rank that fails ends every rank
 
     # 1. Check everything cheap to check, and resolve the flags, before building anything.
+    cfg, error = None, None
     try:
         cfg = resolve(args, world, flow.cuda.is_available(), local_world, rank)
-    except ValueError as e:  # ArgError, DataError and the store options' checks
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # ArgError, DataError and the store checks (each rank its own directory)
+        error = str(e)
+    error = agreed_error(error, cpu)  # every rank stops together, rank 0 prints the line
+    if error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     if rank == 0:
         print_arguments(args, cfg)
     sched, data, ckpt = cfg.schedule, cfg.data, cfg.checkpoint
 
     # 2. Take --model_save_dir for this run: rank 0 holds its lock (`taken`) until the process ends.
-    #    Rank 0 finds the checkpoint to start from (node-local directories are fine).
+    #    Rank 0 finds the checkpoint to start from (node-local directories are fine); on CUDA each
+    #    rank's store must hold its snapshot before the model opens the store (which creates it).
     taken = None  # noqa: F841 - kept open: the lock lives as long as the file object
     if rank == 0:
         try:
@@ -107,8 +114,12 @@ def main(argv=None):
         except ValueError as e:
             found = {"error": str(e)}
     found = broadcast_json(found if rank == 0 else None, cpu)
-    if "error" in found:
-        print(f"error: {found['error']}", file=sys.stderr)
+    error = found.get("error")
+    if not error and cfg.device == "cuda":
+        error = found_snapshot_error(found["run"], cfg.store.persistent_path, cpu)
+    if error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     found, start_step, plan = found["run"], 0, None
 

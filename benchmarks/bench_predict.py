@@ -75,7 +75,7 @@ def main(argv=None):
             ev = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if r["kind"] == "eval"][-1]
             eval_s.append(ev["eval_time_s"])
             ckpt = os.path.join(run_dir, [d for d in os.listdir(run_dir) if d.startswith("step_20")][0])
-            predict = [sys.executable, PREDICT, "--model_load_dir", ckpt, "--device", "cpu",
+            predict = [sys.executable, PREDICT, "--model_load_dir", ckpt, "--device", "cpu", "--overwrite",
                        "--batch_size", str(args.batch_size)]
             _, out = run(predict + ["--input", os.path.join(data, "test"), "--output",
                                     os.path.join(work, "split.parquet")], os.path.join(work, "predict_split.log"))

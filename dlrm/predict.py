@@ -6,13 +6,18 @@ Every check raises PredictError, one line naming the flag or file, before any sc
 import argparse
 import glob
 import os
+import re
+import shutil
+import stat
 from dataclasses import dataclass
 from typing import List
 
 import numpy as np
 
 from dlrm import schema
+from dlrm.model import EMBEDDING_NAME
 from dlrm.config import ModelConfig, StoreConfig, store_capacity
+from dlrm.store import check_store, missing_snapshot, rank_paths
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 RAW_SUFFIXES = ("", ".txt", ".tsv", ".gz")
@@ -34,6 +39,7 @@ def get_parser():
       help="raw Criteo text (40 fields with label or 39 without, per file): a file, .gz, directory or glob; "
            "or a preprocessed parquet split directory")
     a("--output", type=str, required=True, help="OUT.csv or OUT.parquet: row, probability (and label)")
+    a("--overwrite", action="store_true", help="replace an existing --output file (never a directory)")
     a("--data_dir", type=str, default=None,
       help="the dataset the model was trained on (dataset_info.json, vocabulary/); default: the checkpoint's")
     a("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda when available")
@@ -76,17 +82,61 @@ def plan_input(path):
     return InputPlan("raw", files)
 
 
-def output_format(path):
-    """'csv' or 'parquet' from --output's extension; its directory must exist."""
+def output_format(path, overwrite=False):
+    """'csv' or 'parquet' from --output's extension; its directory must exist, and the output must
+    not, unless --overwrite and it is a regular file (what this tool writes: never a directory,
+    a link or a device)."""
     fmt = OUTPUT_FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise PredictError(f"--output {path}: the name must end in .csv or .parquet")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise PredictError(f"--output {path}: no such directory {parent}")
-    if os.path.isdir(path):
-        raise PredictError(f"--output {path} is a directory")
+    if os.path.lexists(path):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise PredictError(f"--output {path} exists and is not a regular file: choose another name")
+        if not overwrite:
+            raise PredictError(f"--output {path} exists: pass --overwrite to replace it (or choose another name)")
     return fmt
+
+
+# The temporary files of an output OUT: .OUT.tmp-<pid> (write_output) and .OUT.rows-<pid>/ (raw rows).
+def temp_path(output, kind, pid=None):
+    """The temporary `kind` ('tmp' or 'rows') of --output of process pid (default: this one)."""
+    out = os.path.abspath(output)
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(output):
+    """Remove the temporary files and directories of --output that a killed run of this tool left
+    (named after the same output, with the pid of a process no longer alive on this host); returns
+    their paths. Anything else beside the output is left alone."""
+    out = os.path.abspath(output)
+    pattern = re.compile(r"^\.%s\.(tmp|rows)-(\d+)$" % re.escape(os.path.basename(out)))
+    removed = []
+    for name in sorted(os.listdir(os.path.dirname(out))):
+        m = pattern.match(name)
+        if not m or int(m.group(2)) == os.getpid() or pid_alive(int(m.group(2))):
+            continue
+        path = os.path.join(os.path.dirname(out), name)
+        if m.group(1) == "rows" and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif m.group(1) == "tmp" and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 # ----------------------------------------------------------------------------- checkpoint and dataset
@@ -98,6 +148,8 @@ class Trained:
     store: dict        # ... ["store"]
     data_dir: str      # the dataset it was trained on (as recorded)
     eval_batch_size: int
+    seed: int          # the run's --seed: its OneEmbedding's, and its CPU table's initial rows
+    holds_store: bool  # its embedding rows are in a OneEmbedding store (else in the checkpoint)
 
 
 def trained_from(found):
@@ -110,7 +162,16 @@ def trained_from(found):
                            f"(a checkpoint of dlrm_train_eval.py is needed to know the model)")
     cfg = state["config"]
     return Trained(found["path"], cfg["model"], cfg["store"], cfg["data"]["data_dir"],
-                   cfg["data"]["eval_batch_size"])
+                   cfg["data"]["eval_batch_size"], cfg["seed"], holds_store(state))
+
+
+def holds_store(state):
+    """Whether a checkpoint's train_state.json says its embedding rows are in a OneEmbedding store:
+    a CUDA run's are, a CPU run's are in the checkpoint, a converted checkpoint's are where the
+    converter put them (its config's persistent_path, None for a self-contained one)."""
+    if "converted_from" in state:
+        return bool(state["config"]["store"]["persistent_path"])
+    return state["config"]["device"] == "cuda"
 
 
 def model_config(trained, device):
@@ -122,12 +183,80 @@ def model_config(trained, device):
     return ModelConfig(**m)
 
 
-def store_config(trained, persistent_path, world_size):
-    """The checkpoint's StoreConfig, with --persistent_path when given (the store moved)."""
+def store_config(trained, persistent_path, world_size, new_ids=0):
+    """The checkpoint's StoreConfig, with --persistent_path when given (the store moved), its
+    capacity counting new_ids more rows (new_id_bound: what scoring can add to the store)."""
     s = dict(trained.store)
     s["persistent_path"] = persistent_path or s["persistent_path"]
-    s["capacity"] = store_capacity(sum(trained.model["table_sizes"]), world_size)
+    s["capacity"] = store_capacity(sum(trained.model["table_sizes"]) + new_ids, world_size)
     return StoreConfig(**s)
+
+
+def model_arguments(trained, device, persistent_path, world_size, index=0, new_ids=0):
+    """The keyword arguments of dlrm.model.DLRM for the index-th model of a run: the checkpoint's
+    architecture and store, its own seed (OneEmbedding initialises an id its store lacks from it,
+    curand_init(seed, id, col) in one_embedding_kernels.cu's InitValueKernel, at every lookup of an
+    evaluation job with a full cache: training's own evaluation used the run's seed) and, on GPUs,
+    an embedding name of its own (OneFlow keeps every store of a process until it exits)."""
+    trained = Trained(**trained) if isinstance(trained, dict) else trained
+    return {"model": model_config(trained, device), "store": store_config(trained, persistent_path, world_size, new_ids),
+            "device": device, "seed": trained.seed,
+            "embedding_name": EMBEDDING_NAME if index == 0 else f"{EMBEDDING_NAME}_{index}"}
+
+
+def new_id_bound(groups, info, store_type):
+    """How many rows scoring `groups` (the input's row groups) can add to a store of store_type.
+
+    OneFlow 0.9.0 puts the rows of ids its store lacks into the store at lookup, evaluation
+    included, unless the first cache is a full one (put_to_store = !is_full_cache in
+    one_embedding_kernels.cu): device_mem adds nothing; cached_ssd's LRU spills to the persistent
+    table, which grows as needed; cached_host_mem's LRU spills to a full host cache whose capacity
+    is fixed at build and whose insert has no bound check (full_cache.cu). With vocabulary ids
+    every id is one of the dataset's (unseen values share an id); with mod or hash ids the input
+    may hold ids the dataset lacks: at most its distinct ids, counted per column (pyarrow)."""
+    if store_type != "cached_host_mem" or (info or {}).get("id_mode") == "vocab":
+        return 0
+    import pyarrow.compute as pc
+
+    return sum(pc.count_distinct(read_columns(groups, [c]).column(c)).as_py() for c in schema.SPARSE_COLUMNS)
+
+
+def gpu_store_error(models, persistent_path, world_size, rank):
+    """Before any model is built on GPUs, on every rank (then dlrm.store.agreed_error): one line for
+    what would abort OneFlow or corrupt a store: a checkpoint whose rows are not in a store (a CPU
+    run's); two models on the same store directory (a process's own fcntl lock does not exclude
+    itself, and both would append to its chunk files); this rank's directory of a store written
+    with another key or value size, held by another process (dlrm.store.check_store), or lacking
+    the checkpoint's snapshot (OneFlow would create an empty store there). models: the plan's
+    (found, trained, snapshot), the same on every rank."""
+    seen = {}
+    for m in models:
+        trained, path = m["trained"], m["found"]["path"]
+        if not trained["holds_store"]:
+            return (f"checkpoint {path} holds its embedding table itself (a CPU run's): score it with --device cpu, "
+                    f"or write its rows to a store with tools/convert_checkpoint.py --persistent_path P --world_size "
+                    f"{world_size}")
+        root = persistent_path or trained["store"]["persistent_path"]
+        if not root:
+            return f"checkpoint {path} records no OneEmbedding store: pass --persistent_path"
+        real = os.path.realpath(root)
+        if real in seen:
+            return (f"checkpoints {seen[real]} and {path} use the same OneEmbedding store {root}: one process "
+                    f"cannot open one store twice; copy it or convert one checkpoint to a store of its own "
+                    f"(tools/convert_checkpoint.py --persistent_path)")
+        seen[real] = path
+        store, dim = trained["store"], trained["model"]["embedding_vec_size"]
+        here = rank_paths(root, world_size)[rank]
+        try:
+            check_store([here], np.dtype(store["key_type"]).itemsize, 4 * dim * store["size_factor"],
+                        f"the checkpoint's {dim} x {store['size_factor']}",
+                        fix=f"not the store checkpoint {path} was trained with; pass that one (--persistent_path)")
+        except ValueError as e:
+            return str(e)
+        error = missing_snapshot(here, m["snapshot"], world_size) if m.get("snapshot") else None
+        if error:
+            return error
+    return None
 
 
 IDENTITY = ("id_mode", "mod_idx", "min_frequency", "key_type", "table_size_array")
@@ -192,18 +321,26 @@ def order_by_slices(preds, groups, batch_per_rank, world_size):
     return np.concatenate([per_rank[r, :n] for r, n in enumerate(slice_sizes(groups, world_size))])
 
 
-def write_output(path, fmt, table):
-    """The table to path (CSV with a header, or parquet), atomically: a temp file, then a rename."""
+def write_output(path, fmt, table, overwrite=False):
+    """The table to path (CSV with a header, or parquet), atomically: a temp file, then a rename
+    (with overwrite; without, a hard link, which fails if the output appeared meanwhile)."""
     import pyarrow.csv as csv
     import pyarrow.parquet as pq
 
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = temp_path(path, "tmp")
     try:
         if fmt == "csv":
             csv.write_csv(table, tmp)
         else:
             pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            output_format(path, overwrite=True)  # still a regular file, or gone
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise PredictError(f"--output {path} appeared while scoring: pass --overwrite to replace it") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

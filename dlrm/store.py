@@ -81,28 +81,41 @@ def read_size(path, name):
 
 def lock_held(path):
     """Whether another process holds <path>/LOCK, tested as OneFlow takes it (fcntl F_SETLK write
-    lock) and released at once. Only before this process opens the store: closing any descriptor of
-    the file drops this process's own fcntl locks on it."""
+    lock, PosixFileLockGuard in posix_file.h, which PCHECKs it: any failure aborts the process) and
+    released at once. Only before this process opens the store: closing any descriptor of the file
+    drops this process's own fcntl locks on it. StoreError (one line) when the lock cannot be tested
+    at all (no fcntl locks on the filesystem, e.g. some NFS mounts; no permission; not a file)."""
     lock = os.path.join(path, "LOCK")
-    if not os.path.exists(lock):
+    if not os.path.lexists(lock):
         return False
-    fd = os.open(lock, os.O_RDWR)
+    fd = None
     try:
+        fd = os.open(lock, os.O_RDWR)
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.lockf(fd, fcntl.LOCK_UN)
         return False
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EAGAIN):
             return True
-        raise
+        raise StoreError(f"--persistent_path store {path}: cannot take a write lock on {lock} as OneFlow does "
+                         f"({e.strerror or e}): the store needs a local filesystem with fcntl locks that this "
+                         f"user can write") from None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-def check_store(paths, key_size, value_size, what):
+TRAIN_FIX = "use the optimizer and --embedding_vec_size that wrote it, or a fresh --persistent_path"
+
+
+def check_store(paths, key_size, value_size, what, fix=TRAIN_FIX, writing=True):
     """StoreError (one line) if an existing rank directory was written with another key or value
-    size (OneFlow would LOG(FATAL) at model build) or another process holds it (its LOCK).
-    `what` says what this run's value is made of, for the message."""
+    size (OneFlow would LOG(FATAL) at model build: InitOrCheckMetaValue in persistent_table.cpp) or
+    another process holds it (its LOCK: PosixFileLockGuard PCHECKs F_SETLK). `what` says what this
+    run's value is made of and `fix` what to do about another value size, for the message. The one
+    guard of every entry point that opens a store: for writing (training, GPU predictions: before
+    the model is built, agreed_error making every rank stop together) and, without the lock test
+    (OneFlow's read-only table takes no lock), for reading (read_rows: the converter, CPU loads)."""
     for path in paths:
         if not os.path.isdir(path):
             continue
@@ -112,12 +125,69 @@ def check_store(paths, key_size, value_size, what):
                              f"(--one_embedding_key_type): use the key type that wrote it or a fresh --persistent_path")
         if have_value is not None and have_value != value_size:
             raise StoreError(f"--persistent_path store {path} holds {have_value}-byte values "
-                             f"({have_value // 4} floats), this run needs {value_size} ({what}): use the optimizer and "
-                             f"--embedding_vec_size that wrote it, a fresh --persistent_path, or convert the "
-                             f"checkpoint (tools/convert_checkpoint.py)")
-        if lock_held(path):
+                             f"({have_value // 4} floats), this run needs {value_size} ({what}): {fix}")
+        if writing and lock_held(path):
             raise StoreError(f"--persistent_path store {path} is in use by another process (it holds {path}/LOCK): "
                              f"stop that run or use another --persistent_path")
+
+
+def agreed_error(error, placement):
+    """Collective: the error (one line) of the lowest rank that has one, on every rank, else None.
+    For checks each rank makes on its own (its store directory may be on its node only): every
+    rank then stops together, and rank 0 prints the one line, instead of the failing rank stopping
+    while the others wait for it in a collective."""
+    world = flow.env.get_world_size()
+    if world == 1:
+        return error
+    rank = flow.env.get_rank()
+    data = (error or "").encode()
+    mine = np.zeros(world, np.float64)
+    mine[rank] = len(data) + 1 if error else 0
+    sizes = _sum_over_ranks(mine, placement)
+    failed = np.flatnonzero(sizes)
+    if not len(failed):
+        return None
+    first = int(failed[0])
+    n = int(sizes[first]) - 1
+    local = np.frombuffer(data, np.uint8).astype(np.int32) if rank == first else np.zeros(n, np.int32)
+    return _sum_over_ranks(local, placement).astype(np.uint8).tobytes().decode()
+
+
+def _sum_over_ranks(array, placement):
+    """The elementwise sum of every rank's NumPy array (same shape), on every rank."""
+    return flow.tensor(array).to_global(placement=placement, sbp=flow.sbp.partial_sum).to_global(
+        sbp=flow.sbp.broadcast).to_local().numpy()
+
+
+def checkpoint_snapshot(path):
+    """The OneEmbedding snapshot a checkpoint names (its state dict's OneEmbeddingSnapshot), or None
+    (a self-contained checkpoint). Reads the checkpoint's weights on this process: a store
+    checkpoint holds only the MLPs'."""
+    for key, value in flow.load(path).items():
+        if key.split(".")[-1] == "OneEmbeddingSnapshot":
+            return value
+    return None
+
+
+def snapshot_error(persistent_path, snapshot, world_size, rank):
+    """missing_snapshot of this rank's directory of the store: checked before a model is built on
+    it, since OneFlow creates the directory (RecursiveCreateDirectory in persistent_table.cpp) and
+    an empty store in it when it opens a path that has none."""
+    return missing_snapshot(rank_paths(persistent_path, world_size)[rank], snapshot, world_size) if snapshot else None
+
+
+def found_snapshot_error(found, persistent_path, placement):
+    """Collective, before a CUDA model is built: the one line of a checkpoint (found: what
+    dlrm.checkpoint.locate_checkpoint found, the same on every rank) whose OneEmbedding snapshot is
+    not in this run's store on some rank (e.g. a resume on another GPU count), else None. Rank 0
+    reads the snapshot's name from the checkpoint; each rank checks its own directory."""
+    from dlrm.distributed import broadcast_json
+
+    if not found or found.get("error"):
+        return None  # the loader reports it
+    rank, world = flow.env.get_rank(), flow.env.get_world_size()
+    snapshot = broadcast_json(checkpoint_snapshot(found["path"]) if rank == 0 else None, placement)
+    return agreed_error(snapshot_error(persistent_path, snapshot, world, rank), placement)
 
 
 def snapshot_list(path, snapshot):
@@ -155,6 +225,9 @@ def read_rows(paths, snapshot):
         if error:
             raise StoreError(error)
     key_dtype, dim = store_layout(paths)
+    # every rank's directory must be of the same store: OneFlow's reader LOG(FATAL)s on another size
+    check_store(paths, np.dtype(key_dtype).itemsize, dim * np.dtype(VALUE_DTYPE).itemsize,
+                f"as {paths[0]}", fix="the ranks' directories are of different stores", writing=False)
     keys, values = [np.zeros(0, key_dtype)], [np.zeros((0, dim), VALUE_DTYPE)]
     with flow.one_embedding.make_persistent_table_reader(paths, snapshot, flow_dtype(key_dtype), flow.float,
                                                          dim) as reader:

@@ -9,6 +9,8 @@
 #   2gpu           --nproc_per_node 2 (only when two GPUs are visible; else SKIP)
 # Each check runs in WORK_DIR/NAME (train.log, ckpt/ with checkpoints and metrics.jsonl,
 # persistent/); the table is also written to WORK_DIR/report.json. Exit 0 when no check failed.
+# Each timed run has a process session of its own (scripts/in_session.sh): whatever is left of it
+# when it ends (e.g. a rank waiting in NCCL for one that died) is killed, freeing its GPU and store.
 #
 # usage: scripts/gpu_check.sh [extra dlrm_train_eval.py args for every run...]
 #        DATA_DIR=/data/criteo1t_parquet STEPS=1000 scripts/gpu_check.sh
@@ -90,11 +92,16 @@ start_check() {  # start_check NAME: a fresh WORK_DIR/NAME
   note "check $1 ..."
 }
 
-# check NAME NPROC ARGS...: one run, with a timeout (killing its whole process group).
+# A timed run: in a process session of its own (scripts/in_session.sh), whatever is left of it
+# killed when it ends (a rank the launcher could not stop, e.g. waiting in NCCL for one that died,
+# would hold its GPU and its store's LOCK), with a timeout (which kills its whole process group).
+TIMED="$REPO/scripts/in_session.sh timeout -s KILL $CHECK_TIMEOUT"
+
+# check NAME NPROC ARGS...: one timed run.
 check() {
   local name="$1" nproc="$2" rc=0; shift 2
   start_check "$name"
-  launch "$name" "$nproc" "timeout -s KILL $CHECK_TIMEOUT" "$@" || rc=$?
+  launch "$name" "$nproc" "$TIMED" "$@" || rc=$?
   dry || echo "$rc" >"$WORK_DIR/$name/exit_code"
 }
 
@@ -124,7 +131,7 @@ check_kill_resume() {
     rm -f "$dir/log.fifo"
     echo "---- killed after the step $half checkpoint; resuming ----" >>"$dir/train.log"
   fi
-  launch "$name" 1 "timeout -s KILL $CHECK_TIMEOUT" "${args[@]}" --resume || rc=$?
+  launch "$name" 1 "$TIMED" "${args[@]}" --resume || rc=$?
   dry || echo "$rc" >"$dir/exit_code"
 }
 

@@ -98,3 +98,55 @@ def test_eval_padding_rows_carry_a_real_rows_ids(tmp_path):
     np.testing.assert_array_equal(batches[3].sparse[10:], np.tile(first, (20, 1)))
     assert not batches[3].label[10:].any() and not batches[3].dense[10:].any()
     assert (batches[3].sparse[10:] != 0).all()  # id 0 is table 0's row 0, not the padding's
+
+
+def test_gpu_predict_builds_each_model_with_its_checkpoints_seed_and_room_for_new_ids(tmp_path):
+    """dlrm_predict.py's DLRM arguments (dlrm.predict.model_arguments) for a checkpoint of a run with
+    --seed 77: OneEmbedding's seed 77 (DLRM passes it to MultiTableEmbedding(seed=...)). In an
+    evaluation job with a full cache OneFlow 0.9.0 does not put missing ids into the store and
+    initialises them at every lookup from that seed (one_embedding_kernels.cu: put_to_store =
+    !is_full_cache; InitValueKernel: curand_init(seed, id, col, ...)), so scoring gives an id training
+    never saw the vector training's own evaluation gave it; OneFlow's default seed is 0. The store's
+    capacity counts the rows scoring may add (new_id_bound)."""
+    from dlrm.checkpoint import locate_checkpoint
+    from dlrm.config import CheckpointConfig, store_capacity
+    from dlrm.predict import model_arguments, trained_from
+    root = write_tiny_dataset(str(tmp_path / "d"))
+    cfg = resolve(get_parser().parse_args(["--data_dir", root, "--train_batch_size", "20", "--seed", "77",
+                                           "--bottom_mlp", "16,8", "--embedding_vec_size", "8",
+                                           "--store_type", "cached_host_mem"]), 1, False)
+    module = DLRM(cfg.model, cfg.store, "cpu")
+    module.to_global(cpu_placement(), flow.sbp.broadcast)
+    path = save_checkpoint(module, str(tmp_path / "ckpt"), "w", train_state(0, cfg))
+    trained = vars(trained_from(locate_checkpoint(CheckpointConfig(None, path, False, False, False, 0, 0))))
+    first = model_arguments(trained, "cuda", str(tmp_path / "store"), 2)
+    assert first["seed"] == 77 and first["embedding_name"] == "sparse_embedding" and first["device"] == "cuda"
+    assert first["model"] == cfg.model  # (a CPU run: unfused MLPs, as recorded)
+    assert first["store"].persistent_path == str(tmp_path / "store")
+    assert first["store"].capacity == store_capacity(7 * 26, 2)
+    second = model_arguments(trained, "cuda", None, 2, index=1, new_ids=500)
+    assert second["seed"] == 77 and second["embedding_name"] == "sparse_embedding_1"
+    assert second["store"].capacity == store_capacity(7 * 26 + 500, 2)
+
+
+def test_new_ids_scoring_can_add_to_a_store(tmp_path):
+    """dlrm.predict.new_id_bound: OneFlow 0.9.0 puts ids its store lacks into it at lookup unless the
+    first cache is full (one_embedding_kernels.cu: put_to_store = !is_full_cache); cached_host_mem's
+    LRU spills into a full host cache whose insert has no bound check (full_cache.cu), so its capacity
+    must count them: at most the input's distinct ids per column (mod or hash ids; vocabulary ids are
+    all the dataset's). device_mem (full first cache) and cached_ssd (no full cache) add nothing."""
+    import pyarrow.parquet as pq
+
+    from dlrm.data import list_row_groups, split_files
+    from dlrm.predict import new_id_bound
+    from dlrm.schema import SPARSE_COLUMNS
+    root = write_tiny_dataset(str(tmp_path / "d"))
+    groups = list_row_groups(split_files(root, "test"))
+    table = pq.read_table(split_files(root, "test")[0])
+    distinct = sum(len(np.unique(table.column(c).to_numpy())) for c in SPARSE_COLUMNS)
+    assert distinct == 7 * 26
+    for info in ({"id_mode": "mod"}, {"id_mode": "hash"}, None):
+        assert new_id_bound(groups, info, "cached_host_mem") == distinct
+    assert new_id_bound(groups, {"id_mode": "vocab"}, "cached_host_mem") == 0
+    assert new_id_bound(groups, {"id_mode": "mod"}, "device_mem") == 0
+    assert new_id_bound(groups, {"id_mode": "mod"}, "cached_ssd") == 0

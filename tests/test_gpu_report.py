@@ -1,6 +1,7 @@
 """scripts/gpu_check.sh (its DRY_RUN command lines, its errors, and a slow rehearsal of the whole
 script on CPU) and its pass/fail table, dlrm/gpu_report.py."""
 import json
+import os
 
 import pytest
 
@@ -40,10 +41,60 @@ def test_gpu_check_command_lines(tmp_path, fake_gpus, gpus):
         == [(False, False, False)] * 3 + [(True, False, True), (True, True, False)] + [(False, False, False)] * (gpus + 1)
     assert ["--resume" in c for c in train] == [False] * 6 + [True] + [False] * (gpus - 1)
     assert all("--save_interval 100 " in c for c in train[5:7])
-    # every run has a timeout except the one killed on purpose (its own process group, a read timeout)
-    assert [c.startswith("timeout -s KILL 900 ") for c in train] == [True] * 5 + [False, True] + [True] * (gpus - 1)
+    # every run has a timeout, in a session of its own, except the one killed on purpose (its own
+    # process group, a read timeout)
+    assert [c.startswith(f"{REPO}/scripts/in_session.sh timeout -s KILL 900 ") for c in train] == \
+        [True] * 5 + [False, True] + [True] * (gpus - 1)
     assert ["--nproc_per_node 2 " in c for c in train] == [False] * 7 + [True] * (gpus - 1)
     assert all("--nproc_per_node 1 " in c for c in train[:7])
+
+
+RANKS = """import os, signal, sys, time
+rank = int(os.environ["RANK"])
+if rank == 0:  # a rank waiting in a collective for one that died (NCCL's wait does not end on SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(os.path.join(sys.argv[1], f"rank{rank}.pid"), "w").write(str(os.getpid()))
+if rank == 1:
+    sys.exit(3)
+time.sleep(120)
+"""
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_timed_check_leaves_no_rank_behind(tmp_path):
+    """gpu_check.sh's timed runs (scripts/in_session.sh timeout ...): OneFlow's real launcher with one
+    rank that fails and one that stays (ignoring the launcher's SIGTERM, as a rank blocked in NCCL):
+    the run ends with the failure and the staying rank is gone. Under `timeout` alone the launcher's
+    os.killpg(its pid) (oneflow/distributed/launch.py) finds no such group and the rank stays."""
+    import subprocess
+    import sys
+    import time
+
+    from dlrm.launch import free_port
+
+    (tmp_path / "ranks.py").write_text(RANKS)
+    cmd = ["timeout", "-s", "KILL", "60", sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), str(tmp_path / "ranks.py"), str(tmp_path)]
+    t0 = time.time()
+    proc = subprocess.run([f"{REPO}/scripts/in_session.sh", *cmd], capture_output=True, text=True, timeout=90)
+    pid = int((tmp_path / "rank0.pid").read_text())
+    try:
+        assert proc.returncode != 0 and time.time() - t0 < 30, proc.stderr[-2000:]
+        for _ in range(50):
+            if not alive(pid):
+                break
+            time.sleep(0.1)
+        assert not alive(pid), "rank 0 outlived its run"
+    finally:
+        if alive(pid):
+            os.kill(pid, 9)
 
 
 def test_gpu_check_data_dir_and_errors(tmp_path, fake_gpus):

@@ -89,6 +89,15 @@ def test_output_format(tmp_path):
         output_format(str(tmp_path / "p.txt"))
     with pytest.raises(PredictError, match="no such directory"):
         output_format(str(tmp_path / "no" / "p.csv"))
+    (tmp_path / "old.csv").write_text("x\n")
+    (tmp_path / "dir.csv").mkdir()
+    os.symlink(tmp_path / "old.csv", tmp_path / "link.csv")
+    with pytest.raises(PredictError, match=r"old.csv exists: pass --overwrite to replace it"):
+        output_format(str(tmp_path / "old.csv"))
+    assert output_format(str(tmp_path / "old.csv"), overwrite=True) == "csv"
+    for name in ("dir.csv", "link.csv"):  # nothing this tool writes: never replaced
+        with pytest.raises(PredictError, match=f"{name} exists and is not a regular file"):
+            output_format(str(tmp_path / name), overwrite=True)
 
 
 def test_has_labels_per_file(tmp_path):
@@ -144,6 +153,65 @@ def test_parquet_split_scores_every_row_in_order(tiny_run, tmp_path, capsys):
     np.testing.assert_allclose(again.column("probability").to_numpy(),
                                np.asarray(got["probability"], np.float32), rtol=1e-5)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")], "temporary files left behind"
+
+
+def test_an_existing_output_needs_overwrite(tiny_run, tmp_path, capsys):
+    """The preprocessing tool's rule: an existing output stops the run in one line before any work,
+    unless --overwrite, which replaces a regular file only."""
+    data, ckpt = tiny_run
+    common = ["--model_load_dir", ckpt, "--input", os.path.join(data, "test")]
+    (tmp_path / "p.csv").write_text("keep me\n")
+    code, out, err = predict(capsys, *common, "--output", tmp_path / "p.csv")
+    assert code == 2 and error_lines(err) == [f"error: --output {tmp_path / 'p.csv'} exists: pass --overwrite to "
+                                              f"replace it (or choose another name)"], err
+    assert (tmp_path / "p.csv").read_text() == "keep me\n" and "scoring" not in out
+    code, _, err = predict(capsys, *common, "--output", tmp_path / "p.csv", "--overwrite")
+    assert code == 0, err
+    assert read_output(str(tmp_path / "p.csv"))["row"] == list(range(100))
+    (tmp_path / "d.csv").mkdir()
+    code, _, err = predict(capsys, *common, "--output", tmp_path / "d.csv", "--overwrite")
+    assert code == 2 and error_lines(err) == [f"error: --output {tmp_path / 'd.csv'} exists and is not a regular "
+                                              f"file: choose another name"], err
+    assert os.path.isdir(tmp_path / "d.csv") and not os.listdir(tmp_path / "d.csv")
+
+
+def dead_pid():
+    """The pid of a process that has ended (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_later_run_removes_what_a_killed_one_left(tiny_run, tmp_path, capsys):
+    """.OUT.tmp-<pid> and .OUT.rows-<pid>/ of a dead process are a killed run's: the next run on the
+    same output removes them (one note each); a live process's, another output's and other files
+    stay."""
+    import subprocess
+    import sys
+
+    data, ckpt = tiny_run
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".p.csv.tmp-{dead}").write_text("partial")
+        (out / f".p.csv.rows-{dead}").mkdir()
+        (out / f".p.csv.rows-{dead}" / "part-0.parquet").write_text("rows")
+        kept = [f".p.csv.tmp-{live.pid}", f".q.csv.tmp-{dead}", f".p.csv.tmp-{dead}x", "notes.txt"]
+        for name in kept:
+            (out / name).write_text("not ours to remove")
+        code, _, err = predict(capsys, "--model_load_dir", ckpt, "--input", os.path.join(data, "test"),
+                               "--output", out / "p.csv")
+        assert code == 0, err
+        assert sorted(os.listdir(out)) == sorted(kept + ["p.csv"])
+        assert f"note: removed {out / f'.p.csv.rows-{dead}'}, left by a run of this tool that was killed" in err
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_several_checkpoints_give_the_mean_of_their_probabilities(tiny_run, tmp_path, capsys):
@@ -352,3 +420,38 @@ def test_two_processes_write_what_one_does(trained_kaggle, kaggle_head_parquet, 
                     "--output", tmp_path / "three.parquet", check=False)
     assert proc.returncode != 0 and not os.path.exists(tmp_path / "three.parquet")
     assert error_lines(proc.stderr) == [f"error: --data_dir {tmp_path / 'moved'}: no such directory"], proc.stderr
+
+
+@pytest.mark.slow
+@requires_java
+def test_a_killed_run_leaves_nothing_after_the_next(trained_kaggle, tmp_path):
+    """dlrm_predict.py killed (SIGKILL to its process group: Spark's JVM too) while its raw rows are
+    being written beside the output; the next run on the same output removes them and writes it:
+    nothing else is left beside it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt, _ = trained_kaggle
+    (tmp_path / "in.tsv").write_text("".join(split_lines(KAGGLE_HEAD, 8571, 9285)))
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [PREDICT_SCRIPT, "--model_load_dir", ckpt, "--input", tmp_path / "in.tsv", "--output", out / "p.csv",
+            "--device", "cpu", "--spark_master", "local[2]", "--spark_driver_memory_gb", "2"]
+    proc = subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    rows = out / f".p.csv.rows-{proc.pid}"
+    try:
+        deadline = time.time() + 300
+        while not rows.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert rows.exists(), "the run never wrote its rows"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert os.listdir(out) == [rows.name]  # what the kill left
+    done = run_tool(*argv)
+    assert f"note: removed {rows}, left by a run of this tool that was killed" in done.stderr
+    assert os.listdir(out) == ["p.csv"]
+    assert read_output(str(out / "p.csv"))["row"] == list(range(714))

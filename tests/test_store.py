@@ -171,7 +171,8 @@ def test_a_store_of_another_value_or_key_size_is_one_line_before_build(tmp_path)
     args = ["--data_dir", data, *TINY, "--persistent_path", str(tmp_path / "p")]
     resolve(get_parser().parse_args(args), 2, cuda_available=True)  # the same: fine
     with pytest.raises(StoreError, match=r"store .*0-2 holds 32-byte values \(8 floats\), this run needs 96 "
-                                         r"\(--embedding_vec_size 8 x 3 for --optimizer adam\)"):
+                                         r"\(--embedding_vec_size 8 x 3 for --optimizer adam\): use the optimizer "
+                                         r"and --embedding_vec_size that wrote it, or a fresh --persistent_path$"):
         resolve(get_parser().parse_args(args + ["--optimizer", "adam"]), 2, cuda_available=True)
     int32 = written_store(tmp_path / "q", 1, 8, np.int32)
     with pytest.raises(StoreError, match="holds 4-byte keys, this run uses 8"):
@@ -194,6 +195,126 @@ def test_a_held_lock_is_one_line(tmp_path):
         holder.kill()
         holder.wait()
     check_store(paths, 8, 32, "")
+
+
+def test_a_lock_that_cannot_be_tested_is_one_line(tmp_path):
+    """OneFlow PCHECKs its fcntl lock (PosixFileLockGuard::Lock, posix_file.h): any failure other than
+    another holder (no lock support, no permission, not a file) is one line here, not a traceback."""
+    from dlrm.store import lock_held
+    paths = written_store(tmp_path / "p", 1, 8)
+    os.remove(os.path.join(paths[0], "LOCK"))
+    os.mkdir(os.path.join(paths[0], "LOCK"))
+    with pytest.raises(StoreError, match=rf"^--persistent_path store {paths[0]}: cannot take a write lock on "
+                                         rf"{paths[0]}/LOCK as OneFlow does \(Is a directory\): the store needs a "
+                                         rf"local filesystem with fcntl locks that this user can write$"):
+        lock_held(paths[0])
+    with pytest.raises(StoreError, match="cannot take a write lock"):
+        check_store(paths, 8, 32, "")
+
+
+def test_reading_a_store_whose_ranks_differ_is_one_line(tmp_path):
+    """The converter and CPU loads read stores with OneFlow's reader, which LOG(FATAL)s on a rank
+    directory of another VALUE_SIZE (InitOrCheckMetaValue, persistent_table.cpp): the same guard
+    as training's (without the lock test: the read-only table takes no lock) stops it first."""
+    paths = written_store(tmp_path / "p", 2, 8)
+    other = written_store(tmp_path / "q", 2, 4)
+    shutil.rmtree(paths[1])
+    shutil.copytree(other[1], paths[1])
+    with pytest.raises(StoreError, match=rf"^--persistent_path store {paths[1]} holds 16-byte values \(4 floats\), "
+                                         rf"this run needs 32 \(as {paths[0]}\): the ranks' directories are of "
+                                         rf"different stores$"):
+        read_rows(paths, "s1")
+
+
+def gpu_checkpoint(adam_run, tmp_path, world=2):
+    """The adam run's checkpoint in GPU form: rows in a store of `world` ranks at tmp_path/store."""
+    _, ckpt, _ = adam_run
+    convert(ckpt, str(tmp_path / "gpu"), str(tmp_path / "store"), world)
+    return str(tmp_path / "gpu")
+
+
+def gpu_plan(tmp_path, world, *load, extra=()):
+    """dlrm_predict.plan's models for a GPU run of `world` ranks of the checkpoints `load`."""
+    import dlrm_predict
+    from dlrm.predict import get_parser as predict_parser
+    data = os.path.join(json.load(open(os.path.join(load[0], "train_state.json")))["config"]["data"]["data_dir"],
+                        "test")
+    args = predict_parser().parse_args(["--model_load_dir", *map(str, load), "--input", data, "--output",
+                                        str(tmp_path / "p.csv"), *map(str, extra)])
+    return dlrm_predict.plan(args, world, "cuda")["models"]
+
+
+def test_gpu_predict_guards_each_store_before_it_is_opened(adam_run, tmp_path):
+    """What dlrm_predict.py checks on every rank before a GPU model is built (gpu_store_error, its
+    one line agreed across ranks): each of these would abort OneFlow (InitOrCheckMetaValue's
+    LOG(FATAL), PosixFileLockGuard's PCHECK: persistent_table.cpp, posix_file.h), corrupt a store, or
+    make OneFlow create an empty one (RecursiveCreateDirectory on a rank path without the store)."""
+    from dlrm.predict import gpu_store_error
+    gpu = gpu_checkpoint(adam_run, tmp_path)
+    _, cpu_ckpt, _ = adam_run
+    models = gpu_plan(tmp_path, 2, gpu)
+    snapshot = flow.load(gpu)[SNAPSHOT]
+    assert models[0]["snapshot"] == snapshot and models[0]["trained"]["seed"] == 1234
+    paths = rank_paths(str(tmp_path / "store"), 2)
+    assert [gpu_store_error(models, None, 2, r) for r in (0, 1)] == [None, None]
+    # a CPU run's checkpoint: the converter or --device cpu
+    assert gpu_store_error(gpu_plan(tmp_path, 2, cpu_ckpt), None, 2, 0) == (
+        f"checkpoint {cpu_ckpt} holds its embedding table itself (a CPU run's): score it with --device cpu, or write "
+        f"its rows to a store with tools/convert_checkpoint.py --persistent_path P --world_size 2")
+    # --persistent_path naming a store of another value size (SGD's 8 floats): not the checkpoint's store
+    written_store(tmp_path / "sgd", 2, 8)
+    assert gpu_store_error(models, str(tmp_path / "sgd"), 2, 1) == (
+        f"--persistent_path store {tmp_path / 'sgd' / '1-2'} holds 32-byte values (8 floats), this run needs 96 (the "
+        f"checkpoint's 8 x 3): not the store checkpoint {gpu} was trained with; pass that one (--persistent_path)")
+    # two models on one store directory (also through a symlink)
+    os.symlink(tmp_path / "store", tmp_path / "alias")
+    shutil.copytree(gpu, tmp_path / "gpu2")
+    state = json.load(open(tmp_path / "gpu2" / "train_state.json"))
+    state["config"]["store"]["persistent_path"] = str(tmp_path / "alias")
+    json.dump(state, open(tmp_path / "gpu2" / "train_state.json", "w"))
+    os.remove(tmp_path / "gpu2" / "MANIFEST.json")
+    two = gpu_plan(tmp_path, 2, gpu, tmp_path / "gpu2")
+    assert gpu_store_error(two, None, 2, 0) == (
+        f"checkpoints {gpu} and {tmp_path / 'gpu2'} use the same OneEmbedding store {tmp_path / 'alias'}: one process "
+        f"cannot open one store twice; copy it or convert one checkpoint to a store of its own "
+        f"(tools/convert_checkpoint.py --persistent_path)")
+    # four GPUs on a store of two: the snapshot is missing, and nothing is created
+    assert gpu_store_error(gpu_plan(tmp_path, 4, gpu), None, 4, 3) == (
+        f"OneEmbedding snapshot {snapshot!r} not found: no {tmp_path / 'store' / '3-4'}/snapshots/{snapshot}/LIST; "
+        f"{tmp_path / 'store'} holds a store of 2 ranks: reshard it with tools/convert_checkpoint.py --world_size 4")
+    assert sorted(os.listdir(tmp_path / "store")) == ["0-2", "1-2"]
+    # the store held by another process (a training still running)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time, oneflow as flow\n"
+        f"w = flow.one_embedding.make_persistent_table_writer({paths!r}, 's2', flow.int64, flow.float, 24)\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert gpu_store_error(models, None, 2, 1) == (
+            f"--persistent_path store {paths[1]} is in use by another process (it holds {paths[1]}/LOCK): stop that "
+            f"run or use another --persistent_path")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_resume_on_another_gpu_count_stops_before_the_store_is_opened(adam_run, tmp_path):
+    """dlrm_train_eval.py on CUDA checks its rank's directory for the checkpoint's snapshot before
+    building the model (found_snapshot_error): OneFlow would first create an empty <rank>-<world>
+    store there (RecursiveCreateDirectory, persistent_table.cpp). Here: 1 process, a 2-rank store."""
+    from dlrm.config import CheckpointConfig
+    from dlrm.store import found_snapshot_error
+    gpu = gpu_checkpoint(adam_run, tmp_path)
+    found = locate_checkpoint(CheckpointConfig(None, gpu, False, False, False, 0, 0))
+    snapshot = flow.load(gpu)[SNAPSHOT]
+    assert found_snapshot_error(found, str(tmp_path / "store"), cpu_placement()) == (
+        f"OneEmbedding snapshot {snapshot!r} not found: no {tmp_path / 'store' / '0-1'}/snapshots/{snapshot}/LIST; "
+        f"{tmp_path / 'store'} holds a store of 2 ranks: reshard it with tools/convert_checkpoint.py --world_size 1")
+    assert sorted(os.listdir(tmp_path / "store")) == ["0-2", "1-2"]
+    convert(gpu, str(tmp_path / "gpu1"), str(tmp_path / "store1"), 1)
+    found = locate_checkpoint(CheckpointConfig(None, str(tmp_path / "gpu1"), False, False, False, 0, 0))
+    assert found_snapshot_error(found, str(tmp_path / "store1"), cpu_placement()) is None
 
 
 def test_a_missing_snapshot_names_the_rank_and_the_fix(tmp_path):
@@ -363,3 +484,70 @@ def test_predictions_equal_from_all_three_forms(adam_run, tmp_path, capsys):
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
         f"error: OneEmbedding snapshot {snapshot!r} not found: no {tmp_path / 'store' / '0-2'}/snapshots/{snapshot}"
         f"/LIST; same --persistent_path (and node-local disks) as the run that wrote the checkpoint?"], err
+
+
+def test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, capsys):
+    """A GPU checkpoint whose store lacks table 0's rows (ids a GPU run never looked up), scored on
+    CPU: its run's initial rows stand in for them (the seed its train_state.json records, as
+    tools/convert_checkpoint.py gives them), so two runs in one process, and the self-contained
+    conversion, give the same probabilities bit for bit."""
+    from test_predict import predict
+    data, _, _ = adam_run
+    gpu = gpu_checkpoint(adam_run, tmp_path)
+    snapshot = flow.load(gpu)[SNAPSHOT]
+    keys, values = read_rows(rank_paths(str(tmp_path / "store"), 2), snapshot)
+    keep = keys >= 7  # table 0 (ids 0..6): every test row looks one up
+    write_rows(rank_paths(str(tmp_path / "partial"), 2), snapshot, keys[keep], values[keep])
+    convert(gpu, str(tmp_path / "cpu"), source_persistent_path=str(tmp_path / "partial"))
+    probs = []
+    for i, load in enumerate(([gpu, "--persistent_path", tmp_path / "partial"],
+                              [gpu, "--persistent_path", tmp_path / "partial"], [tmp_path / "cpu"])):
+        code, _, err = predict(capsys, "--model_load_dir", *load, "--input", os.path.join(data, "test"),
+                               "--output", tmp_path / f"{i}.parquet", "--batch_size", "20")
+        assert code == 0, err
+        probs.append(pq.read_table(tmp_path / f"{i}.parquet").column("probability").to_numpy())
+    assert len(np.unique(probs[0])) > 1
+    np.testing.assert_array_equal(probs[1], probs[0])
+    np.testing.assert_array_equal(probs[2], probs[0])
+    return gpu, probs[0]
+
+
+@pytest.mark.slow  # a 2-process launch
+def test_a_store_checkpoint_scored_by_two_processes_on_cpu_is_the_same(adam_run, tmp_path, capsys):
+    """As above with two processes (rank 0 reads the store, the other gets its rows): the same
+    probabilities as one process, bit for bit."""
+    from conftest import run_tool
+    from dlrm.launch import free_port
+    gpu, one = test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, capsys)
+    run_tool("-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", free_port(),
+             os.path.join(REPO, "dlrm_predict.py"), "--model_load_dir", gpu, "--persistent_path",
+             tmp_path / "partial", "--input", os.path.join(adam_run[0], "test"), "--output", tmp_path / "two.parquet",
+             "--batch_size", "40", "--device", "cpu")  # 20 rows per rank's batch, as one process's (MKL's
+    # GEMM kernel depends on the row count: bits would differ otherwise)
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "two.parquet").column("probability").to_numpy(), one)
+
+
+AGREE = """import sys
+import oneflow as flow
+from dlrm.distributed import cpu_placement
+from dlrm.store import agreed_error
+rank = flow.env.get_rank()
+for case in ([None, None], [None, "rank 1's store: in use"], ["rank 0's line", "rank 1's line"]):
+    print(f"rank {rank}: {agreed_error(case[rank], cpu_placement())!r}\\n", end="", flush=True)
+"""
+
+
+@pytest.mark.slow  # a 2-process launch
+def test_store_errors_are_agreed_across_ranks(tmp_path):
+    """dlrm.store.agreed_error, each rank's own check: every rank gets the lowest failing rank's line
+    (so all stop together and rank 0 prints it), or None on every rank."""
+    from dlrm.launch import free_port
+    (tmp_path / "agree.py").write_text(AGREE)
+    proc = subprocess.run([sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(tmp_path / "agree.py")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("rank ")]
+    for rank in (0, 1):
+        assert [ln.split(": ", 1)[1] for ln in lines if ln.startswith(f"rank {rank}:")] == \
+            ["None", "\"rank 1's store: in use\"", "\"rank 0's line\""]
