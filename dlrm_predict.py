@@ -28,6 +28,7 @@ import oneflow as flow  # noqa: E402
 from dlrm.checkpoint import load_found_weights, locate_checkpoint
 from dlrm.config import CheckpointConfig, pick_device, reader_threads
 from dlrm.data import BatchReader, eval_batches_per_rank, list_row_groups
+from dlrm import failfast
 from dlrm.distributed import broadcast_json, cpu_placement, gather_to_all, to_global
 from dlrm.evaluation import log_loss, roc_auc
 from dlrm.graphs import EvalGraph
@@ -186,6 +187,7 @@ def main(argv=None):
     rank, world = flow.env.get_rank(), flow.env.get_world_size()
     local_world = world // flow.env.get_node_size()
     cpu = cpu_placement()
+    failfast.watch(cpu)  # from here on, a rank that fails ends every rank
     t0 = time.time()
     try:
         device = pick_device(args.device, flow.cuda.is_available())
@@ -282,4 +284,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(failfast.run(main))
