@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 
 class Failure(Exception):
@@ -37,6 +38,14 @@ _conns = []  # this rank's connections: to every other rank on rank 0, to rank 0
 _ended = threading.Event()  # this rank has sent its `D` or `F`
 _failed = []  # this rank's failed exit code, once it has one
 _lock = threading.Lock()
+_watchers = []  # the threads reading each connection
+# A rank that has sent `F` waits (at most this long) for its peers to leave before it leaves itself:
+# OneFlow aborts a process whose peer's sockets close under it (a CHECK in its io_event_poller,
+# SIGABRT and a stack dump), which would otherwise come before the peer's one line.
+PEERS_LEAVE_S = 3.0
+# A rank told of a peer's failure first gives its own failure this long (the same bad flag or agreed
+# check fails every rank at once): then it leaves quietly, as that failure's line says all.
+OWN_FAILURE_S = 0.5
 
 
 def _leave(line, code=1):
@@ -74,10 +83,16 @@ def _watch_peer(conn, me, peer):
         return
     # Ranks that meet the same error (a bad flag, an agreed check) fail together: give this rank's
     # own failure a moment to end it, without a second line.
-    if _ended.wait(2.0) and _failed:
+    if _ended.wait(OWN_FAILURE_S) and _failed:
         return
     who = "rank 0" if peer == 0 else f"rank {peer}"
     _leave(f"error: {who} ended with an error (see its line above); stopping rank {me}")
+
+
+def _start_watcher(conn, me, peer):
+    thread = threading.Thread(target=_watch_peer, args=(conn, me, peer), daemon=True, name=f"failfast-rank{peer}")
+    _watchers.append(thread)
+    thread.start()
 
 
 def _read_line(conn):
@@ -113,15 +128,14 @@ def watch(placement, rank=None, world=None, timeout=600.0):
             conn.settimeout(None)
             peer = int(_read_line(conn) or -1)
             _conns.append(conn)
-            threading.Thread(target=_watch_peer, args=(conn, 0, peer), daemon=True,
-                             name=f"failfast-rank{peer}").start()
+            _start_watcher(conn, 0, peer)
         server.close()
     else:
         conn = socket.create_connection((os.environ.get("MASTER_ADDR", "127.0.0.1"), port), timeout=timeout)
         conn.settimeout(None)
         conn.sendall(f"{rank}\n".encode())
         _conns.append(conn)
-        threading.Thread(target=_watch_peer, args=(conn, rank, 0), daemon=True, name="failfast-rank0").start()
+        _start_watcher(conn, rank, 0)
 
 
 def run(main, argv=None):
@@ -158,5 +172,8 @@ def _end(code):
     _ended.set()
     if code:
         _send(b"F")
+        deadline = time.monotonic() + PEERS_LEAVE_S
+        for thread in _watchers:  # each ends when its peer has left (or said it failed too)
+            thread.join(max(0.0, deadline - time.monotonic()))
         _leave(None, code)
     _send(b"D")
