@@ -252,53 +252,54 @@ def fit_column(values, table_size, full_rows=KAGGLE_TRAIN_ROWS):
     if target_full <= head_values:
         return col
     tail_count = sum(c for c in counts.values() if c < HEAD_MIN_COUNT)
-    head_d, head_s, _ = column_expectations(col, n)
-    want_d, want_s = stats["distinct"] - head_d, stats["singletons"] - head_s
-    if tail_count == 0 or want_d < 0.5:
+    head_d, _, _ = column_expectations(col, n)
+    if tail_count == 0 or stats["distinct"] - head_d < 0.5:
         # Values Kaggle has that the sample never saw: a flat tail too thin to show up in n draws
         # (expected 0.05 draws) yet seen ~20 times each at full size.
         col.update(tail_mass=(target_full - head_values) / math.sqrt(n * full_n), a=0.0, q=1.0,
                    m=float(target_full - head_values))
         return col
-    col["tail_mass"] = tail_count / n
-    tail_full = target_full - head_values
+    # The tail's mass starts at the share of draws the sample's rare values took, but is fitted too:
+    # values seen HEAD_MIN_COUNT times or more over-state their frequency (the many rare values that
+    # happened to reach the threshold), so the head may give some mass back.
+    observed_tail = tail_count / n
 
-    def tail_stats(a, q, m, draws):
-        p, mult = tail_groups(a, q, m)
-        return expected_counts(col["tail_mass"] * p, mult, draws)
+    def expect(x, m, draws):
+        trial = dict(col, a=x[0], q=math.exp(x[1]), tail_mass=math.exp(x[2]), m=m)
+        return column_expectations(trial, draws)
 
-    def pool_for(a, q):
+    def pool_for(x):
         """Pool size M whose full-size expected distinct count is Kaggle's (bisection on log M;
         the largest pool when even that falls short)."""
-        lo, hi = math.log(max(want_d, 1.0)), math.log(MAX_POOL)
-        if tail_stats(a, q, MAX_POOL, full_n)[0] <= tail_full:
+        lo, hi = 0.0, math.log(MAX_POOL)
+        if expect(x, MAX_POOL, full_n)[0] <= target_full:
             return MAX_POOL
         for _ in range(50):
             mid = 0.5 * (lo + hi)
-            if tail_stats(a, q, math.exp(mid), full_n)[0] < tail_full:
+            if expect(x, math.exp(mid), full_n)[0] < target_full:
                 lo = mid
             else:
                 hi = mid
         return math.exp(hi)
 
     def residuals(x):
-        a, q = x[0], math.exp(x[1])
-        m = pool_for(a, q)
-        d, s, _ = tail_stats(a, q, m, n)
-        full_d = tail_stats(a, q, m, full_n)[0]
-        return [(d - want_d) / max(want_d, 1.0), (s - want_s) / max(want_s, 1.0),
-                3.0 * (full_d - tail_full) / tail_full]
+        m = pool_for(x)
+        d, s, _ = expect(x, m, n)
+        full_d = expect(x, m, full_n)[0]
+        return [(d - stats["distinct"]) / stats["distinct"], (s - stats["singletons"]) / max(stats["singletons"], 1),
+                3.0 * (full_d - target_full) / target_full]
 
     best = None
     for a0 in (1.0, 0.5, 2.0):
-        r = least_squares(residuals, x0=[a0, math.log(10.0)], bounds=([0.0, -10.0], [6.0, 25.0]),
+        r = least_squares(residuals, x0=[a0, math.log(10.0), math.log(observed_tail)],
+                          bounds=([0.0, -10.0, math.log(observed_tail) - 3], [6.0, 25.0, math.log(observed_tail) + 3]),
                           xtol=1e-10, ftol=1e-10, diff_step=1e-4)
         if best is None or r.cost < best.cost:
             best = r
         if best.cost < 1e-6:
             break
-    a, q = float(best.x[0]), float(math.exp(best.x[1]))
-    col.update(a=a, q=q, m=pool_for(a, q))
+    x = best.x
+    col.update(a=float(x[0]), q=float(math.exp(x[1])), tail_mass=float(math.exp(x[2])), m=pool_for(x))
     return col
 
 
