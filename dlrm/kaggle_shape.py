@@ -14,12 +14,14 @@ Rows are i.i.d. draws:
 
   - head: the values the sample saw at least ``HEAD_MIN_COUNT`` times, each with its sample
     frequency (stored as a count-of-counts table, e.g. "12 values seen 10 times");
-  - tail: the remaining mass spread over a pool of ``M`` further values with the
-    Zipf-Mandelbrot density (x + q)^-a on x in [0, M), value k taking the mass of [k, k+1).
-    (a, q, M) are fitted so that a sample of the real sample's size has, in expectation, the real
-    sample's distinct count and singleton count, and a draw of Kaggle's full size has Kaggle's
-    distinct count (``KAGGLE_TABLE_SIZES``, TorchRec's Kaggle table sizes; they count "missing" as
-    one value where a column has missing values).
+  - tail: a pool of ``M`` further values with the Zipf-Mandelbrot density (x + q)^-a on
+    x in [0, M), value k taking the mass of [k, k+1), and the tail's share of the draws.
+    (a, q, share) are fitted, M solved for, so that a sample of the real sample's size has, in
+    expectation, the real sample's distinct count and singleton count, and a draw of Kaggle's full
+    size has Kaggle's distinct count (``KAGGLE_TABLE_SIZES``, TorchRec's Kaggle table sizes; they
+    count "missing" as one value where a column has missing values).  Columns whose every value the
+    sample saw often (C9, C20) have no tail; columns with a value Kaggle has and the sample never
+    saw (C23) get a flat tail too thin to show in the sample.
 
 Expected distinct / singleton counts of n draws from probabilities p are computed exactly:
 E[distinct] = sum(1 - (1 - p_i)^n), E[singletons] = sum(n p_i (1 - p_i)^(n - 1)), with the
@@ -304,7 +306,7 @@ def fit_column(values, table_size, full_rows=KAGGLE_TRAIN_ROWS):
 
 
 def fit_dense(values, grid=DENSE_GRID):
-    """{missing share, quantiles} of one dense column's strings: the quantiles at (k + 0.5) / grid."""
+    """{"quantiles": ...} of one dense column's non-empty strings, at (k + 0.5) / grid."""
     present = np.array([int(v) for v in values if v], dtype=np.int64)
     u = (np.arange(grid) + 0.5) / grid
     return {"quantiles": np.quantile(present, u, method="inverted_cdf").astype(int).tolist()}

@@ -344,3 +344,18 @@ def test_kaggle_layout_bad_flags_one_line_error(tmp_path, args, message):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # ~1 minute of scipy fits
+def test_fit_shape_reproduces_shipped_constants():
+    """The shipped constants are what dlrm/kaggle_shape.py fits on the shared sample (rerun with
+    `python -m dlrm.kaggle_shape SAMPLE.tsv` when the fit changes)."""
+    real_sample()
+    fitted, shipped = kaggle_shape.fit_shape(KAGGLE_SAMPLE), kaggle_shape.shipped_shape()
+    assert fitted["missing_patterns"] == shipped["missing_patterns"]
+    assert fitted["dense"] == shipped["dense"]
+    for name in schema.SPARSE_COLUMNS:
+        got, want = fitted["categorical"][name], shipped["categorical"][name]
+        assert got["sample"] == want["sample"] and got["head"] == want["head"], name
+        for key in ("tail_mass", "a", "q", "m"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-12), (name, key)
