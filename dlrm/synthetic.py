@@ -633,7 +633,8 @@ def check_layout_flags(args):
         if layout == args.layout:
             continue
         for flag in flags:
-            if getattr(args, flag) not in (None, False):
+            value = getattr(args, flag)
+            if value is not None and value is not False:
                 raise UsageError(f"--{flag} is a flag of --layout {layout}, not of --layout {args.layout}")
 
 
