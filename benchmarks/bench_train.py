@@ -446,7 +446,7 @@ def peer_env(environ=os.environ):
     return {k: v for k, v in environ.items() if k not in ours}
 
 
-def run_peer(args, name, arch, table_sizes):
+def run_peer(args, name, arch, table_sizes, threads=None):
     """facebookresearch/dlrm's dlrm_s_pytorch.py on CPU with its random data generator, one id per
     feature, the given architecture and tables; samples/s from its 'ms/it' lines (which time the
     step alone: its data generation is outside), the first interval skipped."""
@@ -462,8 +462,11 @@ def run_peer(args, name, arch, table_sizes):
            "--num-indices-per-lookup-fixed=True", "--loss-function=bce", "--nepochs=1",
            f"--print-freq={args.log_interval}", "--print-time"]
     print(f"  $ {' '.join(cmd)}", flush=True)
+    env = peer_env()
+    if threads:  # torch's intra-op threads (its default: every core)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     points, code, peak_rss, run = run_watched(
-        cmd, log_path, lambda: peer_records(log_path), cwd=cwd, timeout=args.timeout, env=peer_env(),
+        cmd, log_path, lambda: peer_records(log_path), cwd=cwd, timeout=args.timeout, env=env,
         on_record=lambda r: print(f"    it {r['step']:>4}: {B / r['latency_ms'] * 1000:9.1f} samples/s", flush=True))
     if code != 0:
         with open(log_path) as f:
@@ -503,42 +506,65 @@ def peer_cases(args, data_dir):
     return cases
 
 
+# (label, our ranks or the peer's threads): every configuration each round runs, ours and the peer's
+OURS_RANKS = (1, 2)
+PEER_THREADS = (None, 1)  # None: torch's default, every core
+
+
 def peer_phase(args, data_dir, env):
-    """Ours (1 rank, the default sparse update) and the peer in alternating rounds (--peer_rounds
-    each) per case; the medians, and whether other processes disturbed any round."""
+    """Ours (1 and 2 ranks, the default sparse update) and the peer (all threads and 1) in alternating
+    rounds (--peer_rounds each) per case; the medians, each side at its best configuration, and
+    whether other processes disturbed any round."""
     print(f"\n== facebookresearch/dlrm (dlrm_s_pytorch.py, CPU, its random data: ids uniform over each table) "
-          f"vs ours (1 rank), batch {args.batch_size}, {args.peer_rounds} alternating rounds each, medians")
+          f"vs ours, batch {args.batch_size}, {args.peer_rounds} alternating rounds each, medians; ours at "
+          f"{' and '.join(map(str, OURS_RANKS))} ranks, the peer at all and 1 thread(s)")
     rows = []
     for name, arch, sizes in peer_cases(args, data_dir):
-        ours_runs, peer_runs = [], []
+        ours_runs = {r: [] for r in OURS_RANKS}
+        peer_runs = {t: [] for t in PEER_THREADS}
         try:
             for i in range(args.peer_rounds):
-                rec = run_training(args, data_dir, 1, env, name=f"ours_{name}_{i}", arch=arch, table_sizes=sizes)
-                print(f"  ours round {i}: {rec['samples_per_s']:,.0f} samples/s{load_note(rec)}", flush=True)
-                ours_runs.append(rec)
-                rec = run_peer(args, f"peer_{name}_{i}", arch, sizes)
-                print(f"  peer round {i}: {rec['samples_per_s']:,.0f} samples/s (step only; peak RSS "
-                      f"{rec['peak_rss'] / 2**30:.2f} GiB){load_note(rec)}", flush=True)
-                peer_runs.append(rec)
+                for ranks in OURS_RANKS:
+                    rec = run_training(args, data_dir, ranks, env, name=f"ours_{name}_{ranks}rank_{i}", arch=arch,
+                                       table_sizes=sizes)
+                    print(f"  ours {ranks} rank(s), round {i}: {rec['samples_per_s']:,.0f} samples/s"
+                          f"{load_note(rec)}", flush=True)
+                    ours_runs[ranks].append(rec)
+                for threads in PEER_THREADS:
+                    rec = run_peer(args, f"peer_{name}_{threads or 'all'}thr_{i}", arch, sizes, threads)
+                    print(f"  peer {threads or 'all'} thread(s), round {i}: {rec['samples_per_s']:,.0f} samples/s "
+                          f"(step only; peak RSS {rec['peak_rss'] / 2**30:.2f} GiB){load_note(rec)}", flush=True)
+                    peer_runs[threads].append(rec)
         except RuntimeError as e:
             print(f"  {name}: FAILED: {e}")
             continue
-        rows.append((name, arch, sum(sizes), median_record(ours_runs), median_record(peer_runs)))
+        ours = {r: median_record(v) for r, v in ours_runs.items()}
+        peer = {t: median_record(v) for t, v in peer_runs.items()}
+        rows.append((name, arch, sum(sizes), ours, peer))
 
     def cores(r):
         return f"{r['cores']:.2f}/{r['max_others_cores']:.2f}" if r.get("cores") is not None else "?"
 
     if rows:
-        print(f"  {'case':14s} {'bottom / top / dim':30s} {'table rows':>12} {'ours':>10} {'peer':>10} {'ours/peer':>10}")
+        print(f"  {'case':14s} {'bottom / top / dim':30s} {'table rows':>12} {'ours 1r':>10} {'ours 2r':>10} "
+              f"{'peer all':>10} {'peer 1t':>10}")
         for name, (bottom, top, dim), n, ours, peer in rows:
-            print(f"  {name:14s} {f'{bottom} / {top} / {dim}':30s} {n:>12,} {fmt(ours['samples_per_s']):>10} "
-                  f"{fmt(peer['samples_per_s']):>10} {ratio_text(ours, peer):>10}  (goal >= 1.0; rounds: ours "
-                  f"{ours['rounds']}, peer {peer['rounds']}; cores used / most others': ours {cores(ours)}, "
-                  f"peer {cores(peer)})")
-        if any(disturbed(o, p) for _, _, _, o, p in rows):
+            print(f"  {name:14s} {f'{bottom} / {top} / {dim}':30s} {n:>12,} "
+                  + " ".join(f"{fmt(r['samples_per_s']):>10}" for r in (*ours.values(), *peer.values())))
+        for name, _, _, ours, peer in rows:
+            best_ours, best_peer = best_of(ours), best_of(peer)
+            print(f"  (cores used / most others': ours {cores(best_ours)}, peer {cores(best_peer)})")
+            print(f"ours best / facebookresearch/dlrm, {name}: {ratio_text(best_ours, best_peer)}  (goal >= 1.0; "
+                  f"ours at {best_ours['ranks']} rank(s), the peer at its best thread count)")
+        if any(disturbed(o, p) for _, _, _, oo, pp in rows for o in oo.values() for p in pp.values()):
             print(f"  DISTURBED: other processes used more than {DISTURBED_CORES} cores during a round: these ratios "
                   f"are not results; rerun on an idle machine")
     return rows
+
+
+def best_of(medians):
+    """The configuration (ranks or threads -> median record) with the most samples/s."""
+    return max(medians.values(), key=lambda r: r["samples_per_s"])
 
 
 def disturbed(ours, peer):
@@ -946,9 +972,11 @@ def main(argv=None):
                   f"{fmt(s_['samples_per_s'])}; peak RSS {l_['peak_rss'] / 2**30:.2f} GiB, embedding "
                   f"{l_['expected_bytes'] / 2**30:.2f} GiB)")
     for name, _, _, ours, peer in peers:
-        print(f"{f'ours / facebookresearch/dlrm, {name} (goal >= 1.0x)':58s} {ratio_text(ours, peer):>16}  "
-              f"({fmt(ours['samples_per_s'])} / {fmt(peer['samples_per_s'])}, medians of {args.peer_rounds} rounds)")
-    if any(disturbed(o, p) for _, _, _, o, p in peers):
+        o, p = best_of(ours), best_of(peer)
+        print(f"{f'ours best / facebookresearch/dlrm best, {name} (goal >= 1.0x)':58s} {ratio_text(o, p):>16}  "
+              f"({fmt(o['samples_per_s'])} at {o['ranks']} rank(s) / {fmt(p['samples_per_s'])}, medians of "
+              f"{args.peer_rounds} rounds)")
+    if any(disturbed(best_of(o), best_of(p)) for _, _, _, o, p in peers):
         print(f"note: other processes used more than {DISTURBED_CORES} cores during a peer comparison round: "
               f"rerun on an idle machine for a result")
     print("=" * 96)

@@ -84,6 +84,9 @@ def test_peer_comparison_medians_and_disturbed_marking(tmp_path):
         quiet = bench_train.median_record([runs[0], runs[2]])
         assert bench_train.ratio_text(quiet, quiet) == "1.00x"
         assert bench_train.ratio_text(rec, quiet) == "1.33x (disturbed)"  # others used 0.3 cores in a round
+        # each side at its best configuration: ours at 1 or 2 ranks, the peer at all or 1 thread(s)
+        ours = {1: dict(quiet, ranks=1), 2: dict(rec, ranks=2)}
+        assert bench_train.best_of(ours)["ranks"] == 2
         print("ok")
     """, tmp_path)
     assert "ok" in out
