@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from dlrm import kaggle_shape
 from dlrm.jsonfile import read_json, write_json
 from dlrm.schema import DENSE_COLUMNS, NUM_DENSE, NUM_SPARSE, SPARSE_COLUMNS
 
@@ -77,8 +78,9 @@ CALIBRATION_ROWS = 100_000
 
 # RNG stream ids (first entropy word after the seed).
 _VOCAB_STREAM, _MODEL_STREAM, _CALIB_STREAM, _DATA_STREAM = 1, 2, 3, 4
+_KAGGLE_DATA_STREAM = 5  # the kaggle layout's rows: (seed, 5, file, block), file 0 train.txt, 1 test.txt
 
-_OUTPUT_RE = re.compile(r"^(day_\d+|train\.txt|planted_model\.json)(\.tmp)?$")
+_OUTPUT_RE = re.compile(r"^(day_\d+|train\.txt|test\.txt|planted_model\.json)(\.part\d+)?(\.tmp)?$")
 
 
 class UsageError(Exception):
@@ -136,12 +138,19 @@ def build_spec(seed, cardinalities, calibrate=True):
     }
     for i, w in DENSE_WEIGHTS.items():
         spec["dense_weights"][i] = w
-    rng = _rng(seed, _MODEL_STREAM)
-    for j, sigma in sorted(CAT_EFFECT_SIGMA.items()):
-        spec["cat_effects"][j] = rng.normal(0.0, sigma, size=cardinalities[j])
+    plant_effects(spec, cardinalities)
     if calibrate:
         calibrate_spec(spec)
     return spec
+
+
+def plant_effects(spec, pool_sizes):
+    """The planted model's per-item effects: N(0, sigma) per item of a few categorical columns.
+    A pool larger than MAX_CARDINALITY gets MAX_CARDINALITY effects, item k taking effect k mod that
+    (the Kaggle layout's tails are pools of up to 2^31 values, nearly all of them rare)."""
+    rng = _rng(spec["seed"], _MODEL_STREAM)
+    for j, sigma in sorted(CAT_EFFECT_SIGMA.items()):
+        spec["cat_effects"][j] = rng.normal(0.0, sigma, size=min(pool_sizes[j], MAX_CARDINALITY))
 
 
 def _solve_bias(raw, scale, target):
@@ -192,6 +201,8 @@ def calibrate_spec(spec, rows=CALIBRATION_ROWS):
 # --------------------------------------------------------------------------------------------
 def sample_features(spec, rng, n):
     """Return dense (n,13) int64, dense_missing (n,13) bool, cats (n,26) int64 (-1 = missing)."""
+    if "kaggle_model" in spec:
+        return kaggle_shape.sample_features(spec["kaggle_model"], rng, n)
     z = rng.standard_normal((n, NUM_DENSE))
     dense = np.floor(np.expm1(np.asarray(DENSE_MU) + np.asarray(DENSE_SIGMA) * z))
     dense = np.clip(dense, 0, DENSE_MAX).astype(np.int64)
@@ -214,7 +225,7 @@ def raw_logits(spec, dense, dense_missing, cats):
     raw = x @ spec["dense_weights"]
     for j, effects in spec["cat_effects"].items():
         idx = cats[:, j]
-        raw += np.where(idx >= 0, effects[np.maximum(idx, 0)], 0.0)
+        raw += np.where(idx >= 0, effects[np.maximum(idx, 0) % len(effects)], 0.0)
     return raw
 
 
@@ -246,17 +257,25 @@ def _int_field(values, missing):
     return out
 
 
+def _hex_items(spec, j, idx):
+    """(n, 8) uint8 hex strings of column j's items idx (>= 0)."""
+    if "kaggle_model" in spec:
+        return kaggle_shape.hex_values(spec["hex_keys"][j], idx)
+    return spec["vocab"][j][idx]
+
+
 def format_block(spec, labels, dense, dense_missing, cats):
-    """Bytes of the block's lines in Criteo text format."""
-    n = len(labels)
-    parts = [(labels + _ZERO).astype(np.uint8)[:, None]]
+    """Bytes of the block's lines in Criteo text format (labels None: no label field, like test.txt)."""
+    n = len(dense)
+    parts = [] if labels is None else [(labels + _ZERO).astype(np.uint8)[:, None]]
     for i in range(NUM_DENSE):
-        parts.append(np.full((n, 1), _TAB, dtype=np.uint8))
+        if parts:
+            parts.append(np.full((n, 1), _TAB, dtype=np.uint8))
         parts.append(_int_field(dense[:, i], dense_missing[:, i]))
     for j in range(NUM_SPARSE):
         parts.append(np.full((n, 1), _TAB, dtype=np.uint8))
         idx = cats[:, j]
-        hexes = spec["vocab"][j][np.maximum(idx, 0)]
+        hexes = _hex_items(spec, j, np.maximum(idx, 0))
         hexes[idx < 0] = 0
         parts.append(hexes)
     parts.append(np.full((n, 1), _NL, dtype=np.uint8))
@@ -389,6 +408,173 @@ def generate(output_dir, days=3, rows_per_day=100_000, seed=0, cardinalities=Non
     return summary
 
 
+# --------------------------------------------------------------------------------------------
+# The kaggle layout: train.txt + test.txt shaped like Kaggle's (dlrm/kaggle_shape.py)
+# --------------------------------------------------------------------------------------------
+KAGGLE_FILES = ("train.txt", "test.txt")  # file ids 0 and 1 of the row streams
+AUC_BINS = 1 << 20  # planted AUC from click / no-click counts of the probabilities in this many bins
+_worker_spec = None  # the spec, inherited by forked workers (never pickled)
+
+
+def build_kaggle_spec(seed, calibrate=True):
+    """Spec of the kaggle layout: the fitted Kaggle shape, hex keys per column, the planted model."""
+    model = kaggle_shape.build_model()
+    keys = _rng(seed, _VOCAB_STREAM).integers(0, 2**32, size=(NUM_SPARSE, 2), dtype=np.uint64)
+    spec = {
+        "seed": seed,
+        "kaggle_model": model,
+        "hex_keys": [(int(a), int(b)) for a, b in keys],
+        "dense_weights": np.zeros(NUM_DENSE),
+        "cat_effects": {},
+        "bias": 0.0,
+        "scale": 1.0,
+    }
+    for i, w in DENSE_WEIGHTS.items():
+        spec["dense_weights"][i] = w
+    plant_effects(spec, [c["size"] for c in model["columns"]])
+    if calibrate:
+        calibrate_spec(spec)
+    return spec
+
+
+def kaggle_row_counts(rows=None, fraction=None):
+    """(train rows, test rows): `rows` or `fraction` of Kaggle's train.txt, test.txt in Kaggle's ratio."""
+    if (rows is None) == (fraction is None):
+        raise UsageError("--layout kaggle needs exactly one of --rows N and --fraction F")
+    if rows is not None and rows < 1:
+        raise UsageError(f"--rows must be >= 1, got {rows}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise UsageError(f"--fraction must be in (0, 1] (a share of Kaggle's {kaggle_shape.KAGGLE_TRAIN_ROWS} "
+                         f"train rows), got {fraction}")
+    train = rows if rows is not None else max(1, round(fraction * kaggle_shape.KAGGLE_TRAIN_ROWS))
+    return train, round(train * kaggle_shape.KAGGLE_TEST_ROWS / kaggle_shape.KAGGLE_TRAIN_ROWS)
+
+
+def _block_ranges(rows, parts):
+    """Split blocks 0..ceil(rows / BLOCK_ROWS)-1 into `parts` contiguous (first, end) ranges."""
+    blocks = -(-rows // BLOCK_ROWS)
+    return [(blocks * k // parts, blocks * (k + 1) // parts) for k in range(parts)]
+
+
+def _write_part(task):
+    """Write blocks [first, end) of one file to path; returns (click counts, no-click counts) per
+    probability bin (train.txt) or None (test.txt: no label)."""
+    file_id, rows, first, end, path = task
+    spec = _worker_spec
+    hist = np.zeros((2, AUC_BINS), dtype=np.int64) if file_id == 0 else None
+    with open(path, "wb") as f:
+        for block in range(first, end):
+            n = min(BLOCK_ROWS, rows - block * BLOCK_ROWS)
+            rng = _rng(spec["seed"], _KAGGLE_DATA_STREAM, file_id, block)
+            if file_id == 0:
+                labels, dense, dmiss, cats, probs = sample_block(spec, rng, n)
+                bins = np.minimum((probs * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+                hist += np.stack([np.bincount(bins, weights=labels, minlength=AUC_BINS),
+                                  np.bincount(bins, weights=1 - labels, minlength=AUC_BINS)]).astype(np.int64)
+            else:
+                labels = None
+                dense, dmiss, cats = sample_features(spec, rng, n)
+            f.write(format_block(spec, labels, dense, dmiss, cats))
+    return hist
+
+
+def _concatenate(parts, path):
+    """Append parts[1:] to parts[0] and rename it to path (atomically); the parts are removed."""
+    with open(parts[0], "r+b") as out:
+        end = os.fstat(out.fileno()).st_size
+        for part in parts[1:]:
+            with open(part, "rb") as f:
+                size, offset = os.fstat(f.fileno()).st_size, 0
+                while offset < size:  # kernel-side copy, no round trip through Python
+                    offset += os.copy_file_range(f.fileno(), out.fileno(), size - offset, offset, end + offset)
+            end += size
+            os.remove(part)
+    os.replace(parts[0], path)
+
+
+def binned_auc(hist):
+    """AUC of probabilities binned into click / no-click counts (ties within a bin count half)."""
+    pos, neg = hist[0].astype(np.float64), hist[1].astype(np.float64)
+    if pos.sum() == 0 or neg.sum() == 0:
+        return None
+    neg_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (pos.sum() * neg.sum()))
+
+
+def generate_kaggle(output_dir, rows=None, fraction=None, seed=0, workers=0, overwrite=False):
+    """Write train.txt (40 fields) and test.txt (39 fields, no label) shaped like Kaggle's, with
+    `workers` processes (0: one per core); the bytes depend on the seed only. Returns the
+    planted_model.json content."""
+    global _worker_spec
+    train_rows, test_rows = kaggle_row_counts(rows, fraction)
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
+    if workers < 0:
+        raise UsageError(f"--workers must be >= 0 (0: one per core), got {workers}")
+    workers = workers or os.cpu_count() or 1
+    prepare_output_dir(output_dir, overwrite)
+    t0 = time.time()
+    spec = build_kaggle_spec(seed)
+    tasks = []
+    for file_id, (name, rows_in_file) in enumerate(zip(KAGGLE_FILES, (train_rows, test_rows))):
+        if rows_in_file == 0:
+            tasks.append((file_id, 0, 0, 0, os.path.join(output_dir, f"{name}.part0.tmp")))
+            continue
+        for k, (first, end) in enumerate(_block_ranges(rows_in_file, workers)):
+            tasks.append((file_id, rows_in_file, first, end, os.path.join(output_dir, f"{name}.part{k}.tmp")))
+    _worker_spec = spec
+    try:
+        if workers == 1:
+            hists = [_write_part(t) for t in tasks]
+        else:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                hists = pool.map(_write_part, tasks, chunksize=1)
+    finally:
+        _worker_spec = None
+    for file_id, name in enumerate(KAGGLE_FILES):
+        _concatenate([t[4] for t in tasks if t[0] == file_id], os.path.join(output_dir, name))
+    hist = sum(h for h in hists if h is not None)
+    clicks, total = int(hist[0].sum()), int(hist.sum())
+    seconds = time.time() - t0
+    shape = kaggle_shape.shipped_shape()
+    expected = kaggle_shape.expected_distinct(shape, train_rows)
+    summary = {
+        "generator": "tools/make_synthetic_criteo.py",
+        "generator_version": GENERATOR_VERSION,
+        "layout": "kaggle",
+        "seed": seed,
+        "total_rows": train_rows,
+        "test_rows": test_rows,
+        "fraction_of_kaggle": train_rows / kaggle_shape.KAGGLE_TRAIN_ROWS,
+        "files": list(KAGGLE_FILES),
+        "workers": workers,
+        "shape": "dlrm/kaggle_shape_constants.py (fitted by dlrm/kaggle_shape.py on a 0.3% sample of "
+                 "Kaggle train.txt)",
+        "kaggle_table_sizes": kaggle_shape.KAGGLE_TABLE_SIZES,
+        "expected_distinct_train": {c: round(d) for c, (d, _) in zip(SPARSE_COLUMNS, expected)},
+        "expected_seen_twice_or_more_train": {c: round(t) for c, (_, t) in zip(SPARSE_COLUMNS, expected)},
+        "click_rate": clicks / total,
+        "planted_auc": binned_auc(hist),
+        "planted_model": {
+            "logit": "bias + scale * (sum_i w_i * log1p(max(I_i, 0)) [missing -> 0]"
+                     " + sum_j effect_j[item of C_j mod effects] [missing -> 0])",
+            "bias": spec["bias"],
+            "scale": spec["scale"],
+            "dense_weights": {DENSE_COLUMNS[i]: w for i, w in DENSE_WEIGHTS.items()},
+            "categorical_effect_sigma": {SPARSE_COLUMNS[j]: s for j, s in CAT_EFFECT_SIGMA.items()},
+            "effects_per_column": {SPARSE_COLUMNS[j]: len(e) for j, e in spec["cat_effects"].items()},
+            "target_click_rate": TARGET_CLICK_RATE,
+            "expected_auc": spec["expected_auc"],
+        },
+        "seconds": round(seconds, 3),
+        "rows_per_second": round((train_rows + test_rows) / max(seconds, 1e-9)),
+    }
+    write_json(os.path.join(output_dir, PLANTED_MODEL_FILE), summary)
+    return summary
+
+
 def read_planted_model(data_dir):
     """The planted_model.json of a generated data directory as a dict, or None when it has none."""
     return read_json(os.path.join(data_dir, PLANTED_MODEL_FILE))
@@ -397,9 +583,21 @@ def read_planted_model(data_dir):
 def build_parser():
     p = _Parser(prog="make_synthetic_criteo.py",
                 description="Write synthetic Criteo-format raw data with a planted click model.")
-    p.add_argument("--output_dir", required=True, help="directory for day_0..day_{N-1} (or train.txt)")
-    p.add_argument("--days", type=int, default=3, help="number of day files (default 3)")
-    p.add_argument("--rows_per_day", type=int, default=100_000, help="rows per day (default 100000)")
+    p.add_argument("--output_dir", required=True,
+                   help="directory for day_0..day_{N-1} (or train.txt; train.txt + test.txt with --layout kaggle)")
+    p.add_argument("--layout", choices=LAYOUTS, default="criteo1t",
+                   help="criteo1t: day files (or one train.txt with --kaggle) of the planted-model data; "
+                        "kaggle: train.txt + test.txt shaped like Kaggle's (default criteo1t)")
+    p.add_argument("--days", type=int, default=None, help="number of day files (criteo1t layout; default 3)")
+    p.add_argument("--rows_per_day", type=int, default=None,
+                   help="rows per day (criteo1t layout; default 100000)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="train.txt rows (kaggle layout; test.txt gets Kaggle's test/train ratio of them)")
+    p.add_argument("--fraction", type=float, default=None,
+                   help=f"train.txt rows as a share of Kaggle's {kaggle_shape.KAGGLE_TRAIN_ROWS} (kaggle layout; "
+                        "1 = full size)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes writing the kaggle layout (default: one per core); the bytes do not depend on it")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cardinalities", default=None,
                    help=f"comma list of {NUM_SPARSE} vocabulary sizes for {SPARSE_COLUMNS[0]}..{SPARSE_COLUMNS[-1]} "
@@ -411,17 +609,43 @@ def build_parser():
     return p
 
 
+LAYOUTS = ("criteo1t", "kaggle")
+_LAYOUT_FLAGS = {"criteo1t": ("days", "rows_per_day", "cardinalities", "kaggle"),
+                 "kaggle": ("rows", "fraction", "workers")}
+
+
+def check_layout_flags(args):
+    """Refuse a flag of the other layout (it would be ignored)."""
+    for layout, flags in _LAYOUT_FLAGS.items():
+        if layout == args.layout:
+            continue
+        for flag in flags:
+            if getattr(args, flag) not in (None, False):
+                raise UsageError(f"--{flag} is a flag of --layout {layout}, not of --layout {args.layout}")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        cards = None if args.cardinalities is None else parse_cardinalities(args.cardinalities)
-        s = generate(args.output_dir, days=args.days, rows_per_day=args.rows_per_day,
-                     seed=args.seed, cardinalities=cards, kaggle=args.kaggle,
-                     overwrite=args.overwrite)
+        check_layout_flags(args)
+        if args.layout == "kaggle":
+            s = generate_kaggle(args.output_dir, rows=args.rows, fraction=args.fraction, seed=args.seed,
+                                workers=args.workers or 0, overwrite=args.overwrite)
+        else:
+            cards = None if args.cardinalities is None else parse_cardinalities(args.cardinalities)
+            s = generate(args.output_dir, days=3 if args.days is None else args.days,
+                         rows_per_day=100_000 if args.rows_per_day is None else args.rows_per_day,
+                         seed=args.seed, cardinalities=cards, kaggle=args.kaggle,
+                         overwrite=args.overwrite)
     except UsageError as e:
         parser.error(str(e))
     auc = "n/a" if s["planted_auc"] is None else f"{s['planted_auc']:.4f}"
+    if args.layout == "kaggle":
+        print(f"wrote train.txt ({s['total_rows']} rows) and test.txt ({s['test_rows']} rows) to "
+              f"{args.output_dir} in {s['seconds']:.1f}s with {s['workers']} worker(s) "
+              f"({s['rows_per_second']} rows/s): click_rate={s['click_rate']:.4f} planted_auc={auc} seed={s['seed']}")
+        return 0
     print(f"wrote {len(s['files'])} file(s), {s['total_rows']} rows ({s['days']} x "
           f"{s['rows_per_day']}) to {args.output_dir} in {s['seconds']:.1f}s "
           f"({s['rows_per_second']} rows/s): click_rate={s['click_rate']:.4f} "
