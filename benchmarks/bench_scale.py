@@ -38,13 +38,13 @@ import shutil
 import sys
 
 import harness
-from dlrm.launch import PREDICT_SCRIPT, preprocess_command, train_command
+from dlrm.launch import preprocess_command, train_command
 from dlrm.metrics import MetricsError, read_metrics
 from dlrm.quickstart import epoch_batches
 from dlrm.schema import read_dataset_info
 from dlrm.synthetic import read_planted_model
 
-KAGGLE_ROWS = 45_840_617
+PREDICT = os.path.join(harness.REPO, "dlrm_predict.py")
 CRITEO_1TB_ROWS = 4_373_472_329
 RANKS = 2  # training and scoring processes
 GiB = 1 << 30
@@ -199,7 +199,7 @@ def run_fraction(fraction, args, recipe):
         sys.exit(f"error: no checkpoint of step {steps} in {ckpt}; see {log('train')}")
     stages["score"] = run_stage("score", train_command(
         ["--model_load_dir", checkpoint, "--input", os.path.join(raw, "test.txt"), "--output", preds,
-         "--device", "cpu"], nproc=RANKS, script=PREDICT_SCRIPT), log("score"))
+         "--device", "cpu"], nproc=RANKS, script=PREDICT), log("score"))
     import pyarrow.parquet as pq
 
     scored = pq.ParquetFile(preds).metadata.num_rows

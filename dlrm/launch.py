@@ -12,7 +12,6 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "dlrm_train_eval.py")
-PREDICT_SCRIPT = os.path.join(REPO, "dlrm_predict.py")
 PREPROCESS_TOOL = os.path.join(REPO, "tools", "criteo1t_parquet.py")
 
 
