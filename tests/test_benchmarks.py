@@ -175,10 +175,10 @@ SCALE_LINE = re.compile(r"^scale (\S+): rows (\d+), end-to-end ([\d.]+) s, peak 
 
 @pytest.mark.slow
 def test_scale_small_fraction_end_to_end(tmp_path):
-    """bench_scale.py at 0.2% of Kaggle (91,681 rows; the mod-id run skipped, a small batch for enough
+    """bench_scale.py at 0.4% of Kaggle (183,362 rows; the mod-id run skipped, a small batch for enough
     steps): its stage table and last line parse, the model's AUC on the whole test split is within
     0.02 of the planted model's, and only the logs are left behind."""
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0.002",
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0.004",
                            "--work_dir", str(tmp_path), "--skip_mod", "--train_batch_size", "256",
                            "--learning_rate", "0.02"], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=checkout_env())
@@ -187,15 +187,15 @@ def test_scale_small_fraction_end_to_end(tmp_path):
     m = SCALE_LINE.match(lines[-1])
     assert m, lines[-1]
     fraction, rows, e2e, rss, auc, planted = m.groups()
-    assert fraction == "0.002" and int(rows) == 91681
+    assert fraction == "0.004" and int(rows) == 183362
     stage = {}
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 7 and cells[0] == "0.002" and cells[2] in ("generate", "preprocess_vocab", "train", "score"):
+        if len(cells) == 7 and cells[0] == "0.004" and cells[2] in ("generate", "preprocess_vocab", "train", "score"):
             stage[cells[2]] = (int(cells[1].replace(",", "")), float(cells[3]), float(cells[4]))
     assert sorted(stage) == ["generate", "preprocess_vocab", "score", "train"], stage
-    assert all(r == 91681 and wall > 0 and gib > 0.1 for r, wall, gib in stage.values()), stage
+    assert all(r == 183362 and wall > 0 and gib > 0.1 for r, wall, gib in stage.values()), stage
     assert abs(float(e2e) - sum(stage[s][1] for s in ("preprocess_vocab", "train", "score"))) < 0.2
     assert float(rss) == max(stage[s][2] for s in ("preprocess_vocab", "train", "score"))
     assert abs(float(auc) - float(planted)) < 0.02, (auc, planted)
-    assert sorted(os.listdir(tmp_path / "f0.002")) == ["generate.log", "preprocess_vocab.log", "score.log", "train.log"]
+    assert sorted(os.listdir(tmp_path / "f0.004")) == ["generate.log", "preprocess_vocab.log", "score.log", "train.log"]
