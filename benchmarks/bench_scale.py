@@ -285,8 +285,8 @@ def print_tables(results, cores):
         t = extrapolate(rows, [r["stages"][name]["wall_s"] for r in results], CRITEO_1TB_ROWS)
         m = extrapolate(rows, [r["stages"][name]["rss_bytes"] for r in results], CRITEO_1TB_ROWS)
         per_rank = RANKS if name in ("train", "score") else 1  # the Spark stages: one driver JVM + its workers
-        t_text = na if t is None else (f"{t[1]:.2f}", f"{t[0] * here / cores / 3600:,.1f}")
-        m_text = na if m is None else (f"{m[1]:.2f}", f"{m[0] / per_rank / GiB:,.1f}")
+        t_text = na if t is None else (f"{t[1]:.2f}", f"{t[0] * here / cores / 3600:,.3g}")
+        m_text = na if m is None else (f"{m[1]:.2f}", f"{m[0] / per_rank / GiB:,.3g}")
         s_text = ("", "")
         if name.startswith("preprocess_"):
             sc = extrapolate(rows, [r["disk"][name.replace("preprocess", "scratch")] for r in results],
@@ -298,7 +298,8 @@ def print_tables(results, cores):
     total = "n/a" if None in disk else f"{sum(d[0] for d in disk) / 1e9:,.0f} GB"
     print(f"1TB disk for the vocabulary-id path (raw + parquet + Spark scratch peak + checkpoints): {total}")
     print(f"Memory per rank: training's and scoring's peak RSS over their {RANKS} ranks; the Spark stages': "
-          "the whole local Spark (driver JVM and Python workers).\n")
+          "the whole local Spark (driver JVM and Python workers). A k well below 1 means fixed costs (JVM and "
+          "Spark start-up, graph compilation) still dominate at these sizes: trust the fit from large fractions.\n")
     for res in results:
         e2e, rss = end_to_end(res)
         print(f"scale {res['fraction']:g}: rows {res['rows']}, end-to-end {e2e:.1f} s, peak RSS {rss / GiB:.2f} GiB, "
