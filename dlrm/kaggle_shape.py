@@ -14,12 +14,14 @@ Rows are i.i.d. draws:
 
   - head: the values the sample saw at least ``HEAD_MIN_COUNT`` times, each with its sample
     frequency (stored as a count-of-counts table, e.g. "12 values seen 10 times");
-  - tail: the remaining mass spread over a pool of ``M`` further values with the
-    Zipf-Mandelbrot density (x + q)^-a on x in [0, M), value k taking the mass of [k, k+1).
-    (a, q, M) are fitted so that a sample of the real sample's size has, in expectation, the real
-    sample's distinct count and singleton count, and a draw of Kaggle's full size has Kaggle's
-    distinct count (``KAGGLE_TABLE_SIZES``, TorchRec's Kaggle table sizes; they count "missing" as
-    one value where a column has missing values).
+  - tail: a pool of ``M`` further values with the Zipf-Mandelbrot density (x + q)^-a on
+    x in [0, M), value k taking the mass of [k, k+1), and the tail's share of the draws.
+    (a, q, share) are fitted, M solved for, so that a sample of the real sample's size has, in
+    expectation, the real sample's distinct count and singleton count, and a draw of Kaggle's full
+    size has Kaggle's distinct count (``KAGGLE_TABLE_SIZES``, TorchRec's Kaggle table sizes; they
+    count "missing" as one value where a column has missing values).  Columns whose every value the
+    sample saw often (C9, C20) have no tail; columns with a value Kaggle has and the sample never
+    saw (C23) get a flat tail too thin to show in the sample.
 
 Expected distinct / singleton counts of n draws from probabilities p are computed exactly:
 E[distinct] = sum(1 - (1 - p_i)^n), E[singletons] = sum(n p_i (1 - p_i)^(n - 1)), with the
@@ -27,6 +29,7 @@ tail's near-equal probabilities summed in groups of neighbouring ranks.
 """
 import collections
 import math
+import os
 import sys
 
 import numpy as np
@@ -40,7 +43,7 @@ KAGGLE_TABLE_SIZES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 9314
                       27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 HEAD_MIN_COUNT = 3  # values seen less often than this make up the fitted tail
 DENSE_GRID = 512  # quantiles at (k + 0.5) / DENSE_GRID: neither the sample's minimum nor its maximum
-MIN_PATTERN_COUNT = 2  # missing patterns seen once are left out (their rows are 0.2 % of the sample)
+MIN_PATTERN_COUNT = 2  # missing patterns seen once are left out (104 rows, 0.09% of the sample)
 MAX_POOL = 2.0**31  # tail values are numbered after the head's; hex values are a bijection of 32 bits
 _EXACT_RANKS = 4096  # tail ranks summed one by one; beyond, in groups of ratio _GROUP_RATIO
 _GROUP_RATIO = 1.002
@@ -252,58 +255,59 @@ def fit_column(values, table_size, full_rows=KAGGLE_TRAIN_ROWS):
     if target_full <= head_values:
         return col
     tail_count = sum(c for c in counts.values() if c < HEAD_MIN_COUNT)
-    head_d, head_s, _ = column_expectations(col, n)
-    want_d, want_s = stats["distinct"] - head_d, stats["singletons"] - head_s
-    if tail_count == 0 or want_d < 0.5:
+    head_d, _, _ = column_expectations(col, n)
+    if tail_count == 0 or stats["distinct"] - head_d < 0.5:
         # Values Kaggle has that the sample never saw: a flat tail too thin to show up in n draws
         # (expected 0.05 draws) yet seen ~20 times each at full size.
         col.update(tail_mass=(target_full - head_values) / math.sqrt(n * full_n), a=0.0, q=1.0,
                    m=float(target_full - head_values))
         return col
-    col["tail_mass"] = tail_count / n
-    tail_full = target_full - head_values
+    # The tail's mass starts at the share of draws the sample's rare values took, but is fitted too:
+    # values seen HEAD_MIN_COUNT times or more over-state their frequency (the many rare values that
+    # happened to reach the threshold), so the head may give some mass back.
+    observed_tail = tail_count / n
 
-    def tail_stats(a, q, m, draws):
-        p, mult = tail_groups(a, q, m)
-        return expected_counts(col["tail_mass"] * p, mult, draws)
+    def expect(x, m, draws):
+        trial = dict(col, a=x[0], q=math.exp(x[1]), tail_mass=math.exp(x[2]), m=m)
+        return column_expectations(trial, draws)
 
-    def pool_for(a, q):
+    def pool_for(x):
         """Pool size M whose full-size expected distinct count is Kaggle's (bisection on log M;
         the largest pool when even that falls short)."""
-        lo, hi = math.log(max(want_d, 1.0)), math.log(MAX_POOL)
-        if tail_stats(a, q, MAX_POOL, full_n)[0] <= tail_full:
+        lo, hi = 0.0, math.log(MAX_POOL)
+        if expect(x, MAX_POOL, full_n)[0] <= target_full:
             return MAX_POOL
         for _ in range(50):
             mid = 0.5 * (lo + hi)
-            if tail_stats(a, q, math.exp(mid), full_n)[0] < tail_full:
+            if expect(x, math.exp(mid), full_n)[0] < target_full:
                 lo = mid
             else:
                 hi = mid
         return math.exp(hi)
 
     def residuals(x):
-        a, q = x[0], math.exp(x[1])
-        m = pool_for(a, q)
-        d, s, _ = tail_stats(a, q, m, n)
-        full_d = tail_stats(a, q, m, full_n)[0]
-        return [(d - want_d) / max(want_d, 1.0), (s - want_s) / max(want_s, 1.0),
-                3.0 * (full_d - tail_full) / tail_full]
+        m = pool_for(x)
+        d, s, _ = expect(x, m, n)
+        full_d = expect(x, m, full_n)[0]
+        return [(d - stats["distinct"]) / stats["distinct"], (s - stats["singletons"]) / max(stats["singletons"], 1),
+                3.0 * (full_d - target_full) / target_full]
 
     best = None
     for a0 in (1.0, 0.5, 2.0):
-        r = least_squares(residuals, x0=[a0, math.log(10.0)], bounds=([0.0, -10.0], [6.0, 25.0]),
+        r = least_squares(residuals, x0=[a0, math.log(10.0), math.log(observed_tail)],
+                          bounds=([0.0, -10.0, math.log(observed_tail) - 3], [6.0, 25.0, math.log(observed_tail) + 3]),
                           xtol=1e-10, ftol=1e-10, diff_step=1e-4)
         if best is None or r.cost < best.cost:
             best = r
         if best.cost < 1e-6:
             break
-    a, q = float(best.x[0]), float(math.exp(best.x[1]))
-    col.update(a=a, q=q, m=pool_for(a, q))
+    x = best.x
+    col.update(a=float(x[0]), q=float(math.exp(x[1])), tail_mass=float(math.exp(x[2])), m=pool_for(x))
     return col
 
 
 def fit_dense(values, grid=DENSE_GRID):
-    """{missing share, quantiles} of one dense column's strings: the quantiles at (k + 0.5) / grid."""
+    """{"quantiles": ...} of one dense column's non-empty strings, at (k + 0.5) / grid."""
     present = np.array([int(v) for v in values if v], dtype=np.int64)
     u = (np.arange(grid) + 0.5) / grid
     return {"quantiles": np.quantile(present, u, method="inverted_cdf").astype(int).tolist()}
@@ -355,19 +359,20 @@ def write_constants(shape, path):
         f.write('"""Generated by `python -m dlrm.kaggle_shape SAMPLE.tsv` (dlrm/kaggle_shape.py): the fitted\n'
                 'shape of Kaggle train.txt and the statistics of the real sample it was fitted on."""\n\n')
         f.write("SHAPE = " + pprint.pformat(shape, width=110, compact=True, sort_dicts=False) + "\n")
-    import os
-
     os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
-    import os
-
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m dlrm.kaggle_shape KAGGLE_SAMPLE_TRAIN.tsv", file=sys.stderr)
+        print("error: usage: python -m dlrm.kaggle_shape KAGGLE_SAMPLE_TRAIN.tsv "
+              "(a random sample of Kaggle's train.txt, 40 tab-separated fields a line)", file=sys.stderr)
         return 2
-    shape = fit_shape(argv[0])
+    try:
+        shape = fit_shape(argv[0])
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kaggle_shape_constants.py")
     write_constants(shape, out)
     for name, col in shape["categorical"].items():

@@ -4,11 +4,21 @@ Each line is one impression: 40 tab-separated fields, no header --
 ``label  I1..I13  C1..C26`` where label is ``0``/``1``, I* are integers (possibly empty,
 I2 sometimes -1/-2/-3 like the real data) and C* are 8 lower-case hex digits (possibly empty).
 
-Layout:
-  * default: ``day_0`` .. ``day_{N-1}`` in ``--output_dir`` like the Criteo 1TB click logs,
-    ``--rows_per_day`` rows each;
-  * ``--kaggle``: a single ``train.txt`` with ``--days * --rows_per_day`` rows (byte-identical to
-    the concatenation of the day files the same seed would give).
+Layouts:
+  * ``--layout criteo1t`` (default): ``day_0`` .. ``day_{N-1}`` in ``--output_dir`` like the Criteo
+    1TB click logs, ``--rows_per_day`` rows each; with ``--kaggle`` a single ``train.txt`` with
+    ``--days * --rows_per_day`` rows (byte-identical to the concatenation of the day files the same
+    seed would give).  The rest of this paragraph and the next describe this layout.
+  * ``--layout kaggle``: ``train.txt`` (``--rows`` rows, or ``--fraction`` of Kaggle's 45,840,617)
+    and ``test.txt`` (39 fields, no label; Kaggle's 6,042,135 : 45,840,617 ratio of rows) shaped like
+    Kaggle's train.txt: missing patterns, dense quantiles and per-column value frequencies fitted on
+    a 0.3% sample of it (dlrm/kaggle_shape.py), so that at full size each column has Kaggle's
+    distinct count and a sample-sized subsample has the sample's distinct and singleton counts.
+    Values are 32-bit keyed bijections of value ids (no vocabulary table, pools of up to 2^31).
+    Made by ``--workers`` forked processes in 100,000-row blocks whose RNG is keyed by
+    (seed, file, block), written in block order by the main process: the bytes depend on the seed only.
+    The planted model is the same as below (its item effects repeat every 10M items of a pool);
+    its AUC is computed from click/no-click counts in 2^20 probability bins.
 
 Categorical column j has a vocabulary of ``cardinalities[j]`` items; item k is drawn with
 p(k) ~ 1/(k+1)^1.1 and is written as a fixed pseudo-random 32-bit hex value (distinct within the
@@ -24,8 +34,11 @@ Command line (tools/make_synthetic_criteo.py runs ``main``):
 
   python tools/make_synthetic_criteo.py --output_dir /tmp/criteo_synth [--days 3]
       [--rows_per_day 100000] [--seed 0] [--cardinalities c1,...,c26] [--kaggle] [--overwrite]
+  python tools/make_synthetic_criteo.py --output_dir /tmp/kaggle_synth --layout kaggle
+      (--rows N | --fraction F) [--workers W] [--seed 0] [--overwrite]
 
-Importable: ``generate(output_dir, ...)`` returns the planted_model.json content.
+Importable: ``generate(output_dir, ...)`` and ``generate_kaggle(output_dir, ...)`` return the
+planted_model.json content.
 """
 
 import argparse
@@ -80,7 +93,7 @@ CALIBRATION_ROWS = 100_000
 _VOCAB_STREAM, _MODEL_STREAM, _CALIB_STREAM, _DATA_STREAM = 1, 2, 3, 4
 _KAGGLE_DATA_STREAM = 5  # the kaggle layout's rows: (seed, 5, file, block), file 0 train.txt, 1 test.txt
 
-_OUTPUT_RE = re.compile(r"^(day_\d+|train\.txt|test\.txt|planted_model\.json)(\.part\d+)?(\.tmp)?$")
+_OUTPUT_RE = re.compile(r"^(day_\d+|train\.txt|test\.txt|planted_model\.json)(\.tmp)?$")
 
 
 class UsageError(Exception):
@@ -450,46 +463,67 @@ def kaggle_row_counts(rows=None, fraction=None):
     return train, round(train * kaggle_shape.KAGGLE_TEST_ROWS / kaggle_shape.KAGGLE_TRAIN_ROWS)
 
 
-def _block_ranges(rows, parts):
-    """Split blocks 0..ceil(rows / BLOCK_ROWS)-1 into `parts` contiguous (first, end) ranges."""
-    blocks = -(-rows // BLOCK_ROWS)
-    return [(blocks * k // parts, blocks * (k + 1) // parts) for k in range(parts)]
-
-
-def _write_part(task):
-    """Write blocks [first, end) of one file to path; returns (click counts, no-click counts) per
-    probability bin (train.txt) or None (test.txt: no label)."""
-    file_id, rows, first, end, path = task
+def _make_block(task):
+    """(bytes, probabilities, labels) of one block of train.txt (file 0), or (bytes, None, None) of
+    test.txt (file 1: no label field). Runs in a worker process."""
+    file_id, block, n = task
     spec = _worker_spec
-    hist = np.zeros((2, AUC_BINS), dtype=np.int64) if file_id == 0 else None
-    with open(path, "wb") as f:
-        for block in range(first, end):
-            n = min(BLOCK_ROWS, rows - block * BLOCK_ROWS)
-            rng = _rng(spec["seed"], _KAGGLE_DATA_STREAM, file_id, block)
-            if file_id == 0:
-                labels, dense, dmiss, cats, probs = sample_block(spec, rng, n)
-                bins = np.minimum((probs * AUC_BINS).astype(np.int64), AUC_BINS - 1)
-                hist += np.stack([np.bincount(bins, weights=labels, minlength=AUC_BINS),
-                                  np.bincount(bins, weights=1 - labels, minlength=AUC_BINS)]).astype(np.int64)
-            else:
-                labels = None
-                dense, dmiss, cats = sample_features(spec, rng, n)
-            f.write(format_block(spec, labels, dense, dmiss, cats))
+    rng = _rng(spec["seed"], _KAGGLE_DATA_STREAM, file_id, block)
+    if file_id == 0:
+        labels, dense, dmiss, cats, probs = sample_block(spec, rng, n)
+        return format_block(spec, labels, dense, dmiss, cats), probs.astype(np.float32), labels.astype(np.uint8)
+    dense, dmiss, cats = sample_features(spec, rng, n)
+    return format_block(spec, None, dense, dmiss, cats), None, None
+
+
+def _block_tasks(file_id, rows):
+    return [(file_id, block, min(BLOCK_ROWS, rows - start)) for block, start in enumerate(range(0, rows, BLOCK_ROWS))]
+
+
+def _in_order(pool, tasks, window):
+    """_make_block's results of tasks, in order, with at most `window` blocks being made or waiting
+    to be written (Pool.imap would let finished blocks pile up in memory when the disk is slower)."""
+    import collections
+
+    pending = collections.deque()
+    for task in tasks:
+        if len(pending) == window:
+            yield pending.popleft().get()
+        pending.append(pool.apply_async(_make_block, (task,)))
+    while pending:
+        yield pending.popleft().get()
+
+
+def _write_kaggle_files(spec, output_dir, row_counts, workers):
+    """Write train.txt and test.txt (atomically, via .tmp); blocks are made by `workers` processes
+    and written by this one in block order. Returns the (click, no-click) counts per probability bin."""
+    global _worker_spec
+    hist = np.zeros((2, AUC_BINS), dtype=np.int64)
+    _worker_spec = spec
+    pool = None
+    try:
+        if workers > 1:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("fork").Pool(workers)  # inherits _worker_spec
+        for file_id, (name, rows) in enumerate(zip(KAGGLE_FILES, row_counts)):
+            path = os.path.join(output_dir, name)
+            tasks = _block_tasks(file_id, rows)
+            blocks = _in_order(pool, tasks, 2 * workers) if pool else map(_make_block, tasks)
+            with open(path + ".tmp", "wb") as f:
+                for data, probs, labels in blocks:
+                    f.write(data)
+                    if probs is not None:
+                        bins = np.minimum((probs.astype(np.float64) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+                        hist[0] += np.bincount(bins[labels == 1], minlength=AUC_BINS)
+                        hist[1] += np.bincount(bins[labels == 0], minlength=AUC_BINS)
+            os.replace(path + ".tmp", path)
+    finally:
+        _worker_spec = None
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return hist
-
-
-def _concatenate(parts, path):
-    """Append parts[1:] to parts[0] and rename it to path (atomically); the parts are removed."""
-    with open(parts[0], "r+b") as out:
-        end = os.fstat(out.fileno()).st_size
-        for part in parts[1:]:
-            with open(part, "rb") as f:
-                size, offset = os.fstat(f.fileno()).st_size, 0
-                while offset < size:  # kernel-side copy, no round trip through Python
-                    offset += os.copy_file_range(f.fileno(), out.fileno(), size - offset, offset, end + offset)
-            end += size
-            os.remove(part)
-    os.replace(parts[0], path)
 
 
 def binned_auc(hist):
@@ -505,7 +539,6 @@ def generate_kaggle(output_dir, rows=None, fraction=None, seed=0, workers=0, ove
     """Write train.txt (40 fields) and test.txt (39 fields, no label) shaped like Kaggle's, with
     `workers` processes (0: one per core); the bytes depend on the seed only. Returns the
     planted_model.json content."""
-    global _worker_spec
     train_rows, test_rows = kaggle_row_counts(rows, fraction)
     if seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}")
@@ -515,27 +548,7 @@ def generate_kaggle(output_dir, rows=None, fraction=None, seed=0, workers=0, ove
     prepare_output_dir(output_dir, overwrite)
     t0 = time.time()
     spec = build_kaggle_spec(seed)
-    tasks = []
-    for file_id, (name, rows_in_file) in enumerate(zip(KAGGLE_FILES, (train_rows, test_rows))):
-        if rows_in_file == 0:
-            tasks.append((file_id, 0, 0, 0, os.path.join(output_dir, f"{name}.part0.tmp")))
-            continue
-        for k, (first, end) in enumerate(_block_ranges(rows_in_file, workers)):
-            tasks.append((file_id, rows_in_file, first, end, os.path.join(output_dir, f"{name}.part{k}.tmp")))
-    _worker_spec = spec
-    try:
-        if workers == 1:
-            hists = [_write_part(t) for t in tasks]
-        else:
-            import multiprocessing
-
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                hists = pool.map(_write_part, tasks, chunksize=1)
-    finally:
-        _worker_spec = None
-    for file_id, name in enumerate(KAGGLE_FILES):
-        _concatenate([t[4] for t in tasks if t[0] == file_id], os.path.join(output_dir, name))
-    hist = sum(h for h in hists if h is not None)
+    hist = _write_kaggle_files(spec, output_dir, (train_rows, test_rows), workers)
     clicks, total = int(hist[0].sum()), int(hist.sum())
     seconds = time.time() - t0
     shape = kaggle_shape.shipped_shape()
@@ -620,7 +633,8 @@ def check_layout_flags(args):
         if layout == args.layout:
             continue
         for flag in flags:
-            if getattr(args, flag) not in (None, False):
+            value = getattr(args, flag)
+            if value is not None and value is not False:
                 raise UsageError(f"--{flag} is a flag of --layout {layout}, not of --layout {args.layout}")
 
 

@@ -11,6 +11,7 @@ from conftest import REPO
 from dlrm.config import get_parser as train_parser
 from dlrm.predict import get_parser as predict_parser
 from dlrm.preprocess.cli import build_parser as preprocess_parser
+from dlrm.synthetic import build_parser as synthetic_parser
 
 # The original's defaults (its README table, corrected by its code), which ours must keep.
 ORIGINAL_TRAIN_DEFAULTS = {
@@ -61,6 +62,7 @@ def argparse_defaults(parser):
     ("docs/preprocessing.md", "## `tools/criteo1t_parquet.py` arguments", preprocess_parser(), ORIGINAL_TOOL_DEFAULTS),
     ("docs/checkpoints.md", "## `tools/convert_checkpoint.py` arguments", tool_parser("convert_checkpoint"), {}),
     ("docs/predictions.md", "## `dlrm_predict.py` arguments", predict_parser(), {}),
+    ("docs/synthetic.md", "## `tools/make_synthetic_criteo.py` arguments", synthetic_parser(), {}),
 ])
 def test_docs_table_matches_argparse(doc, heading, parser, original):
     table, real = docs_table(doc, heading), argparse_defaults(parser)

@@ -3,8 +3,11 @@
 
     python tools/make_synthetic_criteo.py --output_dir /tmp/criteo_synth [--days 3]
         [--rows_per_day 100000] [--seed 0] [--cardinalities c1,...,c26] [--kaggle] [--overwrite]
+    python tools/make_synthetic_criteo.py --output_dir /tmp/kaggle_synth --layout kaggle
+        (--rows N | --fraction F) [--workers W] [--seed 0] [--overwrite]
 
-The generator lives in dlrm/synthetic.py (formats, planted model, determinism); run with -h for the flags.
+The generator lives in dlrm/synthetic.py (formats, layouts, planted model, determinism; the Kaggle
+shape in dlrm/kaggle_shape.py); run with -h for the flags.
 """
 import sys
 
