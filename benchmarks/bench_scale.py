@@ -41,7 +41,7 @@ import harness
 from dlrm.launch import preprocess_command, train_command
 from dlrm.metrics import MetricsError, read_metrics
 from dlrm.quickstart import epoch_batches
-from dlrm.schema import read_dataset_info
+from dlrm.schema import LABEL, read_dataset_info
 from dlrm.synthetic import read_planted_model
 
 PREDICT = os.path.join(harness.REPO, "dlrm_predict.py")
@@ -97,11 +97,12 @@ def extrapolate(rows, values, target):
     return c * target ** k, k
 
 
-def planted_split_auc(planted, info):
+def planted_split_auc(planted, info, parquet_dir):
     """The planted model's AUC on the rows of the test split the model is evaluated on: train.txt's
     rows regenerated block by block as the generator drew them (dlrm/synthetic.py's kaggle layout:
     the spec and each block's random stream follow from the seed alone), the split's rows taken by
-    the preprocessing's split rule. The generator's own planted AUC is over all of train.txt."""
+    the preprocessing's split rule; their clicks must equal the split's. The generator's own planted
+    AUC is over all of train.txt."""
     from dlrm import synthetic
     from dlrm.preprocess.plan import split_bounds
 
@@ -117,9 +118,14 @@ def planted_split_auc(planted, info):
         probs.append(p[lo:hi])
     import numpy as np
 
+    import pyarrow.dataset as ds
+
     labels = np.concatenate(labels)
-    if len(labels) != info["rows"]["test"]:
-        sys.exit(f"error: the test split holds {info['rows']['test']} rows, the split rule gives {len(labels)}")
+    test = os.path.join(parquet_dir, "test")
+    clicks = int(ds.dataset(test, format="parquet").to_table(columns=[LABEL]).column(0).to_numpy().sum())
+    if len(labels) != info["rows"]["test"] or int(labels.sum()) != clicks:
+        sys.exit(f"error: the regenerated test rows ({len(labels)}, {int(labels.sum())} clicks) are not {test}'s "
+                 f"({info['rows']['test']}, {clicks} clicks): the data is not this generator's")
     return synthetic._auc(labels, np.concatenate(probs))
 
 
@@ -196,7 +202,7 @@ def run_fraction(fraction, args, recipe):
     remove([pq_mod], args.keep)  # measured; nothing trains on it
 
     info = read_dataset_info(pq_vocab)
-    planted_test = planted_split_auc(planted, info)
+    planted_test = planted_split_auc(planted, info, pq_vocab)
     batch = int(recipe_value(recipe, "--train_batch_size"))
     eval_batch = int(recipe_value(recipe, "--eval_batch_size"))
     steps = epoch_batches(info["rows"]["train"], batch, 1)
