@@ -317,8 +317,8 @@ def parse_fractions(text):
         fractions = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         fractions = []
-    if not fractions or any(not 0 < f <= 1 for f in fractions):
-        sys.exit(f"error: --fractions {text!r}: give a comma list of numbers in (0, 1], e.g. 0.0156,0.125,1")
+    if not fractions or any(not 0 < f <= 1 for f in fractions) or len({f"{f:g}" for f in fractions}) < len(fractions):
+        sys.exit(f"error: --fractions {text!r}: give a comma list of distinct numbers in (0, 1], e.g. 0.0156,0.125,1")
     return fractions
 
 

@@ -167,6 +167,10 @@ def test_scale_refuses_an_existing_fraction_dir(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0,2",
                           "--work_dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=checkout_env())
     assert bad.returncode != 0 and bad.stderr.startswith("error: --fractions '0,2'"), bad.stderr
+    twice = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0.01,0.010",
+                            "--work_dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=checkout_env())
+    assert twice.returncode != 0 and twice.stderr.startswith("error: --fractions '0.01,0.010'"), twice.stderr
+    assert sorted(os.listdir(tmp_path)) == ["f0.002"]  # nothing made before the refusals
 
 
 SCALE_LINE = re.compile(r"^scale (\S+): rows (\d+), end-to-end ([\d.]+) s, peak RSS ([\d.]+) GiB, "
