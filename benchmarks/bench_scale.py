@@ -242,7 +242,8 @@ def run_fraction(fraction, args, recipe):
     stages["score"]["samples_per_s"] = scored / stages["score"]["wall_s"]
     remove([preds, ckpt, pq_vocab, raw], args.keep)
     return {"fraction": fraction, "rows": rows, "stages": stages, "disk": disk, "auc": evals[-1]["auc"],
-            "planted": planted_test, "planted_train_txt": planted["planted_auc"], "train_rows": info["rows"]["train"], "test_rows": info["rows"]["test"],
+            "planted": planted_test, "planted_train_txt": planted["planted_auc"],
+            "train_rows": info["rows"]["train"], "test_rows": info["rows"]["test"],
             "steps": steps}
 
 
@@ -345,7 +346,8 @@ def main(argv=None):
     for f in fractions:
         d = os.path.join(args.work_dir, f"f{f:g}")
         if os.path.exists(d):
-            sys.exit(f"error: {d} exists; remove it or choose another --work_dir (the benchmark deletes only what it wrote)")
+            sys.exit(f"error: {d} exists; remove it or choose another --work_dir "
+                     "(the benchmark deletes only what it wrote)")
     recipe = with_value(RECIPE, "--train_batch_size", args.train_batch_size)
     recipe = with_value(recipe, "--eval_batch_size", args.eval_batch_size)
     recipe = with_value(recipe, "--learning_rate", args.learning_rate)

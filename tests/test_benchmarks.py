@@ -131,6 +131,11 @@ def test_profile_children_build_their_graphs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bench_scale.py
+def run_scale(*argv, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=checkout_env())
+
+
 def checkout_env():
     """bench_scale.py and its stages import this checkout's dlrm package."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
@@ -157,18 +162,15 @@ def test_scale_growth_fit_and_extrapolation(tmp_path):
 def test_scale_refuses_an_existing_fraction_dir(tmp_path):
     (tmp_path / "f0.002").mkdir()
     (tmp_path / "f0.002" / "mine.txt").write_text("not the benchmark's")
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0.002",
-                           "--work_dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=checkout_env())
+    proc = run_scale("--fractions", "0.002", "--work_dir", str(tmp_path))
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'f0.002'} exists; remove it or choose another --work_dir "
         "(the benchmark deletes only what it wrote)"]
     assert (tmp_path / "f0.002" / "mine.txt").read_text() == "not the benchmark's"
-    bad = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0,2",
-                          "--work_dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=checkout_env())
+    bad = run_scale("--fractions", "0,2", "--work_dir", str(tmp_path))
     assert bad.returncode != 0 and bad.stderr.startswith("error: --fractions '0,2'"), bad.stderr
-    twice = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0.01,0.010",
-                            "--work_dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=checkout_env())
+    twice = run_scale("--fractions", "0.01,0.010", "--work_dir", str(tmp_path))
     assert twice.returncode != 0 and twice.stderr.startswith("error: --fractions '0.01,0.010'"), twice.stderr
     assert sorted(os.listdir(tmp_path)) == ["f0.002"]  # nothing made before the refusals
 
@@ -182,10 +184,8 @@ def test_scale_small_fraction_end_to_end(tmp_path):
     """bench_scale.py at 0.4% of Kaggle (183,362 rows; the mod-id run skipped, a small batch for enough
     steps): its stage table and last line parse, the model's AUC on the whole test split is within
     0.02 of the planted model's, and only the logs are left behind."""
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), "--fractions", "0.004",
-                           "--work_dir", str(tmp_path), "--skip_mod", "--train_batch_size", "256",
-                           "--learning_rate", "0.02"], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env=checkout_env())
+    proc = run_scale("--fractions", "0.004", "--work_dir", str(tmp_path), "--skip_mod", "--train_batch_size", "256",
+                     "--learning_rate", "0.02", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     m = SCALE_LINE.match(lines[-1])
