@@ -36,13 +36,19 @@ import math
 import os
 import shutil
 import sys
+import time
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 import harness
+from dlrm import synthetic
 from dlrm.launch import preprocess_command, train_command
 from dlrm.metrics import MetricsError, read_metrics
+from dlrm.preprocess.plan import split_bounds
 from dlrm.quickstart import epoch_batches
 from dlrm.schema import LABEL, read_dataset_info
-from dlrm.synthetic import read_planted_model
 
 PREDICT = os.path.join(harness.REPO, "dlrm_predict.py")
 CRITEO_1TB_ROWS = 4_373_472_329
@@ -103,9 +109,6 @@ def planted_split_auc(planted, info, parquet_dir):
     the spec and each block's random stream follow from the seed alone), the split's rows taken by
     the preprocessing's split rule; their clicks must equal the split's. The generator's own planted
     AUC is over all of train.txt."""
-    from dlrm import synthetic
-    from dlrm.preprocess.plan import split_bounds
-
     n, seed = planted["total_rows"], planted["seed"]
     first, end = split_bounds(info["input_format"], n, 0, "train.txt")["test"]
     spec = synthetic.build_kaggle_spec(seed)
@@ -116,10 +119,6 @@ def planted_split_auc(planted, info, parquet_dir):
         lo, hi = max(first - block * size, 0), min(end - block * size, rows)
         labels.append(y[lo:hi])
         probs.append(p[lo:hi])
-    import numpy as np
-
-    import pyarrow.dataset as ds
-
     labels = np.concatenate(labels)
     test = os.path.join(parquet_dir, "test")
     clicks = int(ds.dataset(test, format="parquet").to_table(columns=[LABEL]).column(0).to_numpy().sum())
@@ -185,7 +184,7 @@ def run_fraction(fraction, args, recipe):
     stages["generate"] = run_stage("generate", harness.tool_command(
         "make_synthetic_criteo.py", "--layout", "kaggle", "--fraction", fraction, "--output_dir", raw,
         "--seed", args.seed), log("generate"))
-    planted = read_planted_model(raw)
+    planted = synthetic.read_planted_model(raw)
     rows = planted["total_rows"]
     disk["raw"] = harness.dir_bytes(raw)
 
@@ -202,7 +201,10 @@ def run_fraction(fraction, args, recipe):
     remove([pq_mod], args.keep)  # measured; nothing trains on it
 
     info = read_dataset_info(pq_vocab)
+    t = time.time()
     planted_test = planted_split_auc(planted, info, pq_vocab)
+    print(f"[scale] the planted model on the test split's {info['rows']['test']} rows (regenerated): "
+          f"AUC {planted_test:.4f}, {time.time() - t:.1f} s", flush=True)
     batch = int(recipe_value(recipe, "--train_batch_size"))
     eval_batch = int(recipe_value(recipe, "--eval_batch_size"))
     steps = epoch_batches(info["rows"]["train"], batch, 1)
@@ -233,8 +235,6 @@ def run_fraction(fraction, args, recipe):
     stages["score"] = run_stage("score", train_command(
         ["--model_load_dir", checkpoint, "--input", os.path.join(raw, "test.txt"), "--output", preds,
          "--device", "cpu"], nproc=RANKS, script=PREDICT), log("score"))
-    import pyarrow.parquet as pq
-
     scored = pq.ParquetFile(preds).metadata.num_rows
     if scored != planted["test_rows"]:
         sys.exit(f"error: {preds} holds {scored} rows, test.txt {planted['test_rows']}; see {log('score')}")
