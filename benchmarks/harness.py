@@ -7,7 +7,8 @@
   others 0.30]": on a shared machine, how much a figure is to be trusted), `busy_note`, `cpu_model`;
 - watched runs: `run_watched` (a command in its own session, its progress records polled with the CPU
   use of its process tree and of the machine at each, its peak RSS), `interval_rate` (samples/s over
-  logged intervals, the first one skipped);
+  logged intervals, the first one skipped), `PeakSampler` (peak RSS of every process under a pid
+  together, and peak bytes of directories, sampled by a thread), `dir_bytes`;
 - the repository's tools as subprocesses: `tool_command`, `synthesize` (raw synthetic Criteo data),
   `preprocess` (raw data -> parquet with tools/criteo1t_parquet.py on local Spark, through
   dlrm.launch.run_preprocess, timed and logged).
@@ -19,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import psutil
@@ -184,6 +186,64 @@ def run_watched(cmd, log_path, read_records, cwd=REPO, env=None, timeout=1800, o
     cpu = usage.ru_utime + usage.ru_stime
     run = {"wall_s": wall, "cores": cpu / wall, "others_cores": max((machine_busy_s() - busy0 - cpu) / wall, 0.0)}
     return points, proc.returncode, usage.ru_maxrss * 1024, run
+
+
+def dir_bytes(path):
+    """Bytes of the files under path (0 when it does not exist); files vanishing meanwhile are skipped."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class PeakSampler:
+    """A thread sampling, every `interval` s while in its `with` block, the summed RSS of every process
+    under root_pid (root excluded: a benchmark passes its own pid to cover the stage it runs, Spark
+    JVMs and every rank together; shared pages count once per process) and the bytes under each of
+    `dirs` (scratch space a stage deletes before it ends). Peaks: .rss_bytes, .dir_bytes{path: bytes}."""
+
+    def __init__(self, root_pid, dirs=(), interval=0.5):
+        self.root = psutil.Process(root_pid)
+        self.dirs, self.interval = list(dirs), interval
+        self.rss_bytes = 0
+        self.dir_bytes = {d: 0 for d in self.dirs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self):
+        try:
+            procs = self.root.children(recursive=True)
+        except psutil.Error:
+            procs = []
+        rss = 0
+        for p in procs:
+            try:
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.rss_bytes = max(self.rss_bytes, rss)
+        for d in self.dirs:
+            self.dir_bytes[d] = max(self.dir_bytes[d], dir_bytes(d))
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()  # directories as the stage left them
 
 
 def interval_rate(points, batch_size):

@@ -23,14 +23,15 @@ def free_port():
 
 
 def train_command(train_args, nproc=1, nnodes=1, node_rank=0, master_addr="127.0.0.1", master_port=None,
-                  python=sys.executable):
+                  python=sys.executable, script=TRAIN_SCRIPT):
     """argv for dlrm_train_eval.py with train_args: a plain process for one rank on one node, else the
-    OneFlow launcher (which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT for each process)."""
+    OneFlow launcher (which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT for each process).
+    script: another script launched the same way (dlrm_predict.py)."""
     if nproc == 1 and nnodes == 1:
-        return [python, TRAIN_SCRIPT, *map(str, train_args)]
+        return [python, script, *map(str, train_args)]
     return [python, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(nproc), "--nnodes", str(nnodes),
             "--node_rank", str(node_rank), "--master_addr", master_addr,
-            "--master_port", str(master_port or free_port()), TRAIN_SCRIPT, *map(str, train_args)]
+            "--master_port", str(master_port or free_port()), script, *map(str, train_args)]
 
 
 def wait_for_rank0(env=os.environ, timeout=600.0):

@@ -4,6 +4,7 @@ builds its graphs. The scripts import their
 sibling `harness`, so the helpers are exercised in a subprocess started in benchmarks/."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ BENCH = os.path.join(REPO, "benchmarks")
 
 
 @pytest.mark.parametrize("script", ["bench_train.py", "bench_reader.py", "bench_quality.py", "bench_preprocess.py",
-                                    "bench_predict.py"])
+                                    "bench_predict.py", "bench_scale.py"])
 def test_help(script):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--help"], capture_output=True, text=True,
                           timeout=120)
@@ -24,9 +25,9 @@ def test_help(script):
     assert "usage:" in proc.stdout
 
 
-def run_in_bench(code, tmp_path):
+def run_in_bench(code, tmp_path, env=None):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path)], cwd=BENCH,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -130,3 +131,78 @@ def test_profile_children_build_their_graphs(tmp_path):
     for r in records:
         assert r["wall_s"] > 0 and len(r["all_wall_s"]) == 2 and r["samples_per_s"] == 40 / r["wall_s"], r
     assert records[0]["gemm_cpu_s"] > 0 and records[0]["loss_readout_s"] > 0, records[0]
+
+
+# ----------------------------------------------------------------------------- bench_scale.py
+def run_scale(*argv, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(BENCH, "bench_scale.py"), *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=checkout_env())
+
+
+def checkout_env():
+    """bench_scale.py and its stages import this checkout's dlrm package."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+
+
+def test_scale_growth_fit_and_extrapolation(tmp_path):
+    out = run_in_bench("""
+        import bench_scale
+        rows = [1000, 8000, 64000]
+        k, c = bench_scale.fit_growth(rows, [3.0 * r ** 1.25 for r in rows])
+        assert abs(k - 1.25) < 1e-9 and abs(c - 3.0) < 1e-6, (k, c)
+        value, k = bench_scale.extrapolate(rows, [2.0 * r for r in rows], 4_373_472_329)
+        assert abs(k - 1) < 1e-9 and abs(value / (2.0 * 4_373_472_329) - 1) < 1e-9, (value, k)
+        assert bench_scale.extrapolate([1000], [5.0], 10 ** 9) is None  # one row count: no fit
+        assert bench_scale.fit_growth([1000, 1000], [1.0, 2.0]) is None
+        r = bench_scale.with_value(bench_scale.RECIPE, "--train_batch_size", 256)
+        assert bench_scale.recipe_value(r, "--train_batch_size") == "256"
+        assert bench_scale.recipe_value(bench_scale.RECIPE, "--train_batch_size") == "4096"
+        print("ok")
+    """, tmp_path, env=checkout_env())
+    assert "ok" in out
+
+
+def test_scale_refuses_an_existing_fraction_dir(tmp_path):
+    (tmp_path / "f0.002").mkdir()
+    (tmp_path / "f0.002" / "mine.txt").write_text("not the benchmark's")
+    proc = run_scale("--fractions", "0.002", "--work_dir", str(tmp_path))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f0.002'} exists; remove it or choose another --work_dir "
+        "(the benchmark deletes only what it wrote)"]
+    assert (tmp_path / "f0.002" / "mine.txt").read_text() == "not the benchmark's"
+    bad = run_scale("--fractions", "0,2", "--work_dir", str(tmp_path))
+    assert bad.returncode != 0 and bad.stderr.startswith("error: --fractions '0,2'"), bad.stderr
+    twice = run_scale("--fractions", "0.01,0.010", "--work_dir", str(tmp_path))
+    assert twice.returncode != 0 and twice.stderr.startswith("error: --fractions '0.01,0.010'"), twice.stderr
+    assert sorted(os.listdir(tmp_path)) == ["f0.002"]  # nothing made before the refusals
+
+
+SCALE_LINE = re.compile(r"^scale (\S+): rows (\d+), end-to-end ([\d.]+) s, peak RSS ([\d.]+) GiB, "
+                        r"AUC ([\d.]+) \(planted ([\d.]+)\)$")
+
+
+@pytest.mark.slow
+def test_scale_small_fraction_end_to_end(tmp_path):
+    """bench_scale.py at 0.4% of Kaggle (183,362 rows; the mod-id run skipped, a small batch for enough
+    steps): its stage table and last line parse, the model's AUC on the whole test split is within
+    0.02 of the planted model's, and only the logs are left behind."""
+    proc = run_scale("--fractions", "0.004", "--work_dir", str(tmp_path), "--skip_mod", "--train_batch_size", "256",
+                     "--learning_rate", "0.02", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    m = SCALE_LINE.match(lines[-1])
+    assert m, lines[-1]
+    fraction, rows, e2e, rss, auc, planted = m.groups()
+    assert fraction == "0.004" and int(rows) == 183362
+    stage = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0] == "0.004" and cells[2] in ("generate", "preprocess_vocab", "train", "score"):
+            stage[cells[2]] = (int(cells[1].replace(",", "")), float(cells[3]), float(cells[4]))
+    assert sorted(stage) == ["generate", "preprocess_vocab", "score", "train"], stage
+    assert all(r == 183362 and wall > 0 and gib > 0.1 for r, wall, gib in stage.values()), stage
+    assert abs(float(e2e) - sum(stage[s][1] for s in ("preprocess_vocab", "train", "score"))) < 0.2
+    assert float(rss) == max(stage[s][2] for s in ("preprocess_vocab", "train", "score"))
+    assert abs(float(auc) - float(planted)) < 0.02, (auc, planted)
+    assert sorted(os.listdir(tmp_path / "f0.004")) == ["generate.log", "preprocess_vocab.log", "score.log", "train.log"]
