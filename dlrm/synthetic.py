@@ -139,22 +139,9 @@ def zipf_cdf(cardinality, exponent=ZIPF_EXPONENT):
 
 def build_spec(seed, cardinalities, calibrate=True):
     cardinalities = [int(c) for c in cardinalities]
-    spec = {
-        "seed": seed,
-        "cardinalities": cardinalities,
-        "vocab": [make_vocab(seed, j, c) for j, c in enumerate(cardinalities)],
-        "cdf": [zipf_cdf(c) for c in cardinalities],
-        "dense_weights": np.zeros(NUM_DENSE),
-        "cat_effects": {},
-        "bias": 0.0,
-        "scale": 1.0,
-    }
-    for i, w in DENSE_WEIGHTS.items():
-        spec["dense_weights"][i] = w
-    plant_effects(spec, cardinalities)
-    if calibrate:
-        calibrate_spec(spec)
-    return spec
+    return planted_spec(seed, cardinalities, calibrate, cardinalities=cardinalities,
+                        vocab=[make_vocab(seed, j, c) for j, c in enumerate(cardinalities)],
+                        cdf=[zipf_cdf(c) for c in cardinalities])
 
 
 def plant_effects(spec, pool_sizes):
@@ -433,18 +420,17 @@ def build_kaggle_spec(seed, calibrate=True):
     """Spec of the kaggle layout: the fitted Kaggle shape, hex keys per column, the planted model."""
     model = kaggle_shape.build_model()
     keys = _rng(seed, _VOCAB_STREAM).integers(0, 2**32, size=(NUM_SPARSE, 2), dtype=np.uint64)
-    spec = {
-        "seed": seed,
-        "kaggle_model": model,
-        "hex_keys": [(int(a), int(b)) for a, b in keys],
-        "dense_weights": np.zeros(NUM_DENSE),
-        "cat_effects": {},
-        "bias": 0.0,
-        "scale": 1.0,
-    }
+    return planted_spec(seed, [c["size"] for c in model["columns"]], calibrate, kaggle_model=model,
+                        hex_keys=[(int(a), int(b)) for a, b in keys])
+
+
+def planted_spec(seed, column_sizes, calibrate, **layout):
+    """A layout's spec (its own fields in `layout`) with the planted click model over columns of
+    column_sizes values: dense weights, categorical effects, calibrated bias and scale."""
+    spec = dict(seed=seed, **layout, dense_weights=np.zeros(NUM_DENSE), cat_effects={}, bias=0.0, scale=1.0)
     for i, w in DENSE_WEIGHTS.items():
         spec["dense_weights"][i] = w
-    plant_effects(spec, [c["size"] for c in model["columns"]])
+    plant_effects(spec, column_sizes)
     if calibrate:
         calibrate_spec(spec)
     return spec

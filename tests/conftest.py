@@ -4,6 +4,7 @@ Two speeds: `bash scripts/run_tests.sh -m "not slow"` is the fast loop (unit tes
 tests marked `slow` run real Spark jobs and real training subprocesses (minutes).
 Everything imports the installed `dlrm` package (scripts/setup_env.sh installs it editable).
 """
+import contextlib
 import json
 import os
 import shutil
@@ -186,3 +187,23 @@ def write_metrics(path, resumed=False):
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in recs)
     return recs
+
+
+@contextlib.contextmanager
+def tmpfs(path, size, read_only=False):
+    """A real tmpfs of `size` (mount's syntax: 1m, 128k) mounted on the new directory `path`, remounted
+    read-only if asked (writes then fail with [Errno 30], root included), unmounted afterwards; the
+    test is skipped where mounting is not allowed (not root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    os.makedirs(path)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

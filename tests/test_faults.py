@@ -4,10 +4,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_metrics, write_tiny_dataset
+from conftest import REPO, read_metrics, tmpfs, write_tiny_dataset
 from test_train import launch, newest, tiny_run_args
 
 pytestmark = pytest.mark.slow  # real training subprocesses
@@ -84,13 +85,9 @@ def test_resume_drops_the_records_of_steps_it_redoes(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 1 MiB tmpfs (we are root in CI and here), unmounted after."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("cannot mount a tmpfs (not root?)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)])
+    """A real 1 MiB tmpfs."""
+    with tmpfs(tmp_path / "disk", "1m") as d:
+        yield Path(d)
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -115,16 +112,11 @@ def test_a_full_disk_stops_the_run_in_one_line_naming_the_space(tmp_path, small_
 
 def test_a_read_only_save_dir_is_one_line_before_training(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "data"))
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode:
-        pytest.skip("cannot mount a tmpfs (not root?)")
-    try:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as d:
+        ro = Path(d)
         proc = subprocess.run([sys.executable, "dlrm_train_eval.py",
                                *tiny_run_args(data, "--train_batches", "4", "--model_save_dir", str(ro / "run"))],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
-    finally:
-        subprocess.run(["umount", "-l", str(ro)])
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2 and errors == [
         f"error: --model_save_dir {ro / 'run'}: cannot write there (Read-only file system)"], proc.stderr[-2000:]

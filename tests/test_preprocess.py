@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import (KAGGLE_HEAD, PREPROCESS_TOOL, SPARK, SYNTH_TOOL, assert_one_line_error, error_lines,
-                      requires_java, run_tool, write_tiny_dataset)
+                      requires_java, run_tool, tmpfs, write_tiny_dataset)
 from conftest import preprocess_tool as tool  # unchecked: tests look at its exit code and output
 from dlrm.preprocess.cli import parse_args
 from dlrm.preprocess.passes import WRITE_DIR
@@ -338,21 +338,9 @@ def test_overwrite_refuses_a_directory_the_tool_did_not_write(tmp_path, days_inp
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A tmpfs mounted (as root) on tmp_path/ro and remounted read-only: writes there fail with
-    OSError [Errno 30] Read-only file system, as on a read-only mount. Unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only file system needs root")
-    d = tmp_path / "ro"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % r.stderr.strip())
-    try:
-        subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
-        yield str(d)
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    """A read-only file system (a real tmpfs): writes there fail with OSError [Errno 30]."""
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as d:
+        yield d
 
 
 def test_read_only_output_file_system(days_input, read_only_dir):
@@ -760,19 +748,9 @@ def test_killed_runs_resume_to_the_uninterrupted_output(run_mod, tmp_path):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 128 kB tmpfs mounted (as root) on tmp_path/scratch, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs as a full scratch disk needs root")
-    d = tmp_path / "scratch"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % r.stderr.strip())
-    try:
-        yield str(d)
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    """A 128 kB tmpfs on tmp_path/scratch: a full scratch disk."""
+    with tmpfs(tmp_path / "scratch", "128k") as d:
+        yield d
 
 
 @pytest.mark.slow
