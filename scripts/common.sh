@@ -104,6 +104,29 @@ make_dir() {
 abspath() { realpath -m -- "$1" 2>/dev/null || echo "$1"; }  # also for paths that do not exist yet
 
 # has_flag FLAG ARGS...: true when FLAG (e.g. --overwrite) is among ARGS (also --flag=value).
+# flag_value FLAG ARGS...: the value of the last FLAG among ARGS (`FLAG V` or `FLAG=V`), or nothing
+flag_value() {
+  local flag="$1" value="" prev=""; shift
+  for a in "$@"; do
+    [[ "$prev" == "$flag" ]] && value="$a"
+    [[ "$a" == "$flag="* ]] && value="${a#"$flag"=}"
+    prev="$a"
+  done
+  printf '%s' "$value"
+}
+
+# one_setting NAME VARIABLE_VALUE FLAG ARGS...: a setting a script takes as an environment variable or as
+# a flag among its arguments, as one value: the flag's if given (a variable that says otherwise is an
+# error), else the variable's (maybe empty)
+one_setting() {
+  local name="$1" var="$2" flag="$3" given; shift 3
+  given="$(flag_value "$flag" "$@")"
+  if [[ -n "$given" && -n "$var" && "$given" != "$var" ]]; then
+    die "$name=$var and $flag $given disagree: give the setting once" 2
+  fi
+  printf '%s' "${given:-$var}"
+}
+
 has_flag() {
   local flag="$1" a; shift
   for a in "$@"; do [[ "$a" == "$flag" || "$a" == "$flag="* ]] && return 0; done

@@ -35,7 +35,8 @@
 #   EVAL_BATCHES [the whole test split], LOSS_PRINT_INTERVAL [50],
 #   TRAIN_BATCH_SIZE [256], EVAL_BATCH_SIZE [1000] (global; rounded up to a multiple of NPROC),
 #   OPTIMIZER [adagrad], LEARNING_RATE [0.02], WARMUP_BATCHES [0], DECAY_START [TRAIN_BATCHES: flat],
-#   DECAY_BATCHES [1], INTERACTION_TYPE [dot; dcn: 2 cross layers of rank 64]
+#   DECAY_BATCHES [1], INTERACTION_TYPE [dot; dcn: 2 cross layers of rank 64; the same as the argument
+#                     --interaction_type dcn]
 #   MODELS            models trained, with --seed 1..MODELS [3]: the first in the run directory (evaluated
 #                     every EVAL_INTERVAL, plotted), the others in its model_N/ (evaluated at the end); the
 #                     predictions are the mean of their probabilities
@@ -67,6 +68,9 @@ TRAIN_FILES="${TRAIN_FILES:-16}" EVAL_FILES="${EVAL_FILES:-4}" DRIVER_MEMORY_GB=
 SHUFFLE_PARTITIONS="${SHUFFLE_PARTITIONS:-4}" MIN_FREQUENCY="${MIN_FREQUENCY:-2}"
 EPOCHS="${EPOCHS:-1}" LOSS_PRINT_INTERVAL="${LOSS_PRINT_INTERVAL:-50}"
 OPTIMIZER="${OPTIMIZER:-adagrad}" LEARNING_RATE="${LEARNING_RATE:-0.02}" WARMUP_BATCHES="${WARMUP_BATCHES:-0}"
+# --interaction_type among the arguments and INTERACTION_TYPE are one setting: either gets the recipe's
+# cross layers with dcn (extra --dcn_* flags still override them)
+INTERACTION_TYPE="$(one_setting INTERACTION_TYPE "${INTERACTION_TYPE:-}" --interaction_type "$@")" || exit 2
 INTERACTION_TYPE="${INTERACTION_TYPE:-dot}" MODELS="${MODELS:-3}"
 [[ "$INTERACTION_TYPE" == dot || "$INTERACTION_TYPE" == dcn ]] \
   || die "INTERACTION_TYPE must be dot or dcn, not '$INTERACTION_TYPE'" 2

@@ -275,3 +275,20 @@ def test_a_launched_rank_waits_until_rank0_listens():
     wait_for_rank0({k: v for k, v in env.items() if k != "WORLD_SIZE"}, timeout=30)  # OneFlow runs it alone
     wait_for_rank0(env, timeout=0.3)  # nobody listens: gives up after the timeout
     assert time.monotonic() - t < 2
+
+
+@pytest.mark.parametrize("env,args,want", [
+    ("", [], ""), ("dcn", [], "dcn"), ("", ["--interaction_type", "dcn"], "dcn"),
+    ("", ["--seed", "3", "--interaction_type=dcn"], "dcn"), ("dcn", ["--interaction_type", "dcn"], "dcn"),
+    ("dot", ["--interaction_type", "dcn"], "error"),
+])
+def test_a_quickstart_setting_is_one_thing_as_flag_or_variable(env, args, want):
+    """quickstart.sh --interaction_type dcn gets the recipe's cross layers, as INTERACTION_TYPE=dcn does
+    (the flag alone used to get TorchRec's 3 x 512)."""
+    proc = subprocess.run(["bash", "-c", 'source scripts/common.sh; one_setting INTERACTION_TYPE "$@"', "-", env,
+                           "--interaction_type", *args], cwd=REPO, capture_output=True, text=True)
+    if want == "error":
+        assert proc.returncode == 2 and "INTERACTION_TYPE=dot and --interaction_type dcn disagree: give the setting " \
+            "once" in proc.stderr
+    else:
+        assert proc.returncode == 0 and proc.stdout == want, proc.stderr
