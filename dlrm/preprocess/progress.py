@@ -196,7 +196,7 @@ class Progress:
             return {}
         try:
             url = "%s%d/%d" % (self.rest, sid, attempt)
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=5) as r:
                 d = json.loads(r.read().decode())
             started = datetime.strptime(d["submissionTime"], "%Y-%m-%dT%H:%M:%S.%f%Z")
             return {"bytes": d["inputBytes"] + d["shuffleReadBytes"],

@@ -103,6 +103,11 @@ def start_spark(args):
     if args.shuffle_partitions:
         spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
     spark.sparkContext.setLogLevel("WARN")
+    # The progress line's REST reads give up after a few seconds on a busy driver; the UI then logs
+    # each one it could not answer in time as an ERROR with ~90 lines of Java (a closed connection)
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+        "org.glassfish.jersey.server.ServerRuntime$Responder", jvm.org.apache.logging.log4j.Level.OFF)
     if master.startswith("local"):
         quiet_task_failure_logs(spark)
     return spark
