@@ -182,9 +182,14 @@ dlrm_python() {
   bash "$REPO/scripts/setup_env.sh" || die "could not set up the Python environment (scripts/setup_env.sh failed)"
 }
 
+# require_java: a Java that Spark runs on, for what the script starts: the machine's when it is 17+,
+# else the environment's JDK (dlrm/java.py), exported as JAVA_HOME and first on PATH.
 require_java() {
-  command -v java >/dev/null 2>&1 || [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] \
-    || die "Spark needs Java 17+: no 'java' on PATH and no JAVA_HOME (e.g. apt-get install openjdk-17-jre-headless)" 2
+  local home
+  home="$("$(dlrm_python)" -m dlrm.java)" || exit 2
+  if [[ -n "$home" ]]; then
+    export JAVA_HOME="$home" PATH="$home/bin:$PATH"
+  fi
 }
 
 # free_port: an unused local TCP port (for single-node launches, so concurrent jobs do not clash).

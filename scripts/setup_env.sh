@@ -40,7 +40,6 @@ py310="$(find_python310)" || {
   echo "error: Python 3.10 not found (oneflow 0.9.0 has wheels for CPython 3.7-3.10 only): install python3.10 (e.g. 'pyenv install 3.10') or set PYTHON=/path/to/python3.10" >&2
   exit 1
 }
-command -v java >/dev/null || say "warning: no 'java' on PATH; Spark preprocessing needs Java 17 (apt-get install openjdk-17-jre-headless)"
 
 if [[ ! -x "$venv/bin/python" ]]; then
   say "creating $venv with $py310"

@@ -9,6 +9,7 @@ import re
 import sys
 from urllib.parse import unquote, urlparse
 
+from dlrm.java import use_java
 from dlrm.preprocess.plan import PreprocessError, driver_memory_gb, log, warn
 from dlrm.schema import (DENSE_COLUMNS, LABEL, NUM_DENSE, NUM_FIELDS, NUM_SPARSE,
                          SPARSE_COLUMNS)
@@ -71,6 +72,10 @@ def start_spark(args):
             warn("under spark-submit set spark.local.dir with --conf; --spark_tmp_dir ignored")
     else:
         master = args.spark_master
+        try:
+            use_java(log)  # the machine's Java if it is new enough, else the environment's JDK
+        except ValueError as e:
+            raise PreprocessError(str(e)) from None
         # no Python UDFs here, but any Python worker must match the driver's interpreter
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         mem = driver_memory_gb(args.spark_driver_memory_gb, master)
