@@ -7,7 +7,6 @@ Everything imports the installed `dlrm` package (scripts/setup_env.sh installs i
 import contextlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -35,8 +34,17 @@ SPARK = ["--spark_master", "local[2]", "--spark_driver_memory_gb", "2", "--shuff
 dlrm.threads.LEAD_OTHERS = False
 
 
-requires_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                   reason="Spark needs Java (no java on PATH and no JAVA_HOME)")
+def _no_java():
+    from dlrm.java import choose_java
+    try:
+        choose_java()
+    except ValueError:
+        return True
+    return False
+
+
+# Spark runs on the machine's Java 17+ or the environment's JDK (dlrm.java); skip only without either
+requires_java = pytest.mark.skipif(_no_java(), reason="Spark needs Java 17+ (none here, and no environment JDK)")
 
 
 def checked(proc, name, check):
