@@ -2,7 +2,9 @@
 # Create (or reuse) the Python 3.10 virtual environment this package runs in, and print its
 # python on stdout (all other output goes to stderr):   PY=$(bash scripts/setup_env.sh)
 #
-#   PYTHON=/path/to/python3.10   use this interpreter to create the venv
+#   PYTHON=/path/to/python3.10   use this interpreter to create the venv (default: python3.10 on PATH,
+#                                pyenv's; else uv, installed from PyPI, downloads one)
+#   --which-python               print the Python 3.10 the venv would be made from, and stop
 #   DLRM_VENV=/path/to/venv      where the venv lives (default: ~/.cache/oneflow-dlrm/venv-py310,
 #                                outside the checkout so fresh clones and CI reuse it)
 # Re-running with unchanged requirements takes about a second. The `dlrm` package (this checkout)
@@ -20,7 +22,9 @@ install_package() {  # editable install of this checkout's dlrm package (no depe
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$here" >&2
   echo "$here" > "$venv/.dlrm-checkout"
 }
-if [[ -x "$venv/bin/python" && -f "$venv/.dlrm-stamp" && "$(cat "$venv/.dlrm-stamp")" == "$want" ]]; then
+which_only=0  # --which-python: print the Python 3.10 the venv would be made from (found or fetched), stop
+[[ "${1:-}" == "--which-python" ]] && which_only=1
+if (( !which_only )) && [[ -x "$venv/bin/python" && -f "$venv/.dlrm-stamp" && "$(cat "$venv/.dlrm-stamp")" == "$want" ]]; then
   [[ -f "$venv/.dlrm-checkout" && "$(cat "$venv/.dlrm-checkout")" == "$here" ]] || install_package
   echo "$venv/bin/python"; exit 0
 fi
@@ -36,10 +40,31 @@ find_python310() {
   done
   return 1
 }
-py310="$(find_python310)" || {
-  echo "error: Python 3.10 not found (oneflow 0.9.0 has wheels for CPython 3.7-3.10 only): install python3.10 (e.g. 'pyenv install 3.10') or set PYTHON=/path/to/python3.10" >&2
+# No Python 3.10 on the machine: uv (from PyPI, into a scratch venv of whatever python3 there is)
+# downloads a standalone CPython 3.10. Its own output goes to $uv_dir/uv.log; prints the python, or
+# fails with the reason in $uv_dir/why (this runs in a subshell).
+uv_dir="${DLRM_UV_DIR:-$HOME/.cache/oneflow-dlrm/uv}"
+python310_from_uv() {
+  local base
+  base="$(command -v python3 || true)"
+  mkdir -p "$uv_dir"
+  rm -f "$uv_dir/why"
+  [[ -n "$base" ]] || { echo "no python3 to install uv with" > "$uv_dir/why"; return 1; }
+  say "no Python 3.10 found: getting one with uv (log: $uv_dir/uv.log)"
+  if [[ ! -x "$uv_dir/venv/bin/uv" ]]; then
+    { "$base" -m venv "$uv_dir/venv" && "$uv_dir/venv/bin/python" -m pip install -q --disable-pip-version-check uv; } \
+      >>"$uv_dir/uv.log" 2>&1 || { rm -rf "$uv_dir/venv"; echo "installing uv from PyPI failed" > "$uv_dir/why"; return 1; }
+  fi
+  UV_PYTHON_INSTALL_DIR="$uv_dir/python" "$uv_dir/venv/bin/uv" python install 3.10 >>"$uv_dir/uv.log" 2>&1 \
+    || { echo "'uv python install 3.10' could not get one ($(grep -o 'cause: .*' "$uv_dir/uv.log" | tail -n1))" \
+           > "$uv_dir/why"; return 1; }
+  UV_PYTHON_INSTALL_DIR="$uv_dir/python" "$uv_dir/venv/bin/uv" python find --no-project 3.10 2>>"$uv_dir/uv.log"
+}
+py310="$(find_python310)" || py310="$(python310_from_uv)" || {
+  echo "error: Python 3.10 not found (oneflow 0.9.0 has wheels for CPython 3.7-3.10 only) and $(cat "$uv_dir/why" 2>/dev/null || echo "uv found none"): install python3.10 (e.g. 'apt-get install python3.10' where your distribution has it, or 'pyenv install 3.10') or set PYTHON=/path/to/python3.10" >&2
   exit 1
 }
+if (( which_only )); then echo "$py310"; exit 0; fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
   say "creating $venv with $py310"

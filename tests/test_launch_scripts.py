@@ -292,3 +292,34 @@ def test_a_quickstart_setting_is_one_thing_as_flag_or_variable(env, args, want):
             "once" in proc.stderr
     else:
         assert proc.returncode == 0 and proc.stdout == want, proc.stderr
+
+
+@pytest.mark.slow
+def test_setup_without_python310_tries_uv_and_ends_in_one_line(tmp_path):
+    """A machine with some python3 but no 3.10 (and no pyenv): the setup installs uv from PyPI and asks
+    it for a CPython 3.10. Where that download cannot happen (this workplace: only package registries
+    are reached) it ends in one line naming why, and makes no venv a later run could trust."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in ("/usr/bin", "/bin"):
+        for name in os.listdir(folder):
+            if not name.startswith("python3.10") and not (bin_dir / name).exists():
+                (bin_dir / name).symlink_to(os.path.join(folder, name))
+    if not (bin_dir / "python3").exists():
+        pytest.skip("no system python3 to start from")
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path / "home"), "DLRM_VENV": str(tmp_path / "venv"),
+           "DLRM_UV_DIR": str(tmp_path / "uv")}
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, "setup_env.sh"), "--which-python"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 0:  # a machine that reaches uv's downloads: a real CPython 3.10
+        out = subprocess.run([proc.stdout.strip(), "--version"], capture_output=True, text=True)
+        assert out.stdout.startswith("Python 3.10."), proc.stderr
+        return
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("error: Python 3.10 not found (oneflow 0.9.0 has wheels for CPython 3.7-3.10 only) "
+                                "and ")
+    assert ("'uv python install 3.10' could not get one (cause: " in errors[0]
+            or "installing uv from PyPI failed" in errors[0]), errors[0]
+    assert errors[0].endswith("or set PYTHON=/path/to/python3.10")
+    assert not (tmp_path / "venv").exists()
