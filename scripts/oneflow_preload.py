@@ -100,14 +100,87 @@ def choose_blas(flags):
     return path
 
 
-def preload_cuda_libs():
-    for site in sys.path:
+# Without a GPU the real libraries (1.3 GB of wheels) are never called. Stand-ins named as them (their
+# SONAMEs) that define the functions OneFlow imports, under the same symbol versions, satisfy the
+# loader; OneFlow's CPU ops run (scripts/setup_env.sh makes them on machines without GPUs).
+STUB_DIR = os.path.join(sys.prefix, "lib", "dlrm-cuda-stubs")
+SYMBOLS_FILE = "oneflow_cuda_symbols.txt"  # beside this file in the checkout: name@library lines
+
+
+def preload_cuda_libs(sites=None, stub_dir=STUB_DIR):
+    """Load the CUDA libraries OneFlow links (RTLD_GLOBAL, so its own load finds them by name): the pip
+    wheels' where they are installed, else the stand-ins in stub_dir."""
+    for site in sys.path if sites is None else sites:
         if not os.path.isdir(os.path.join(site, "nvidia")):
             continue
         for rel in _LIBS:
             for path in glob.glob(os.path.join(site, rel)):
                 ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         return
+    for rel in _LIBS:
+        path = os.path.join(stub_dir, os.path.basename(rel))
+        if os.path.isfile(path):
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
+def read_symbols(path):
+    """{library: [function, ...]} of a symbols file."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, lib = line.split("@", 1)
+                out.setdefault(lib, []).append(name)
+    return out
+
+
+def make_cuda_stubs(stub_dir, symbols_file, cc="cc"):
+    """Write the stand-ins into stub_dir, built with the C compiler cc: per library of _LIBS a shared
+    object with its SONAME whose functions (from symbols_file) return a failure status (1; the
+    error-string functions a string) under the library's symbol version. Raises OSError or CalledProcessError."""
+    import subprocess
+    import tempfile
+
+    symbols = read_symbols(symbols_file)
+    os.makedirs(stub_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel in _LIBS:
+            lib = os.path.basename(rel)
+            names = symbols.get(lib, [])
+            src, script = os.path.join(tmp, lib + ".c"), os.path.join(tmp, lib + ".map")
+            with open(src, "w") as f:
+                f.write("/* stand-in for %s: OneFlow links it; a CPU run never calls it */\n" % lib)
+                # each returns a failure status (1), except the error strings: OneFlow prints them
+                f.writelines('const char *%s(void) { return "no GPU here (a stand-in library)"; }\n' % n
+                             if n.endswith("GetErrorString") else "int %s(void) { return 1; }\n" % n for n in names)
+            version = []  # a library OneFlow imports nothing from (it only loads it) needs none
+            if names:
+                with open(script, "w") as f:
+                    f.write("%s { global: %s local: *; };\n" % (lib, "".join(n + "; " for n in names)))
+                version = ["-Wl,--version-script=" + script]
+            subprocess.run([cc, "-shared", "-fPIC", "-o", os.path.join(tmp, lib), "-Wl,-soname," + lib, *version,
+                            src], check=True, capture_output=True)
+            os.replace(os.path.join(tmp, lib), os.path.join(stub_dir, lib))
+
+
+def imported_cuda_symbols(site):
+    """The name@library lines of the CUDA functions oneflow's binaries under site import (readelf)."""
+    import subprocess
+
+    paths = glob.glob(os.path.join(site, "oneflow.libs", "*.so*")) + \
+        glob.glob(os.path.join(site, "oneflow", "_oneflow_internal*.so"))
+    found = set()
+    for path in paths:
+        out = subprocess.run(["readelf", "--dyn-syms", "-W", path], capture_output=True, text=True,
+                             check=True).stdout
+        for line in out.splitlines():
+            cols = line.split()
+            if len(cols) >= 8 and cols[6] == "UND" and "@" in cols[7]:
+                name, lib = cols[7].split("@", 1)
+                if lib.startswith(("libcudnn", "libcublas")):
+                    found.add("%s@%s" % (name, lib.split(" ")[0]))
+    return sorted(found)
 
 
 class _PreloadOnOneflowImport(importlib.abc.MetaPathFinder):
@@ -124,3 +197,16 @@ class _PreloadOnOneflowImport(importlib.abc.MetaPathFinder):
 def install():
     if not any(isinstance(f, _PreloadOnOneflowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _PreloadOnOneflowImport())
+
+
+if __name__ == "__main__":
+    # python oneflow_preload.py stubs DIR [CC]: make_cuda_stubs (scripts/setup_env.sh);
+    # python oneflow_preload.py symbols: the symbols file's lines for the installed oneflow
+    here = os.path.dirname(os.path.abspath(__file__))
+    if len(sys.argv) >= 3 and sys.argv[1] == "stubs":
+        make_cuda_stubs(sys.argv[2], os.path.join(here, SYMBOLS_FILE), *sys.argv[3:4])
+    elif sys.argv[1:] == ["symbols"]:
+        import sysconfig
+        print("\n".join(imported_cuda_symbols(sysconfig.get_paths()["purelib"])))
+    else:
+        sys.exit("usage: oneflow_preload.py stubs DIR [CC] | symbols")

@@ -5,6 +5,8 @@
 #   PYTHON=/path/to/python3.10   use this interpreter to create the venv (default: python3.10 on PATH,
 #                                pyenv's; else uv, installed from PyPI, downloads one)
 #   --which-python               print the Python 3.10 the venv would be made from, and stop
+#   DLRM_CUDA=1 / 0              the real CUDA libraries OneFlow links (1.3 GB) / stand-ins for them
+#                                (default: real where nvidia-smi lists a GPU or no C compiler exists)
 #   DLRM_VENV=/path/to/venv      where the venv lives (default: ~/.cache/oneflow-dlrm/venv-py310,
 #                                outside the checkout so fresh clones and CI reuse it)
 # Re-running with unchanged requirements takes about a second. The `dlrm` package (this checkout)
@@ -15,7 +17,23 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DLRM_VENV:-$HOME/.cache/oneflow-dlrm/venv-py310}"
 say() { echo "[setup_env] $*" >&2; }
 
-stamp_of() { cat "$here/requirements.txt" "$here/scripts/oneflow_preload.py" "$here/pyproject.toml" | sha256sum | cut -c1-16; }
+# The CUDA libraries OneFlow links: the real ones (requirements-cuda.txt, 1.3 GB) where nvidia-smi lists
+# a GPU, else stand-ins built with the C compiler (scripts/oneflow_preload.py; no compiler: the real
+# ones). DLRM_CUDA=1 forces the real ones, 0 the stand-ins.
+cuda_mode() {
+  case "${DLRM_CUDA:-auto}" in
+    1) echo cuda ;;
+    0) echo stubs ;;
+    *) if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then echo cuda
+       elif command -v "${CC:-cc}" >/dev/null 2>&1; then echo stubs
+       else echo cuda; fi ;;
+  esac
+}
+mode="$(cuda_mode)"
+stamp_of() {
+  { cat "$here/requirements.txt" "$here/requirements-cuda.txt" "$here/scripts/oneflow_preload.py" \
+        "$here/scripts/oneflow_cuda_symbols.txt" "$here/pyproject.toml"; echo "$mode"; } | sha256sum | cut -c1-16
+}
 want="$(stamp_of)"
 install_package() {  # editable install of this checkout's dlrm package (no dependencies: those are pinned above)
   say "installing the dlrm package from $here (editable)"
@@ -71,9 +89,18 @@ if [[ ! -x "$venv/bin/python" ]]; then
   mkdir -p "$(dirname "$venv")"
   "$py310" -m venv "$venv"
 fi
-say "installing requirements (first time: ~1.5 GB, a few minutes)"
+say "installing requirements (first time: a few minutes)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check wheel "setuptools>=64" >&2  # pyspark builds from sdist; PEP 660
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
+if [[ "$mode" == cuda ]]; then
+  say "installing the CUDA libraries OneFlow links (requirements-cuda.txt, 1.3 GB)"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements-cuda.txt" >&2
+else
+  say "no GPU: stand-ins for the CUDA libraries OneFlow links, built with ${CC:-cc} (DLRM_CUDA=1: the real ones)"
+  "$venv/bin/python" "$here/scripts/oneflow_preload.py" stubs "$venv/lib/dlrm-cuda-stubs" "${CC:-cc}" >&2 || {
+    echo "error: building the CUDA stand-ins with ${CC:-cc} failed: run with DLRM_CUDA=1 (installs the real libraries)" >&2
+    exit 1; }
+fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 cp "$here/scripts/oneflow_preload.py" "$site/_oneflow_cu11_preload.py"
 echo "import _oneflow_cu11_preload; _oneflow_cu11_preload.install()" > "$site/oneflow_cu11_preload.pth"
