@@ -106,7 +106,7 @@ def main(argv=None):
     # 2. Take --model_save_dir for this run: rank 0 holds its lock (`taken`) until the process ends.
     #    Rank 0 finds the checkpoint to start from (node-local directories are fine); on CUDA each
     #    rank's store must hold its snapshot before the model opens the store (which creates it).
-    taken = None  # noqa: F841 - kept open: the lock lives as long as the file object
+    taken = None  # the lock file, open until the run ends: the lock lives as long as it
     if rank == 0:
         try:
             taken = take_save_dir(ckpt.model_save_dir) if ckpt.model_save_dir else None
@@ -220,6 +220,8 @@ def main(argv=None):
     if rank == 0:
         final = "no evaluation" if auc is None else f"final AUC {auc:.5f}"
         print(f"done: {step} steps, {final}, {time.time() - run_start:.1f} s", flush=True)
+    if taken:
+        taken.close()  # --model_save_dir is free for the next run
     return 0
 
 
