@@ -487,6 +487,10 @@ def test_predictions_equal_from_all_three_forms(adam_run, tmp_path, capsys):
 
 
 def test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, capsys):
+    score_a_store_checkpoint_twice(adam_run, tmp_path, capsys)
+
+
+def score_a_store_checkpoint_twice(adam_run, tmp_path, capsys):
     """A GPU checkpoint whose store lacks table 0's rows (ids a GPU run never looked up), scored on
     CPU: its run's initial rows stand in for them (the seed its train_state.json records, as
     tools/convert_checkpoint.py gives them), so two runs in one process, and the self-contained
@@ -518,7 +522,7 @@ def test_a_store_checkpoint_scored_by_two_processes_on_cpu_is_the_same(adam_run,
     probabilities as one process, bit for bit."""
     from conftest import run_tool
     from dlrm.launch import free_port
-    gpu, one = test_a_store_checkpoint_scored_on_cpu_is_deterministic(adam_run, tmp_path, capsys)
+    gpu, one = score_a_store_checkpoint_twice(adam_run, tmp_path, capsys)
     run_tool("-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", free_port(),
              os.path.join(REPO, "dlrm_predict.py"), "--model_load_dir", gpu, "--persistent_path",
              tmp_path / "partial", "--input", os.path.join(adam_run[0], "test"), "--output", tmp_path / "two.parquet",
