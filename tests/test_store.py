@@ -1,6 +1,7 @@
 """OneEmbedding stores written and read by OneFlow's own persistent table writer/reader on the CPU:
 the store guards, checkpoint conversion (CPU <-> store, N -> M ranks) and CPU loading of store
 checkpoints (fast; real stores, real checkpoints of in-process training runs)."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -158,6 +159,23 @@ def test_tool_converts_and_reports_errors(adam_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- guards
+@contextlib.contextmanager
+def holding_store(paths, dim):
+    """Another process holding the store at paths open (OneFlow's writer takes each LOCK), as a training
+    still running does; killed afterwards."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time, oneflow as flow\n"
+        f"w = flow.one_embedding.make_persistent_table_writer({paths!r}, 's2', flow.int64, flow.float, {dim})\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def written_store(root, world, dim, key_dtype=np.int64, snapshot="s1"):
     paths = rank_paths(str(root), world)
     keys = np.arange(1, 41, dtype=key_dtype)
@@ -182,18 +200,9 @@ def test_a_store_of_another_value_or_key_size_is_one_line_before_build(tmp_path)
 def test_a_held_lock_is_one_line(tmp_path):
     paths = written_store(tmp_path / "p", 2, 8)
     check_store(paths, 8, 32, "")  # nobody holds it
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, oneflow as flow\n"
-        f"w = flow.one_embedding.make_persistent_table_writer({paths!r}, 's2', flow.int64, flow.float, 8)\n"
-        "print('holding', flush=True)\n"
-        "time.sleep(120)\n")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
+    with holding_store(paths, 8):
         with pytest.raises(StoreError, match=f"store {paths[0]} is in use by another process"):
             check_store(paths, 8, 32, "")
-    finally:
-        holder.kill()
-        holder.wait()
     check_store(paths, 8, 32, "")
 
 
@@ -284,19 +293,10 @@ def test_gpu_predict_guards_each_store_before_it_is_opened(adam_run, tmp_path):
         f"{tmp_path / 'store'} holds a store of 2 ranks: reshard it with tools/convert_checkpoint.py --world_size 4")
     assert sorted(os.listdir(tmp_path / "store")) == ["0-2", "1-2"]
     # the store held by another process (a training still running)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time, oneflow as flow\n"
-        f"w = flow.one_embedding.make_persistent_table_writer({paths!r}, 's2', flow.int64, flow.float, 24)\n"
-        "print('holding', flush=True)\n"
-        "time.sleep(120)\n")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
+    with holding_store(paths, 24):
         assert gpu_store_error(models, None, 2, 1) == (
             f"--persistent_path store {paths[1]} is in use by another process (it holds {paths[1]}/LOCK): stop that "
             f"run or use another --persistent_path")
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_resume_on_another_gpu_count_stops_before_the_store_is_opened(adam_run, tmp_path):
