@@ -144,6 +144,22 @@ def build_spec(seed, cardinalities, calibrate=True):
                         cdf=[zipf_cdf(c) for c in cardinalities])
 
 
+def planted_model_record(spec, item, **layout):
+    """planted_model.json's description of a spec's click model; `item`: how a value picks its effect,
+    `layout`: the layout's own fields."""
+    return {
+        "logit": "bias + scale * (sum_i w_i * log1p(max(I_i, 0)) [missing -> 0]"
+                 f" + sum_j effect_j[{item}] [missing -> 0])",
+        "bias": spec["bias"],
+        "scale": spec["scale"],
+        "dense_weights": {DENSE_COLUMNS[i]: w for i, w in DENSE_WEIGHTS.items()},
+        "categorical_effect_sigma": {SPARSE_COLUMNS[j]: s for j, s in CAT_EFFECT_SIGMA.items()},
+        **layout,
+        "target_click_rate": TARGET_CLICK_RATE,
+        "expected_auc": spec["expected_auc"],
+    }
+
+
 def plant_effects(spec, pool_sizes):
     """The planted model's per-item effects: N(0, sigma) per item of a few categorical columns.
     A pool larger than MAX_CARDINALITY gets MAX_CARDINALITY effects, item k taking effect k mod that
@@ -390,17 +406,7 @@ def generate(output_dir, days=3, rows_per_day=100_000, seed=0, cardinalities=Non
             {"day": d, "rows": len(y), "click_rate": float(y.mean()), "planted_auc": _auc(y, p)}
             for d, (p, y) in enumerate(results)
         ],
-        "planted_model": {
-            "logit": "bias + scale * (sum_i w_i * log1p(max(I_i, 0)) [missing -> 0]"
-                     " + sum_j effect_j[item of C_j] [missing -> 0])",
-            "bias": spec["bias"],
-            "scale": spec["scale"],
-            "dense_weights": {DENSE_COLUMNS[i]: w for i, w in DENSE_WEIGHTS.items()},
-            "categorical_effect_sigma": {SPARSE_COLUMNS[j]: s for j, s in CAT_EFFECT_SIGMA.items()},
-            "zipf_exponent": ZIPF_EXPONENT,
-            "target_click_rate": TARGET_CLICK_RATE,
-            "expected_auc": spec["expected_auc"],
-        },
+        "planted_model": planted_model_record(spec, "item of C_j", zipf_exponent=ZIPF_EXPONENT),
         "seconds": round(seconds, 3),
         "rows_per_second": round(days * rows_per_day / max(seconds, 1e-9)),
     }
@@ -556,17 +562,9 @@ def generate_kaggle(output_dir, rows=None, fraction=None, seed=0, workers=0, ove
         "expected_seen_twice_or_more_train": {c: round(t) for c, (_, t) in zip(SPARSE_COLUMNS, expected)},
         "click_rate": clicks / total,
         "planted_auc": binned_auc(hist),
-        "planted_model": {
-            "logit": "bias + scale * (sum_i w_i * log1p(max(I_i, 0)) [missing -> 0]"
-                     " + sum_j effect_j[item of C_j mod effects] [missing -> 0])",
-            "bias": spec["bias"],
-            "scale": spec["scale"],
-            "dense_weights": {DENSE_COLUMNS[i]: w for i, w in DENSE_WEIGHTS.items()},
-            "categorical_effect_sigma": {SPARSE_COLUMNS[j]: s for j, s in CAT_EFFECT_SIGMA.items()},
-            "effects_per_column": {SPARSE_COLUMNS[j]: len(e) for j, e in spec["cat_effects"].items()},
-            "target_click_rate": TARGET_CLICK_RATE,
-            "expected_auc": spec["expected_auc"],
-        },
+        "planted_model": planted_model_record(
+            spec, "item of C_j mod effects",
+            effects_per_column={SPARSE_COLUMNS[j]: len(e) for j, e in spec["cat_effects"].items()}),
         "seconds": round(seconds, 3),
         "rows_per_second": round((train_rows + test_rows) / max(seconds, 1e-9)),
     }
